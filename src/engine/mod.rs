@@ -1,0 +1,457 @@
+//! The inference engine: loads a GGUF model, tokenizes, renders chat templates, samples and
+//! streams text. It knows nothing of Bevy and can be used (and tested) on its own.
+//!
+//! ```no_run
+//! use bevy_llm_dialogue::engine::{CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams};
+//!
+//! let mut engine = Engine::load("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf", EngineConfig::default())?;
+//! let mut session = engine.new_session();
+//! let messages = [
+//!     ChatMessage::system("You are Mira, a blacksmith. Answer in one sentence."),
+//!     ChatMessage::user("Can you fix my sword?"),
+//! ];
+//! let line = engine.chat(&mut session, &messages, &GenerateParams::default(), &CancelToken::new(), |d| {
+//!     eprint!("{}", d.text);
+//! })?;
+//! eprintln!("\n({:?}, {} tokens)", line.stop_reason, line.stats.generated_tokens);
+//! # Ok::<(), bevy_llm_dialogue::engine::EngineError>(())
+//! ```
+
+mod error;
+mod generate;
+mod gguf;
+mod model;
+mod sampling;
+mod stream;
+mod template;
+mod tokenizer;
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+
+pub use error::{EngineError, Result};
+pub use generate::{
+    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
+};
+pub use sampling::{Sampler, SamplingParams};
+pub use template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, Role};
+pub use tokenizer::{TokenId, Tokenizer, VocabKind};
+
+use gguf::GgufHeader;
+use model::Model;
+use stream::TextStream;
+use template::Segment;
+
+/// Prompt tokens computed per forward pass; bounds memory and lets a cancel land mid-prompt.
+const PREFILL_CHUNK: usize = 256;
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The first GPU compiled in (`cuda`, `metal` features) that is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU by ordinal (`cuda` feature).
+    Cuda(usize),
+    /// An Apple GPU by ordinal (`metal` feature).
+    Metal(usize),
+}
+
+impl Backend {
+    fn device(self) -> Result<Device> {
+        Ok(match self {
+            Backend::Cpu => Device::Cpu,
+            Backend::Cuda(i) => Device::new_cuda(i)?,
+            Backend::Metal(i) => Device::new_metal(i)?,
+            Backend::Auto => {
+                if candle_core::utils::cuda_is_available() {
+                    Device::new_cuda(0)?
+                } else if candle_core::utils::metal_is_available() {
+                    Device::new_metal(0)?
+                } else {
+                    Device::Cpu
+                }
+            }
+        })
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Context window in tokens; `None` takes the smaller of 4096 and the model's own.
+    pub n_ctx: Option<usize>,
+    /// Threads for inference; `None` uses every core. A game should leave it at least one.
+    pub threads: Option<usize>,
+    /// Where to run.
+    pub backend: Backend,
+    /// A Hugging Face `tokenizer.json` to encode with instead of the GGUF's own vocabulary.
+    pub tokenizer_json: Option<PathBuf>,
+    /// A chat template (Jinja) to use instead of the GGUF's `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            n_ctx: None,
+            threads: None,
+            backend: Backend::Auto,
+            tokenizer_json: None,
+            chat_template: None,
+        }
+    }
+}
+
+/// Facts about the loaded model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Where it was loaded from.
+    pub file: String,
+    /// `general.architecture`, such as `llama`.
+    pub architecture: String,
+    /// `general.name`, if the file has one.
+    pub name: Option<String>,
+    /// The context the model was trained for.
+    pub train_context: usize,
+    /// The context window in use.
+    pub n_ctx: usize,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Whether sessions keep their caches and reuse common prefixes.
+    pub prefix_reuse: bool,
+}
+
+/// A loaded model with its tokenizer and chat template.
+#[derive(Debug)]
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    info: ModelInfo,
+    device: Device,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Engine {
+    /// Loads a GGUF model file.
+    pub fn load(path: impl AsRef<Path>, config: EngineConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|source| EngineError::ModelNotFound {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_reader(BufReader::new(file), &path.display().to_string(), config)
+    }
+
+    /// Loads a GGUF model from any seekable reader; `name` is used in error messages.
+    pub fn from_reader<R: Read + Seek>(
+        mut reader: R,
+        name: &str,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        let _span = tracing::info_span!("load_model", file = name).entered();
+        let started = Instant::now();
+        let header = GgufHeader::read(&mut reader, name)?;
+        let architecture = header.string("general.architecture")?.to_owned();
+        if !matches!(
+            architecture.as_str(),
+            "llama" | "mistral" | "gemma3" | "qwen2" | "qwen3" | "phi3"
+        ) {
+            return Err(EngineError::UnsupportedArchitecture {
+                file: name.to_owned(),
+                architecture,
+            });
+        }
+        let model_name = header.opt_string("general.name").map(str::to_owned);
+        let mut tokenizer = Tokenizer::from_gguf(&header)?;
+        if let Some(json) = &config.tokenizer_json {
+            tokenizer = tokenizer.with_tokenizer_json(json)?;
+        }
+        let token_text = |id: Option<TokenId>| {
+            id.and_then(|i| {
+                header
+                    .string_array("tokenizer.ggml.tokens")
+                    .ok()?
+                    .into_iter()
+                    .nth(i as usize)
+            })
+            .unwrap_or_default()
+        };
+        let bos_text = token_text(tokenizer.bos().0);
+        let eos_text = token_text(tokenizer.end_of_generation().first().copied());
+        let template = match config
+            .chat_template
+            .as_deref()
+            .or_else(|| header.opt_string("tokenizer.chat_template"))
+        {
+            Some(source) => ChatTemplate::new(source, &bos_text, &eos_text)?,
+            None => ChatTemplate::chatml(),
+        };
+        let device = config.backend.device()?;
+        let (model, train_context) = Model::load(header, &mut reader, &device)?;
+        let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
+        let pool = match config.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("llm-inference-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::InvalidParameter {
+                        name: "threads",
+                        reason: e.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+        let info = ModelInfo {
+            file: name.to_owned(),
+            architecture,
+            name: model_name,
+            train_context,
+            n_ctx,
+            vocab_size: tokenizer.vocab_size(),
+            prefix_reuse: model.reuses_prefixes(),
+        };
+        tracing::info!(elapsed = ?started.elapsed(), ?info, "model loaded");
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            info,
+            device,
+            pool,
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template in use.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// A new, empty conversation.
+    pub fn new_session(&self) -> Session {
+        Session::new(self.model.new_cache())
+    }
+
+    /// Renders messages with the chat template and tokenizes them, ending where the
+    /// assistant's reply begins. Message content is tokenized as plain text: control tokens
+    /// typed by a player never become real control tokens.
+    pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<TokenId>> {
+        let segments = self.template.render_segments(messages, true)?;
+        let mut tokens = Vec::new();
+        if let (Some(bos), true) = self.tokenizer.bos() {
+            tokens.push(bos);
+        }
+        for segment in segments {
+            match segment {
+                Segment::Markup(text) => tokens.extend(self.tokenizer.encode_markup(&text)?),
+                Segment::Content(text) => tokens.extend(self.tokenizer.encode(&text)?),
+            }
+        }
+        // A template that writes the BOS token itself must not get a second one.
+        if let (Some(bos), true) = self.tokenizer.bos()
+            && tokens.len() > 1
+            && tokens[1] == bos
+        {
+            tokens.remove(0);
+        }
+        Ok(tokens)
+    }
+
+    /// Chat: renders `messages`, then generates the assistant's reply. See [`Engine::generate`].
+    pub fn chat(
+        &mut self,
+        session: &mut Session,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_delta: impl FnMut(&Delta<'_>) + Send,
+    ) -> Result<Generation> {
+        let prompt = self.chat_tokens(messages)?;
+        self.generate(session, &prompt, params, cancel, on_delta)
+    }
+
+    /// Generates a continuation of `prompt` in `session`, calling `on_delta` after every
+    /// token with the text that became safe to show.
+    ///
+    /// The longest prefix of `prompt` already cached in `session` is reused. A prompt that
+    /// does not leave room for one generated token fails with
+    /// [`EngineError::ContextOverflow`] before any compute.
+    pub fn generate(
+        &mut self,
+        session: &mut Session,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        mut on_delta: impl FnMut(&Delta<'_>) + Send,
+    ) -> Result<Generation> {
+        params.validate()?;
+        let n_ctx = self.info.n_ctx;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidParameter {
+                name: "prompt",
+                reason: "the prompt is empty".to_owned(),
+            });
+        }
+        if prompt.len() >= n_ctx {
+            return Err(EngineError::ContextOverflow {
+                tokens: prompt.len(),
+                n_ctx,
+            });
+        }
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.tokenizer.vocab_size())
+        {
+            return Err(EngineError::InvalidParameter {
+                name: "prompt",
+                reason: format!("token {bad} is outside the vocabulary"),
+            });
+        }
+        let mut sampler = Sampler::new(params.sampling.clone())?;
+        let pool = self.pool.take();
+        let result = match &pool {
+            Some(pool) => pool.install(|| {
+                self.generate_inner(session, prompt, params, cancel, &mut sampler, &mut on_delta)
+            }),
+            None => {
+                self.generate_inner(session, prompt, params, cancel, &mut sampler, &mut on_delta)
+            }
+        };
+        self.pool = pool;
+        result
+    }
+
+    fn generate_inner(
+        &mut self,
+        session: &mut Session,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        sampler: &mut Sampler,
+        on_delta: &mut (dyn FnMut(&Delta<'_>) + Send),
+    ) -> Result<Generation> {
+        let started = Instant::now();
+        let n_ctx = self.info.n_ctx;
+        let reuse = if self.model.reuses_prefixes() {
+            // At least one prompt token is computed, to get logits to sample from.
+            session.common_prefix(prompt).min(prompt.len() - 1)
+        } else {
+            0
+        };
+        session.tokens.truncate(reuse);
+        let mut stats = generate::GenerationStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: reuse,
+            ..Default::default()
+        };
+        let mut stream = TextStream::new(&params.stop);
+        let mut generated = Vec::new();
+        let finish = |stream: &mut TextStream,
+                      generated: Vec<TokenId>,
+                      stop_reason,
+                      stats,
+                      on_delta: &mut (dyn FnMut(&Delta<'_>) + Send)| {
+            let rest = stream.finish();
+            let n = generated.len();
+            if !rest.is_empty() {
+                on_delta(&Delta {
+                    text: &rest,
+                    token: None,
+                    generated: n,
+                });
+            }
+            Generation {
+                text: stream.text().to_owned(),
+                tokens: generated,
+                stop_reason,
+                stats,
+            }
+        };
+
+        let mut logits = Vec::new();
+        {
+            let _span = tracing::trace_span!("prefill", tokens = prompt.len() - reuse).entered();
+            for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
+                if cancel.is_cancelled() {
+                    stats.prefill_time = started.elapsed();
+                    return Ok(finish(
+                        &mut stream,
+                        generated,
+                        StopReason::Cancelled,
+                        stats,
+                        on_delta,
+                    ));
+                }
+                let pos = session.tokens.len();
+                logits = self
+                    .model
+                    .forward(chunk, pos, &mut session.cache, &self.device)?;
+                session.tokens.extend_from_slice(chunk);
+            }
+        }
+        stats.prefill_time = started.elapsed();
+
+        let decode_started = Instant::now();
+        let stop_reason = loop {
+            let token = {
+                let _span = tracing::trace_span!("sample").entered();
+                sampler.sample(&mut logits, &session.tokens, None)
+            };
+            stats.generated_tokens += 1;
+            if stats.generated_tokens == 1 {
+                stats.time_to_first_token = started.elapsed();
+            }
+            if self.tokenizer.is_end_of_generation(token) {
+                break StopReason::Eos;
+            }
+            generated.push(token);
+            let push = stream.push(self.tokenizer.token_bytes(token));
+            on_delta(&Delta {
+                text: &push.delta,
+                token: Some(token),
+                generated: stats.generated_tokens,
+            });
+            if push.stopped {
+                break StopReason::StopString;
+            }
+            if stats.generated_tokens >= params.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if session.tokens.len() + 1 >= n_ctx {
+                break StopReason::ContextFull;
+            }
+            if cancel.is_cancelled() {
+                break StopReason::Cancelled;
+            }
+            let _span = tracing::trace_span!("decode").entered();
+            let pos = session.tokens.len();
+            logits = self
+                .model
+                .forward(&[token], pos, &mut session.cache, &self.device)?;
+            session.tokens.push(token);
+        };
+        stats.decode_time = decode_started
+            .elapsed()
+            .saturating_sub(stats.time_to_first_token.saturating_sub(stats.prefill_time));
+        Ok(finish(&mut stream, generated, stop_reason, stats, on_delta))
+    }
+}
