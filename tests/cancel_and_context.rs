@@ -1,0 +1,183 @@
+//! Cancellation, context limits and prompt-prefix reuse.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bevy_llm_dialogue::engine::{
+    CancelToken, ChatMessage, EngineConfig, EngineError, GenerateParams, SamplingParams, StopReason,
+};
+
+fn long_story() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::system("You are a storyteller."),
+        ChatMessage::user("Tell me a very long story about a dragon and a knight."),
+    ]
+}
+
+#[test]
+fn cancellation_from_another_thread_stops_within_one_token() {
+    let mut engine = common::engine();
+    let mut session = engine.new_session();
+    let cancel = CancelToken::new();
+    let generated = Arc::new(AtomicUsize::new(0));
+    let at_cancel = Arc::new(AtomicUsize::new(usize::MAX));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let canceller = {
+        let cancel = cancel.clone();
+        let generated = generated.clone();
+        let at_cancel = at_cancel.clone();
+        std::thread::spawn(move || {
+            rx.recv().unwrap();
+            cancel.cancel();
+            at_cancel.store(generated.load(Ordering::SeqCst), Ordering::SeqCst);
+        })
+    };
+    let params = GenerateParams {
+        max_tokens: 200,
+        sampling: SamplingParams::default().with_seed(9),
+        stop: Vec::new(),
+    };
+    let mut tx = Some(tx);
+    let g = engine
+        .chat(&mut session, &long_story(), &params, &cancel, |d| {
+            generated.store(d.generated, Ordering::SeqCst);
+            if d.generated == 5 {
+                tx.take().unwrap().send(()).unwrap();
+                // Give the other thread time to cancel while this token is still current.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!(g.stop_reason, StopReason::Cancelled);
+    let at = at_cancel.load(Ordering::SeqCst);
+    assert!(
+        g.stats.generated_tokens <= at + 1,
+        "cancelled at {at} tokens but {} were generated",
+        g.stats.generated_tokens
+    );
+}
+
+#[test]
+fn a_cancelled_token_stops_before_any_compute() {
+    let mut engine = common::engine();
+    let mut session = engine.new_session();
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let g = engine
+        .chat(
+            &mut session,
+            &long_story(),
+            &GenerateParams::default(),
+            &cancel,
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(g.stop_reason, StopReason::Cancelled);
+    assert_eq!(g.stats.generated_tokens, 0);
+    assert!(g.text.is_empty());
+}
+
+#[test]
+fn overlong_prompt_is_rejected_before_compute() {
+    let mut engine = common::engine_with(EngineConfig {
+        n_ctx: Some(64),
+        ..EngineConfig::default()
+    });
+    assert_eq!(engine.info().n_ctx, 64);
+    let mut session = engine.new_session();
+    let messages = vec![
+        ChatMessage::system("You are a guard."),
+        ChatMessage::user("word ".repeat(100)),
+    ];
+    let err = engine
+        .chat(
+            &mut session,
+            &messages,
+            &GenerateParams::default(),
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap_err();
+    match err {
+        EngineError::ContextOverflow { tokens, n_ctx } => {
+            assert_eq!(n_ctx, 64);
+            assert!(tokens > 100);
+        }
+        other => panic!("expected ContextOverflow, got {other:?}"),
+    }
+    assert!(session.cached_tokens().is_empty(), "nothing was computed");
+    assert_eq!(session.cache_bytes(), 0, "no cache was allocated");
+}
+
+#[test]
+fn a_full_context_stops_generation() {
+    let mut engine = common::engine_with(EngineConfig {
+        n_ctx: Some(72),
+        ..EngineConfig::default()
+    });
+    let mut session = engine.new_session();
+    let params = GenerateParams {
+        max_tokens: 500,
+        sampling: SamplingParams::default().with_seed(2),
+        stop: Vec::new(),
+    };
+    let g = engine
+        .chat(
+            &mut session,
+            &long_story(),
+            &params,
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert!(
+        matches!(g.stop_reason, StopReason::ContextFull | StopReason::Eos),
+        "{:?}",
+        g.stop_reason
+    );
+    assert!(g.stats.prompt_tokens + g.stats.generated_tokens <= 72);
+}
+
+#[test]
+fn second_turn_reuses_the_cached_prefix_and_matches_a_fresh_session() {
+    let mut engine = common::engine();
+    let greedy = GenerateParams {
+        max_tokens: 16,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+    };
+    let mut history = vec![
+        ChatMessage::system("You are Mira, the blacksmith of Elmsbrook. Answer in one sentence."),
+        ChatMessage::user("Hello, who are you?"),
+    ];
+    let mut session = engine.new_session();
+    let first = engine
+        .chat(&mut session, &history, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(first.stats.cached_tokens, 0);
+    history.push(ChatMessage::assistant(first.text));
+    history.push(ChatMessage::user("Can you fix my sword?"));
+
+    let second = engine
+        .chat(&mut session, &history, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert!(
+        second.stats.prefilled_tokens() * 3 < second.stats.prompt_tokens,
+        "second turn recomputed {} of {} prompt tokens",
+        second.stats.prefilled_tokens(),
+        second.stats.prompt_tokens
+    );
+
+    let mut fresh = engine.new_session();
+    let again = engine
+        .chat(&mut fresh, &history, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(again.stats.cached_tokens, 0);
+    assert_eq!(
+        second.tokens, again.tokens,
+        "a reused cache must give the same greedy tokens as a fresh one"
+    );
+}
