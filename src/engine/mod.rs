@@ -29,7 +29,7 @@ mod tokenizer;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
@@ -410,7 +410,7 @@ impl Engine {
         }
         stats.prefill_time = started.elapsed();
 
-        let decode_started = Instant::now();
+        let mut first_token_at = None;
         let stop_reason = loop {
             let token = {
                 let _span = tracing::trace_span!("sample").entered();
@@ -419,6 +419,7 @@ impl Engine {
             stats.generated_tokens += 1;
             if stats.generated_tokens == 1 {
                 stats.time_to_first_token = started.elapsed();
+                first_token_at = Some(Instant::now());
             }
             if self.tokenizer.is_end_of_generation(token) {
                 break StopReason::Eos;
@@ -449,9 +450,7 @@ impl Engine {
                 .forward(&[token], pos, &mut session.cache, &self.device)?;
             session.tokens.push(token);
         };
-        stats.decode_time = decode_started
-            .elapsed()
-            .saturating_sub(stats.time_to_first_token.saturating_sub(stats.prefill_time));
+        stats.decode_time = first_token_at.map_or(Duration::ZERO, |t| t.elapsed());
         Ok(finish(&mut stream, generated, stop_reason, stats, on_delta))
     }
 }
