@@ -13,6 +13,7 @@ use super::tokenizer::TokenId;
 
 /// What to generate and when to stop.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateParams {
     /// The most tokens to generate. Range `1..=65536`.

@@ -12,6 +12,7 @@ use super::tokenizer::TokenId;
 /// Filters apply in llama.cpp's order: repetition penalty, top-k, top-p, min-p, then
 /// temperature. A temperature of 0 picks the most likely token (greedy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// Randomness: 0 is greedy, 0.7 is lively, above 1.5 is incoherent. Range `0..=5`.

@@ -1,0 +1,96 @@
+//! Components that make an entity a talking NPC.
+
+use bevy::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::messages::RequestId;
+use crate::engine::{ChatMessage, SamplingParams};
+use crate::persona::Persona;
+use crate::prompt::{Facts, PromptTemplate};
+
+/// An NPC that talks. Spawning this is enough: the other components it needs are added.
+///
+/// ```
+/// # use bevy::prelude::*;
+/// # use bevy_llm_dialogue::prelude::*;
+/// fn spawn(mut commands: Commands, assets: Res<AssetServer>) {
+///     commands.spawn(Npc::new(assets.load("personas/mira.persona.ron")));
+/// }
+/// ```
+#[derive(Component, Clone, Debug)]
+#[require(DialogueHistory, NpcContext)]
+pub struct Npc {
+    /// Who the NPC is.
+    pub persona: Handle<Persona>,
+    /// How the persona becomes a prompt; `None` uses the built-in
+    /// [`DEFAULT_NPC_TEMPLATE`](crate::prompt::DEFAULT_NPC_TEMPLATE).
+    pub prompt: Option<Handle<PromptTemplate>>,
+}
+
+impl Npc {
+    /// An NPC with the default prompt template.
+    pub fn new(persona: Handle<Persona>) -> Self {
+        Self {
+            persona,
+            prompt: None,
+        }
+    }
+    /// Uses another prompt template.
+    pub fn with_prompt(mut self, prompt: Handle<PromptTemplate>) -> Self {
+        self.prompt = Some(prompt);
+        self
+    }
+}
+
+/// The conversation so far: the player's lines (`user`) and the NPC's (`assistant`).
+/// Finished lines are appended automatically. Serializable, for save games.
+#[derive(Component, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogueHistory {
+    /// Oldest first.
+    pub turns: Vec<ChatMessage>,
+}
+
+/// Present while the NPC is speaking (from [`LineStarted`](super::LineStarted) to the end).
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Speaking {
+    /// The line being spoken.
+    pub request: RequestId,
+}
+
+/// Facts about one NPC for its prompt template (`{{ npc.mood }}`): quest flags, mood,
+/// what the player gave them.
+#[derive(Component, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NpcContext {
+    /// Key/values the template sees as `npc`.
+    pub facts: Facts,
+}
+
+impl NpcContext {
+    /// Sets a fact.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) {
+        self.facts.insert(key.into(), value.into());
+    }
+}
+
+/// Facts about the world for every prompt template (`{{ world.time_of_day }}`).
+#[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DialogueContext {
+    /// Key/values the template sees as `world`.
+    pub facts: Facts,
+}
+
+impl DialogueContext {
+    /// Sets a fact.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) {
+        self.facts.insert(key.into(), value.into());
+    }
+}
+
+/// Per-NPC generation settings, over the persona's and the plugin's.
+#[derive(Component, Clone, Debug, Default, PartialEq)]
+pub struct DialogueOverrides {
+    /// Sampling for this NPC.
+    pub sampling: Option<SamplingParams>,
+    /// Longest line in tokens.
+    pub max_tokens: Option<usize>,
+}

@@ -1,0 +1,442 @@
+//! The inference worker: one thread that owns the engine and every conversation's cache.
+//!
+//! It runs on a dedicated thread rather than a task on Bevy's `AsyncComputeTaskPool`: a
+//! generation blocks for seconds, and on small machines that pool has a single thread, which
+//! render pipeline compilation and other async work also need. Systems talk to it only through
+//! channels and never wait on it.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::messages::{DialogueError, Priority, RequestId};
+use crate::engine::{
+    CancelToken, ChatMessage, Engine, EngineConfig, EngineError, GenerateParams, Generation,
+    ModelInfo, Session,
+};
+
+/// A line to generate.
+pub(crate) struct Job {
+    pub(crate) id: RequestId,
+    /// Which conversation cache to use (the NPC entity's bits).
+    pub(crate) slot: u64,
+    /// System prompt first, then history, then the newest user turn.
+    pub(crate) messages: Vec<ChatMessage>,
+    pub(crate) params: GenerateParams,
+    pub(crate) priority: Priority,
+    pub(crate) cancel: CancelToken,
+}
+
+pub(crate) enum Command {
+    Load(PathBuf),
+    Generate(Job),
+    /// The NPC is gone: free its cache.
+    ForgetSlot(u64),
+    /// Test hook: the next job panics inside the worker.
+    #[cfg(feature = "fault-injection")]
+    PanicNextJob,
+}
+
+/// What the worker reports back.
+pub(crate) enum Report {
+    Loading(f32),
+    Loaded(ModelInfo),
+    LoadFailed(String),
+    Started {
+        id: RequestId,
+        prompt: Arc<str>,
+    },
+    Delta {
+        id: RequestId,
+        text: String,
+    },
+    Finished {
+        id: RequestId,
+        generation: Generation,
+    },
+    Failed {
+        id: RequestId,
+        error: DialogueError,
+    },
+    Status(WorkerStatus),
+}
+
+/// Queue and cache figures, for debug displays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Requests waiting.
+    pub queued: usize,
+    /// Conversations with a cache.
+    pub slots_used: usize,
+    /// Most conversations cached at once.
+    pub slots_capacity: usize,
+    /// Bytes held by all conversation caches.
+    pub cache_bytes: usize,
+}
+
+pub(crate) struct WorkerConfig {
+    pub(crate) engine: EngineConfig,
+    pub(crate) slots: usize,
+}
+
+/// Starts the worker thread. It ends when the command channel closes.
+pub(crate) fn spawn(
+    config: WorkerConfig,
+    commands: Receiver<Command>,
+    reports: Sender<Report>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("llm-dialogue-worker".into())
+        .spawn(move || Worker::new(config, reports).run(commands))
+}
+
+struct Slot {
+    session: Session,
+    last_used: u64,
+}
+
+struct Worker {
+    config: WorkerConfig,
+    reports: Sender<Report>,
+    engine: Option<Engine>,
+    load_error: Option<String>,
+    queue: Vec<(u64, Job)>,
+    slots: HashMap<u64, Slot>,
+    clock: u64,
+    #[cfg(feature = "fault-injection")]
+    panic_next: bool,
+}
+
+impl Worker {
+    fn new(config: WorkerConfig, reports: Sender<Report>) -> Self {
+        Self {
+            config,
+            reports,
+            engine: None,
+            load_error: Some("the model has not been loaded".into()),
+            queue: Vec::new(),
+            slots: HashMap::new(),
+            clock: 0,
+            #[cfg(feature = "fault-injection")]
+            panic_next: false,
+        }
+    }
+
+    fn report(&self, report: Report) {
+        // The app may be gone; then there is nobody to tell.
+        let _ = self.reports.send(report);
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            if self.queue.is_empty() {
+                match commands.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = commands.try_recv() {
+                self.handle(cmd);
+            }
+            if let Some(job) = self.pop_best() {
+                self.run_job(job);
+                self.report_status();
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        self.clock += 1;
+        match cmd {
+            Command::Load(path) => self.load(path),
+            Command::Generate(job) => self.queue.push((self.clock, job)),
+            Command::ForgetSlot(slot) => {
+                if self.slots.remove(&slot).is_some() {
+                    self.report_status();
+                }
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::PanicNextJob => self.panic_next = true,
+        }
+    }
+
+    /// The highest-priority job, first come first served within a priority.
+    fn pop_best(&mut self) -> Option<Job> {
+        let best = self
+            .queue
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(&a.0)))
+            .map(|(i, _)| i)?;
+        Some(self.queue.remove(best).1)
+    }
+
+    fn load(&mut self, path: PathBuf) {
+        let _span = tracing::info_span!("load_model", path = %path.display()).entered();
+        self.engine = None;
+        self.slots.clear();
+        self.report(Report::Loading(0.0));
+        let result = std::fs::File::open(&path)
+            .map_err(|source| EngineError::ModelNotFound {
+                path: path.clone(),
+                source,
+            })
+            .and_then(|file| {
+                let reader =
+                    ProgressReader::new(std::io::BufReader::new(file), self.reports.clone())?;
+                Engine::from_reader(
+                    reader,
+                    &path.display().to_string(),
+                    self.config.engine.clone(),
+                )
+            });
+        match result {
+            Ok(engine) => {
+                self.load_error = None;
+                self.report(Report::Loading(1.0));
+                self.report(Report::Loaded(engine.info().clone()));
+                self.engine = Some(engine);
+            }
+            Err(e) => {
+                tracing::error!("model failed to load: {e}");
+                self.load_error = Some(e.to_string());
+                self.report(Report::LoadFailed(e.to_string()));
+            }
+        }
+    }
+
+    fn run_job(&mut self, job: Job) {
+        if job.cancel.is_cancelled() {
+            return;
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            let reason = self.load_error.clone().unwrap_or_default();
+            self.report(Report::Failed {
+                id: job.id,
+                error: DialogueError::ModelUnavailable(reason),
+            });
+            return;
+        };
+        let prompt = match fit_context(engine, job.messages, job.params.max_tokens) {
+            Ok(p) => p,
+            Err(error) => {
+                self.report(Report::Failed { id: job.id, error });
+                return;
+            }
+        };
+        let shown = engine
+            .template()
+            .render(&prompt.messages, true)
+            .unwrap_or_default();
+        let _ = self.reports.send(Report::Started {
+            id: job.id,
+            prompt: shown.into(),
+        });
+
+        self.clock += 1;
+        let mut slot = match self.slots.remove(&job.slot) {
+            Some(slot) => slot,
+            None => {
+                evict_lru(&mut self.slots, self.config.slots.saturating_sub(1));
+                Slot {
+                    session: engine.new_session(),
+                    last_used: 0,
+                }
+            }
+        };
+        slot.last_used = self.clock;
+
+        #[cfg(feature = "fault-injection")]
+        let inject = std::mem::take(&mut self.panic_next);
+        let reports = self.reports.clone();
+        let id = job.id;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            if inject {
+                panic!("injected fault");
+            }
+            engine.generate(
+                &mut slot.session,
+                &prompt.tokens,
+                &job.params,
+                &job.cancel,
+                |d| {
+                    if !d.text.is_empty() {
+                        let _ = reports.send(Report::Delta {
+                            id,
+                            text: d.text.to_owned(),
+                        });
+                    }
+                },
+            )
+        }));
+        match result {
+            Ok(Ok(generation)) => {
+                self.slots.insert(job.slot, slot);
+                if !job.cancel.is_cancelled() {
+                    self.report(Report::Finished { id, generation });
+                }
+            }
+            Ok(Err(e)) => {
+                slot.session.clear();
+                self.slots.insert(job.slot, slot);
+                self.report(Report::Failed {
+                    id,
+                    error: engine_error(e),
+                });
+            }
+            Err(panic) => {
+                // The session may be half-written; drop it. The weights are immutable.
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!("inference worker panicked: {what}");
+                self.report(Report::Failed {
+                    id,
+                    error: DialogueError::WorkerCrashed(what),
+                });
+            }
+        }
+    }
+
+    fn report_status(&self) {
+        self.report(Report::Status(WorkerStatus {
+            queued: self.queue.len(),
+            slots_used: self.slots.len(),
+            slots_capacity: self.config.slots,
+            cache_bytes: self.slots.values().map(|s| s.session.cache_bytes()).sum(),
+        }));
+    }
+}
+
+/// Drops least recently used caches until at most `keep` remain.
+fn evict_lru(slots: &mut HashMap<u64, Slot>, keep: usize) {
+    while slots.len() > keep {
+        let Some(oldest) = slots
+            .iter()
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        slots.remove(&oldest);
+    }
+}
+
+pub(crate) fn engine_error(e: EngineError) -> DialogueError {
+    match e {
+        EngineError::ContextOverflow { tokens, n_ctx } => {
+            DialogueError::ContextOverflow { tokens, n_ctx }
+        }
+        EngineError::InvalidParameter { .. } => DialogueError::InvalidRequest(e.to_string()),
+        EngineError::Template(_) => DialogueError::Template(e.to_string()),
+        other => DialogueError::Inference(other.to_string()),
+    }
+}
+
+struct FittedPrompt {
+    messages: Vec<ChatMessage>,
+    tokens: Vec<u32>,
+}
+
+/// Tokenizes the messages, dropping the oldest history turns until the prompt leaves room
+/// for the reply. The system message and the newest turn are never dropped.
+fn fit_context(
+    engine: &Engine,
+    mut messages: Vec<ChatMessage>,
+    max_tokens: usize,
+) -> Result<FittedPrompt, DialogueError> {
+    let n_ctx = engine.info().n_ctx;
+    let pinned = usize::from(
+        messages
+            .first()
+            .is_some_and(|m| m.role == crate::engine::Role::System),
+    );
+    loop {
+        let tokens = engine.chat_tokens(&messages).map_err(engine_error)?;
+        let fits = tokens.len() + max_tokens.min(n_ctx / 2) <= n_ctx;
+        if fits {
+            return Ok(FittedPrompt { messages, tokens });
+        }
+        if messages.len() > pinned + 1 {
+            // Drop the oldest turn; if that leaves the history starting with the NPC's
+            // reply to a dropped question, drop that too.
+            messages.remove(pinned);
+            if messages.len() > pinned + 1
+                && messages[pinned].role == crate::engine::Role::Assistant
+            {
+                messages.remove(pinned);
+            }
+            continue;
+        }
+        if tokens.len() < n_ctx {
+            // No history left to drop; generate what fits.
+            return Ok(FittedPrompt { messages, tokens });
+        }
+        return Err(DialogueError::ContextOverflow {
+            tokens: tokens.len(),
+            n_ctx,
+        });
+    }
+}
+
+/// Reports how far through the model file loading has read.
+struct ProgressReader<R> {
+    inner: R,
+    len: u64,
+    pos: u64,
+    last: f32,
+    reports: Sender<Report>,
+}
+
+impl<R: Read + Seek> ProgressReader<R> {
+    fn new(mut inner: R, reports: Sender<Report>) -> crate::engine::Result<Self> {
+        let io = |e: std::io::Error| EngineError::InvalidGguf {
+            file: "model".into(),
+            reason: e.to_string(),
+        };
+        let len = inner.seek(SeekFrom::End(0)).map_err(io)?;
+        inner.seek(SeekFrom::Start(0)).map_err(io)?;
+        Ok(Self {
+            inner,
+            len: len.max(1),
+            pos: 0,
+            last: 0.0,
+            reports,
+        })
+    }
+}
+
+impl<R> ProgressReader<R> {
+    fn tick(&mut self) {
+        // Loading reads most of the file once, in order; stop short of 1 until it is done.
+        let fraction = (self.pos as f32 / self.len as f32).min(0.99);
+        if fraction - self.last >= 0.05 {
+            self.last = fraction;
+            let _ = self.reports.send(Report::Loading(fraction));
+        }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        self.tick();
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for ProgressReader<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        // Progress counts bytes read, not seek positions (the loader seeks to the end to
+        // learn the file size).
+        self.inner.seek(to)
+    }
+}
