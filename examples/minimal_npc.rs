@@ -14,7 +14,10 @@ use bevy_llm_dialogue::prelude::*;
 fn main() {
     App::new()
         .add_plugins((
-            MinimalPlugins,
+            // 60 frames a second, like a game; without a wait the loop would spin a core.
+            MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
+                1.0 / 60.0,
+            ))),
             AssetPlugin::default(),
             bevy::log::LogPlugin::default(),
         ))
