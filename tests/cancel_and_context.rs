@@ -37,7 +37,7 @@ fn cancellation_from_another_thread_stops_within_one_token() {
     let params = GenerateParams {
         max_tokens: 200,
         sampling: SamplingParams::default().with_seed(9),
-        stop: Vec::new(),
+        ..GenerateParams::default()
     };
     let mut tx = Some(tx);
     let g = engine
@@ -122,7 +122,7 @@ fn a_full_context_stops_generation() {
     let params = GenerateParams {
         max_tokens: 500,
         sampling: SamplingParams::default().with_seed(2),
-        stop: Vec::new(),
+        ..GenerateParams::default()
     };
     let g = engine
         .chat(
@@ -147,7 +147,7 @@ fn second_turn_reuses_the_cached_prefix_and_matches_a_fresh_session() {
     let greedy = GenerateParams {
         max_tokens: 16,
         sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
+        ..GenerateParams::default()
     };
     let mut history = vec![
         ChatMessage::system("You are Mira, the blacksmith of Elmsbrook. Answer in one sentence."),

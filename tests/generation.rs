@@ -17,7 +17,7 @@ fn params(max_tokens: usize, seed: u64) -> GenerateParams {
     GenerateParams {
         max_tokens,
         sampling: SamplingParams::default().with_seed(seed),
-        stop: Vec::new(),
+        ..GenerateParams::default()
     }
 }
 
@@ -142,7 +142,7 @@ fn greedy_decoding_is_deterministic_without_a_seed() {
     let p = GenerateParams {
         max_tokens: 16,
         sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
+        ..GenerateParams::default()
     };
     let (a, _) = run(&ask("Who are you?"), &p);
     let (b, _) = run(&ask("Who are you?"), &p);

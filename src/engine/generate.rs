@@ -22,6 +22,9 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Strings that end the text when they appear; they are not part of the result.
     pub stop: Vec<String>,
+    /// Keep going past end-of-turn tokens until `max_tokens` (benchmarks, like llama.cpp's
+    /// `ignore_eos`). Off by default.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -30,6 +33,7 @@ impl Default for GenerateParams {
             max_tokens: 128,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

@@ -20,6 +20,7 @@
 mod error;
 mod generate;
 mod gguf;
+mod kernels;
 mod model;
 mod sampling;
 mod stream;
@@ -96,6 +97,22 @@ pub struct EngineConfig {
     pub tokenizer_json: Option<PathBuf>,
     /// A chat template (Jinja) to use instead of the GGUF's `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// Matrix kernels for llama-family models on the CPU; leave at the default.
+    pub cpu_kernels: CpuKernels,
+}
+
+/// Which code multiplies the weight matrices of llama-family models on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CpuKernels {
+    /// This crate's packed kernels, with SIMD where the CPU has it (AVX2 on x86-64).
+    #[default]
+    Packed,
+    /// The same kernels without SIMD: the reference the SIMD path is tested against.
+    PackedScalar,
+    /// candle's quantized matmul. Slower on Q4_1 files, and it runs on candle's own pool of
+    /// every core, ignoring [`EngineConfig::threads`]; for comparisons.
+    Candle,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +123,7 @@ impl Default for EngineConfig {
             backend: Backend::Auto,
             tokenizer_json: None,
             chat_template: None,
+            cpu_kernels: CpuKernels::Packed,
         }
     }
 }
@@ -196,7 +214,7 @@ impl Engine {
             None => ChatTemplate::chatml(),
         };
         let device = config.backend.device()?;
-        let (model, train_context) = Model::load(header, &mut reader, &device)?;
+        let (model, train_context) = Model::load(header, &mut reader, &device, config.cpu_kernels)?;
         let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
         let pool = match config.threads {
             Some(n) => Some(
@@ -340,6 +358,71 @@ impl Engine {
         result
     }
 
+    /// Feeds `tokens` after what `session` already holds and returns the scores (logits) for
+    /// the token that would come next, for custom decoding and for testing.
+    pub fn logits(&mut self, session: &mut Session, tokens: &[TokenId]) -> Result<Vec<f32>> {
+        let total = session.tokens.len() + tokens.len();
+        if tokens.is_empty() || total > self.info.n_ctx {
+            return Err(EngineError::ContextOverflow {
+                tokens: total,
+                n_ctx: self.info.n_ctx,
+            });
+        }
+        let pool = self.pool.take();
+        let pos = session.tokens.len();
+        let mut run = || {
+            self.model
+                .forward(tokens, pos, &mut session.cache, &self.device)
+        };
+        let result = match &pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        };
+        self.pool = pool;
+        session.tokens.extend_from_slice(tokens);
+        result
+    }
+
+    /// Perplexity of the model on `tokens` (the first predicts the second, and so on):
+    /// `exp` of the mean negative log-likelihood. For checking that a kernel or
+    /// quantization change keeps the model the same; it runs one token at a time.
+    pub fn perplexity(&mut self, tokens: &[TokenId]) -> Result<f64> {
+        if tokens.len() < 2 || tokens.len() > self.info.n_ctx {
+            return Err(EngineError::InvalidParameter {
+                name: "tokens",
+                reason: format!("need 2..={} tokens, got {}", self.info.n_ctx, tokens.len()),
+            });
+        }
+        let mut session = self.new_session();
+        let pool = self.pool.take();
+        let mut run = || -> Result<f64> {
+            let mut nll = 0f64;
+            for (i, pair) in tokens.windows(2).enumerate() {
+                let logits = self
+                    .model
+                    .forward(&pair[..1], i, &mut session.cache, &self.device)?;
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let log_sum = logits
+                    .iter()
+                    .map(|&v| f64::from(v - max).exp())
+                    .sum::<f64>()
+                    .ln();
+                let target = logits
+                    .get(pair[1] as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY);
+                nll += log_sum - f64::from(target - max);
+            }
+            Ok((nll / (tokens.len() - 1) as f64).exp())
+        };
+        let result = match &pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        };
+        self.pool = pool;
+        result
+    }
+
     fn generate_inner(
         &mut self,
         session: &mut Session,
@@ -421,7 +504,7 @@ impl Engine {
                 stats.time_to_first_token = started.elapsed();
                 first_token_at = Some(Instant::now());
             }
-            if self.tokenizer.is_end_of_generation(token) {
+            if !params.ignore_eos && self.tokenizer.is_end_of_generation(token) {
                 break StopReason::Eos;
             }
             generated.push(token);

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
+use super::super::kernels::{QMatrix, Simd};
 use super::TensorSource;
 
 /// Hyper-parameters read from `llama.*` metadata.
@@ -58,27 +59,89 @@ impl LlamaConfig {
     }
 }
 
+/// A weight matrix: packed for this crate's CPU kernels, or candle's (GPUs, float weights).
+#[derive(Debug)]
+enum Linear {
+    Packed(Arc<QMatrix>),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn load(src: &mut TensorSource<'_>, name: &str) -> Result<Self> {
+        Self::from_qtensor(Arc::new(src.qtensor(name)?), src.packed)
+    }
+
+    fn from_qtensor(t: Arc<QTensor>, packed: Option<Simd>) -> Result<Self> {
+        if let Some(simd) = packed
+            && let Some(m) = QMatrix::pack(&t, simd)?
+        {
+            return Ok(Linear::Packed(Arc::new(m)));
+        }
+        Ok(Linear::Candle(QMatMul::from_arc(t)?))
+    }
+
+    /// `(batch, seq, cols)` to `(batch, seq, rows)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(m) => Ok(m.forward(x)?),
+            Linear::Packed(m) => {
+                let (b, s, _) = x.dims3()?;
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(
+                    m.matmul(&input),
+                    (b, s, m.rows()),
+                    x.device(),
+                )?)
+            }
+        }
+    }
+}
+
+/// Token embeddings: rows of the packed matrix (shared with a tied output layer), or a
+/// dequantized table.
+#[derive(Debug)]
+enum Embeddings {
+    Packed(Arc<QMatrix>),
+    Dense(Tensor),
+}
+
+impl Embeddings {
+    fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embeddings::Dense(t) => Ok(t.index_select(&Tensor::new(tokens, device)?, 0)?),
+            Embeddings::Packed(m) => {
+                let d = m.cols();
+                let mut out = vec![0f32; tokens.len() * d];
+                for (&t, row) in tokens.iter().zip(out.chunks_exact_mut(d)) {
+                    m.dequantize_row(t as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (tokens.len(), d), device)?)
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// Immutable llama weights; cheap to share between conversations.
 #[derive(Debug)]
 pub(crate) struct LlamaWeights {
     pub(crate) config: LlamaConfig,
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -147,21 +210,27 @@ impl KvCache {
     }
 }
 
-fn qmatmul(src: &mut TensorSource<'_>, name: &str) -> Result<QMatMul> {
-    Ok(QMatMul::from_arc(Arc::new(src.qtensor(name)?))?)
-}
-
 impl LlamaWeights {
     pub(crate) fn load(src: &mut TensorSource<'_>, arch: &str) -> Result<Self> {
         let header = src.header;
         let config = LlamaConfig::from_header(header, arch)?;
         let device = src.device.clone();
         let embd_q: Arc<QTensor> = Arc::new(src.qtensor("token_embd.weight")?);
-        let embeddings = embd_q.dequantize(&device)?;
+        let packed_embd = match src.packed {
+            Some(simd) => QMatrix::pack(&embd_q, simd)?.map(Arc::new),
+            None => None,
+        };
+        let embeddings = match &packed_embd {
+            Some(m) => Embeddings::Packed(m.clone()),
+            None => Embeddings::Dense(embd_q.dequantize(&device)?),
+        };
         let output = if header.content.tensor_infos.contains_key("output.weight") {
-            qmatmul(src, "output.weight")?
+            Linear::load(src, "output.weight")?
+        } else if let Some(m) = packed_embd {
+            // Tied embeddings: one packed copy serves both.
+            Linear::Packed(m)
         } else {
-            QMatMul::from_arc(embd_q)?
+            Linear::from_qtensor(embd_q, None)?
         };
         let norm = src.qtensor("output_norm.weight")?.dequantize(&device)?;
         let mut layers = Vec::with_capacity(config.n_layer);
@@ -169,14 +238,14 @@ impl LlamaWeights {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             layers.push(Layer {
                 attn_norm: src.qtensor(&p("attn_norm"))?.dequantize(&device)?,
-                wq: qmatmul(src, &p("attn_q"))?,
-                wk: qmatmul(src, &p("attn_k"))?,
-                wv: qmatmul(src, &p("attn_v"))?,
-                wo: qmatmul(src, &p("attn_output"))?,
+                wq: Linear::load(src, &p("attn_q"))?,
+                wk: Linear::load(src, &p("attn_k"))?,
+                wv: Linear::load(src, &p("attn_v"))?,
+                wo: Linear::load(src, &p("attn_output"))?,
                 ffn_norm: src.qtensor(&p("ffn_norm"))?.dequantize(&device)?,
-                gate: qmatmul(src, &p("ffn_gate"))?,
-                up: qmatmul(src, &p("ffn_up"))?,
-                down: qmatmul(src, &p("ffn_down"))?,
+                gate: Linear::load(src, &p("ffn_gate"))?,
+                up: Linear::load(src, &p("ffn_up"))?,
+                down: Linear::load(src, &p("ffn_down"))?,
             });
         }
         let (cos, sin) = rope_tables(&config, &device)?;
@@ -201,8 +270,7 @@ impl LlamaWeights {
         cache.reserve(cfg, pos + seq, &self.device)?;
         let total = pos + seq;
         let n_rep = cfg.n_head / cfg.n_kv_head;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mut x = self.embeddings.lookup(tokens, &self.device)?.unsqueeze(0)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         let mask = (seq > 1)

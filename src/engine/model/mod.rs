@@ -2,6 +2,8 @@
 
 mod llama;
 
+use super::CpuKernels;
+use super::kernels::Simd;
 use std::io::{Read, Seek};
 
 use candle_core::quantized::QTensor;
@@ -21,6 +23,8 @@ pub(crate) struct TensorSource<'a> {
     pub(crate) header: &'a GgufHeader,
     pub(crate) reader: &'a mut dyn ReadSeek,
     pub(crate) device: Device,
+    /// Pack matrices for [`crate::engine::kernels`] (CPU only), with or without SIMD.
+    pub(crate) packed: Option<Simd>,
 }
 
 /// `Read + Seek` as one object-safe trait.
@@ -80,6 +84,7 @@ impl Model {
         header: GgufHeader,
         reader: &mut R,
         device: &Device,
+        kernels: CpuKernels,
     ) -> Result<(Self, usize)> {
         let arch = header.string("general.architecture")?.to_owned();
         let file = header.file.clone();
@@ -95,6 +100,12 @@ impl Model {
                     header: &header,
                     reader,
                     device: device.clone(),
+                    packed: match kernels {
+                        _ if !device.is_cpu() => None,
+                        CpuKernels::Packed => Some(Simd::detect()),
+                        CpuKernels::PackedScalar => Some(Simd::Scalar),
+                        CpuKernels::Candle => None,
+                    },
                 };
                 Model::Llama(llama::LlamaWeights::load(&mut src, &arch)?)
             }

@@ -1,0 +1,228 @@
+//! Inference benchmark: load time, prefill and decode speed, time to first token with and
+//! without a cached persona, and memory with 1 and 16 conversations. Bevy-free.
+//!
+//! ```text
+//! cargo run --release --no-default-features --example bench -- --threads 1
+//! cargo run --release --no-default-features --example bench -- --threads 1 --candle-matmul
+//! ```
+//!
+//! Prints a table and, with `--json`, one JSON object (used by `scripts/bench-vs-llamacpp`).
+//! Figures are the best of `--repeat` runs (default 3), as llama-bench reports averages of
+//! warm runs; the machine's noise moves them by several percent.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::time::{Duration, Instant};
+
+use bevy_llm_dialogue::engine::{
+    CancelToken, ChatMessage, CpuKernels, Engine, EngineConfig, GenerateParams, SamplingParams,
+};
+
+const PERSONA: &str = "You are Mira, the blacksmith of the village of Elmsbrook. Personality: \
+gruff, honest, secretly kind, proud of her craft. How you speak: short, blunt sentences; you call \
+everyone 'friend' and talk about steel and fire. What you know: wolves have been seen in the Old \
+Forest; the ruined tower to the north is said to hold a silver key; the miller owes you money. \
+What you want: find someone brave enough to fetch iron ore from the ruin. Stay in character. \
+Answer with one to three short sentences of spoken dialogue, nothing else.";
+
+struct Args {
+    model: String,
+    threads: Option<usize>,
+    candle_matmul: bool,
+    json: bool,
+    repeat: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        threads: None,
+        candle_matmul: false,
+        json: false,
+        repeat: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--model" => a.model = value("--model")?,
+            "--threads" => {
+                a.threads = Some(value("--threads")?.parse().map_err(|e| format!("{e}"))?)
+            }
+            "--repeat" => a.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
+            "--candle-matmul" => a.candle_matmul = true,
+            "--json" => a.json = true,
+            "--bench" => {} // cargo bench passes this
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Resident and peak resident memory of this process, in bytes (Linux).
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..GenerateParams::default()
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let config = EngineConfig {
+        threads: args.threads,
+        cpu_kernels: if args.candle_matmul {
+            CpuKernels::Candle
+        } else {
+            CpuKernels::Packed
+        },
+        ..EngineConfig::default()
+    };
+    let cancel = CancelToken::new();
+
+    let started = Instant::now();
+    let mut engine = Engine::load(&args.model, config)?;
+    let load = started.elapsed();
+    let (rss_loaded, _) = rss();
+
+    // Prefill: a 256-token prompt on an empty cache, one token out.
+    let text = PERSONA.repeat(8);
+    let prompt: Vec<u32> = engine
+        .tokenizer()
+        .encode(&text)?
+        .into_iter()
+        .take(256)
+        .collect();
+    assert_eq!(prompt.len(), 256, "the prompt text is long enough");
+    let mut prefill = 0f64;
+    for _ in 0..args.repeat {
+        let mut session = engine.new_session();
+        let g = engine.generate(&mut session, &prompt, &greedy(1), &cancel, |_| {})?;
+        prefill = prefill.max(g.stats.prefill_tokens_per_second());
+    }
+
+    // Decode: 128 tokens after a short prompt.
+    let short = engine.chat_tokens(&[ChatMessage::user("Tell me a story.")])?;
+    let mut decode = 0f64;
+    for _ in 0..args.repeat {
+        let mut session = engine.new_session();
+        let g = engine.generate(&mut session, &short, &greedy(128), &cancel, |_| {})?;
+        decode = decode.max(g.stats.decode_tokens_per_second());
+    }
+
+    // Time to first token for an NPC line: cold, then with the persona and the first
+    // exchange cached (the plugin's second line to the same NPC).
+    let mut cold = Duration::MAX;
+    let mut cached = Duration::MAX;
+    let mut persona_tokens = 0;
+    for _ in 0..args.repeat {
+        let mut session = engine.new_session();
+        let mut messages = vec![
+            ChatMessage::system(PERSONA),
+            ChatMessage::user("Good morning!"),
+        ];
+        let first = engine.chat(&mut session, &messages, &greedy(16), &cancel, |_| {})?;
+        cold = cold.min(first.stats.time_to_first_token);
+        persona_tokens = first.stats.prompt_tokens;
+        messages.push(ChatMessage::assistant(first.text));
+        messages.push(ChatMessage::user("What do you sell?"));
+        let second = engine.chat(&mut session, &messages, &greedy(16), &cancel, |_| {})?;
+        cached = cached.min(second.stats.time_to_first_token);
+    }
+
+    // Memory: one conversation, then sixteen, each holding the persona in its cache.
+    let npc = engine.chat_tokens(&[ChatMessage::system(PERSONA), ChatMessage::user("Hello.")])?;
+    let mut sessions = Vec::new();
+    let mut rss_at = Vec::new();
+    for n in 1..=16 {
+        let mut session = engine.new_session();
+        engine.generate(&mut session, &npc, &greedy(1), &cancel, |_| {})?;
+        sessions.push(session);
+        if n == 1 || n == 16 {
+            rss_at.push((
+                rss().0,
+                sessions.iter().map(|s| s.cache_bytes()).sum::<usize>(),
+            ));
+        }
+    }
+    let (rss_1, kv_1) = rss_at[0];
+    let (rss_16, kv_16) = rss_at[1];
+    let (_, peak) = rss();
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model,
+                "threads": args.threads,
+                "kernels": if args.candle_matmul { "candle" } else { "packed" },
+                "load_s": load.as_secs_f64(),
+                "prefill_tok_s": prefill,
+                "decode_tok_s": decode,
+                "ttft_cold_s": cold.as_secs_f64(),
+                "ttft_cached_s": cached.as_secs_f64(),
+                "persona_prompt_tokens": persona_tokens,
+                "rss_loaded_mib": mib(rss_loaded),
+                "rss_1_npc_mib": mib(rss_1),
+                "rss_16_npc_mib": mib(rss_16),
+                "kv_1_npc_mib": mib(kv_1 as u64),
+                "kv_16_npc_mib": mib(kv_16 as u64),
+                "peak_rss_mib": mib(peak),
+            })
+        );
+    } else {
+        println!("model            {}", args.model);
+        println!(
+            "threads          {:?}, kernels {}",
+            args.threads,
+            if args.candle_matmul {
+                "candle"
+            } else {
+                "packed"
+            }
+        );
+        println!("load             {:.2} s", load.as_secs_f64());
+        println!("prefill (pp256)  {prefill:.1} tok/s");
+        println!("decode (tg128)   {decode:.1} tok/s");
+        println!(
+            "TTFT cold        {:.0} ms ({persona_tokens}-token persona prompt)",
+            cold.as_secs_f64() * 1e3
+        );
+        println!(
+            "TTFT cached      {:.0} ms ({:.3}x cold)",
+            cached.as_secs_f64() * 1e3,
+            cached.as_secs_f64() / cold.as_secs_f64()
+        );
+        println!(
+            "RSS              loaded {:.0} MiB, 1 NPC {:.0} MiB, 16 NPCs {:.0} MiB (KV {:.1} / {:.1} MiB), peak {:.0} MiB",
+            mib(rss_loaded),
+            mib(rss_1),
+            mib(rss_16),
+            mib(kv_1 as u64),
+            mib(kv_16 as u64),
+            mib(peak)
+        );
+        println!(
+            "RSS(16)/RSS(1)   {:.3}; without the KV growth {:.3}",
+            rss_16 as f64 / rss_1 as f64,
+            (rss_16 as f64 - (kv_16 - kv_1) as f64) / rss_1 as f64
+        );
+    }
+    Ok(())
+}
