@@ -10,6 +10,7 @@ pub mod persona;
 #[cfg(feature = "bevy")]
 pub mod plugin;
 pub mod prompt;
+pub mod story;
 
 /// Everything a game needs to get started.
 pub mod prelude {
@@ -22,5 +23,11 @@ pub mod prelude {
         LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded, ModelLoading,
         ModelState, Npc, NpcContext, Priority, RequestLine, Speaking,
     };
+    #[cfg(feature = "bevy")]
+    pub use crate::plugin::{
+        ChooseOption, Narrator, NpcAction, RequestAction, RequestScene, SceneDelta, SceneFailed,
+        SceneReady,
+    };
     pub use crate::prompt::PromptTemplate;
+    pub use crate::story::{ActionSpec, ArgSpec, Scene, Story, StoryAsset};
 }

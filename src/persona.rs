@@ -59,6 +59,9 @@ pub struct Persona {
     /// Strings that end a line early.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
+    #[serde(default)]
+    pub actions: Vec<crate::story::ActionSpec>,
 }
 
 /// A persona file that cannot be used. Messages name the file, the line and the field.
@@ -94,15 +97,9 @@ pub enum PersonaError {
 impl Persona {
     /// Parses and validates a persona written in RON. `file` names it in errors.
     pub fn from_ron(text: &str, file: &str) -> Result<Self, PersonaError> {
-        let persona: Persona =
-            ron::Options::default()
-                .from_str(text)
-                .map_err(|e| PersonaError::Syntax {
-                    file: file.to_owned(),
-                    line: e.span.start.line,
-                    column: e.span.start.col,
-                    message: e.code.to_string(),
-                })?;
+        let persona: Persona = ron::Options::default()
+            .from_str(text)
+            .map_err(|e| located(file, &e))?;
         persona.validate().map_err(|(field, reason)| {
             let leaf = field.rsplit('.').next().unwrap_or(&field);
             PersonaError::Invalid {
@@ -140,12 +137,35 @@ impl Persona {
         if self.stop.iter().any(String::is_empty) {
             return Err(("stop".into(), "contains an empty string".into()));
         }
+        for action in &self.actions {
+            if action.name.is_empty()
+                || !action
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err((
+                    "actions".into(),
+                    format!("`{}` is not a name (letters, digits, _)", action.name),
+                ));
+            }
+        }
         Ok(())
     }
 }
 
+/// A RON error with the file, line and column.
+pub(crate) fn located(file: &str, e: &ron::error::SpannedError) -> PersonaError {
+    PersonaError::Syntax {
+        file: file.to_owned(),
+        line: e.span.start.line,
+        column: e.span.start.col,
+        message: e.code.to_string(),
+    }
+}
+
 /// The 1-based line where `field:` first appears, or 0.
-fn line_of_field(text: &str, field: &str) -> usize {
+pub(crate) fn line_of_field(text: &str, field: &str) -> usize {
     text.lines()
         .position(|l| {
             l.trim_start()

@@ -8,9 +8,16 @@ use minijinja::{Environment, UndefinedBehavior, Value, context};
 
 use crate::engine::ChatMessage;
 use crate::persona::Persona;
+use crate::story::{ActionSpec, Story, StoryAsset};
 
 /// The NPC prompt used when an NPC names no template of its own (`assets/prompts/npc.jinja`).
 pub const DEFAULT_NPC_TEMPLATE: &str = include_str!("../assets/prompts/npc.jinja");
+
+/// The narrator's prompt unless a story names its own (`assets/prompts/narrator.jinja`).
+pub const DEFAULT_NARRATOR_TEMPLATE: &str = include_str!("../assets/prompts/narrator.jinja");
+
+/// The prompt for an NPC's choice of action (`assets/prompts/action.jinja`).
+pub const DEFAULT_ACTION_TEMPLATE: &str = include_str!("../assets/prompts/action.jinja");
 
 /// What the player "says" when an NPC speaks first (a greeting or a bark).
 pub const UNPROMPTED_LINE: &str = "(The player walks up to you. Say something to them.)";
@@ -58,6 +65,71 @@ impl PromptTemplate {
             source: source.to_owned(),
             env,
         })
+    }
+
+    /// The built-in narrator template.
+    pub fn default_narrator() -> Self {
+        Self::new("narrator.jinja (built in)", DEFAULT_NARRATOR_TEMPLATE)
+            .expect("the built-in template compiles")
+    }
+
+    /// The built-in NPC action template.
+    pub fn default_action() -> Self {
+        Self::new("action.jinja (built in)", DEFAULT_ACTION_TEMPLATE)
+            .expect("the built-in template compiles")
+    }
+
+    /// The messages for the narrator's next scene. The template sees `story` (the asset),
+    /// `world`, and `path`: the last scenes, each with the `choice` taken in it.
+    pub fn narrator_messages(
+        &self,
+        asset: &StoryAsset,
+        story: &Story,
+        world: &Facts,
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let path: Vec<Value> = story
+            .path()
+            .into_iter()
+            .map(|(node, choice)| {
+                context! { scene => node.text.clone(), choice => choice.map(|c| c.text.clone()) }
+            })
+            .collect();
+        // The last few scenes are enough context for a small model.
+        let path = &path[path.len().saturating_sub(6)..];
+        let system = self.render(context! {
+            story => Value::from_serialize(asset),
+            world => Value::from_serialize(world),
+            path => path,
+        })?;
+        Ok(vec![
+            ChatMessage::system(system),
+            ChatMessage::user(format!(
+                "Reply with JSON: the scene, then exactly {} choices.",
+                asset.choices
+            )),
+        ])
+    }
+
+    /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
+    /// `actions`; the situation (or the player's last line) is the user turn.
+    pub fn action_messages(
+        &self,
+        persona: &Persona,
+        world: &Facts,
+        npc: &Facts,
+        actions: &[ActionSpec],
+        situation: &str,
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let system = self.render(context! {
+            persona => Value::from_serialize(persona),
+            world => Value::from_serialize(world),
+            npc => Value::from_serialize(npc),
+            actions => Value::from_serialize(actions),
+        })?;
+        Ok(vec![
+            ChatMessage::system(system),
+            ChatMessage::user(situation),
+        ])
     }
 
     /// The built-in NPC template.

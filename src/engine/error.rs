@@ -75,6 +75,9 @@ pub enum EngineError {
         /// Why it is rejected.
         reason: String,
     },
+    /// A grammar or JSON schema is invalid, or constrained output could not be completed.
+    #[error("constrained output: {0}")]
+    Grammar(String),
     /// The tensor library failed during loading or inference.
     #[error("inference failed: {0}")]
     Compute(#[from] candle_core::Error),

@@ -82,6 +82,8 @@ pub struct GenerationStats {
     pub prefill_time: Duration,
     /// Time spent generating after the first token.
     pub decode_time: Duration,
+    /// Time spent computing grammar masks (constrained generation only).
+    pub constraint_time: Duration,
 }
 
 impl GenerationStats {
@@ -183,6 +185,17 @@ impl Session {
             CacheState::Owned(kv) => kv.bytes(),
             CacheState::Internal => 0,
         }
+    }
+
+    /// An independent copy (the cache is copied, not shared).
+    pub(crate) fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            tokens: self.tokens.clone(),
+            cache: match &self.cache {
+                CacheState::Owned(kv) => CacheState::Owned(kv.deep_copy()?),
+                CacheState::Internal => CacheState::Internal,
+            },
+        })
     }
 
     /// Forgets the cached tokens (memory is kept for reuse).

@@ -20,6 +20,7 @@
 mod error;
 mod generate;
 mod gguf;
+mod grammar;
 mod kernels;
 mod model;
 mod sampling;
@@ -38,6 +39,7 @@ pub use error::{EngineError, Result};
 pub use generate::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
 };
+pub use grammar::Grammar;
 pub use sampling::{Sampler, SamplingParams};
 pub use template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, Role};
 pub use tokenizer::{TokenId, Tokenizer, VocabKind};
@@ -156,6 +158,8 @@ pub struct Engine {
     info: ModelInfo,
     device: Device,
     pool: Option<rayon::ThreadPool>,
+    /// Built on the first constrained generation.
+    constraints: Option<grammar::Constraints>,
 }
 
 impl Engine {
@@ -246,6 +250,7 @@ impl Engine {
             info,
             device,
             pool,
+            constraints: None,
         })
     }
 
@@ -319,6 +324,108 @@ impl Engine {
         prompt: &[TokenId],
         params: &GenerateParams,
         cancel: &CancelToken,
+        on_delta: impl FnMut(&Delta<'_>) + Send,
+    ) -> Result<Generation> {
+        self.run(session, prompt, params, None, cancel, on_delta)
+    }
+
+    /// Like [`generate`](Self::generate), but every token is masked so that the output
+    /// follows `grammar`: it ends when the structure is complete (stop reason
+    /// [`StopReason::Eos`]) and always parses. Output that `max_tokens` cuts off before the
+    /// structure is complete is an [`EngineError::Grammar`] error, never a partial result.
+    /// Stop strings are ignored.
+    pub fn generate_constrained(
+        &mut self,
+        session: &mut Session,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        grammar: &Grammar,
+        cancel: &CancelToken,
+        on_delta: impl FnMut(&Delta<'_>) + Send,
+    ) -> Result<Generation> {
+        self.run(session, prompt, params, Some(grammar), cancel, on_delta)
+    }
+
+    /// `n` different continuations of one prompt, computing the prompt once: each
+    /// alternative starts from a copy of the prompt's cache, with seed `seed + i` (seed 0
+    /// when the params have none). Alternatives whose text repeats an earlier one are drawn
+    /// again with a new seed, a few times at most, so the results are distinct unless the
+    /// model keeps producing the same text. `on_delta` gets the alternative's index.
+    /// `session` ends holding the prompt.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "generate's arguments plus n and a grammar"
+    )]
+    pub fn generate_alternatives(
+        &mut self,
+        session: &mut Session,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        grammar: Option<&Grammar>,
+        n: usize,
+        cancel: &CancelToken,
+        mut on_delta: impl FnMut(usize, &Delta<'_>) + Send,
+    ) -> Result<Vec<Generation>> {
+        if !(1..=16).contains(&n) {
+            return Err(EngineError::InvalidParameter {
+                name: "n",
+                reason: format!("{n} alternatives is outside 1..=16"),
+            });
+        }
+        if prompt.len() > 1 && self.model.reuses_prefixes() {
+            // The shared prefill: all but the last prompt token, which each alternative
+            // computes itself to get its own first logits.
+            let reuse = session.common_prefix(prompt).min(prompt.len() - 1);
+            session.tokens.truncate(reuse);
+            if reuse < prompt.len() - 1 {
+                self.logits(session, &prompt[reuse..prompt.len() - 1])?;
+            }
+        }
+        let base = params.sampling.seed.unwrap_or(0);
+        let mut results: Vec<Generation> = Vec::with_capacity(n);
+        let mut draws = 0u64;
+        while results.len() < n {
+            let i = results.len();
+            let mut p = params.clone();
+            p.sampling.seed = Some(base.wrapping_add(draws));
+            draws += 1;
+            let mut fork = session.fork()?;
+            // The first alternative streams as it goes (it cannot repeat anything); the
+            // others are held until they are known to be new.
+            let mut deltas = Vec::new();
+            let g = self.run(&mut fork, prompt, &p, grammar, cancel, |d| {
+                if i == 0 {
+                    on_delta(0, d);
+                } else {
+                    deltas.push((d.text.to_owned(), d.token, d.generated));
+                }
+            })?;
+            let repeated = results.iter().any(|r| r.text == g.text);
+            if repeated && draws < (n as u64) * 4 && g.stop_reason != StopReason::Cancelled {
+                continue;
+            }
+            for (text, token, generated) in deltas {
+                on_delta(
+                    i,
+                    &Delta {
+                        text: &text,
+                        token,
+                        generated,
+                    },
+                );
+            }
+            results.push(g);
+        }
+        Ok(results)
+    }
+
+    fn run(
+        &mut self,
+        session: &mut Session,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        grammar: Option<&Grammar>,
+        cancel: &CancelToken,
         mut on_delta: impl FnMut(&Delta<'_>) + Send,
     ) -> Result<Generation> {
         params.validate()?;
@@ -345,14 +452,31 @@ impl Engine {
             });
         }
         let mut sampler = Sampler::new(params.sampling.clone())?;
-        let pool = self.pool.take();
-        let result = match &pool {
-            Some(pool) => pool.install(|| {
-                self.generate_inner(session, prompt, params, cancel, &mut sampler, &mut on_delta)
-            }),
-            None => {
-                self.generate_inner(session, prompt, params, cancel, &mut sampler, &mut on_delta)
+        let mut matcher = match grammar {
+            Some(g) => {
+                if self.constraints.is_none() {
+                    self.constraints = Some(grammar::Constraints::new(&self.tokenizer)?);
+                }
+                let constraints = self.constraints.as_ref().expect("just built");
+                Some(constraints.matcher(g)?)
             }
+            None => None,
+        };
+        let pool = self.pool.take();
+        let mut go = || {
+            self.generate_inner(
+                session,
+                prompt,
+                params,
+                cancel,
+                &mut sampler,
+                matcher.as_mut(),
+                &mut on_delta,
+            )
+        };
+        let result = match &pool {
+            Some(pool) => pool.install(go),
+            None => go(),
         };
         self.pool = pool;
         result
@@ -430,6 +554,7 @@ impl Engine {
         params: &GenerateParams,
         cancel: &CancelToken,
         sampler: &mut Sampler,
+        mut matcher: Option<&mut llguidance::Matcher>,
         on_delta: &mut (dyn FnMut(&Delta<'_>) + Send),
     ) -> Result<Generation> {
         let started = Instant::now();
@@ -446,7 +571,12 @@ impl Engine {
             cached_tokens: reuse,
             ..Default::default()
         };
-        let mut stream = TextStream::new(&params.stop);
+        let no_stops: &[String] = &[];
+        let mut stream = TextStream::new(if matcher.is_some() {
+            no_stops
+        } else {
+            &params.stop
+        });
         let mut generated = Vec::new();
         let finish = |stream: &mut TextStream,
                       generated: Vec<TokenId>,
@@ -495,9 +625,31 @@ impl Engine {
 
         let mut first_token_at = None;
         let stop_reason = loop {
-            let token = {
-                let _span = tracing::trace_span!("sample").entered();
-                sampler.sample(&mut logits, &session.tokens, None)
+            let token = match matcher.as_deref_mut() {
+                None => {
+                    let _span = tracing::trace_span!("sample").entered();
+                    sampler.sample(&mut logits, &session.tokens, None)
+                }
+                Some(m) => {
+                    let _span = tracing::trace_span!("sample_constrained").entered();
+                    let masked = Instant::now();
+                    let mask = m.compute_mask().map_err(grammar::grammar_error)?;
+                    stats.constraint_time += masked.elapsed();
+                    if mask.is_zero() {
+                        return Err(grammar::grammar_error(
+                            m.get_error()
+                                .unwrap_or_else(|| "no token can continue the output".into()),
+                        ));
+                    }
+                    let token =
+                        sampler.sample(&mut logits, &session.tokens, Some(&|t| mask.is_allowed(t)));
+                    let consumed = Instant::now();
+                    if !self.tokenizer.is_end_of_generation(token) {
+                        m.consume_token(token).map_err(grammar::grammar_error)?;
+                    }
+                    stats.constraint_time += consumed.elapsed();
+                    token
+                }
             };
             stats.generated_tokens += 1;
             if stats.generated_tokens == 1 {
@@ -507,6 +659,7 @@ impl Engine {
             if !params.ignore_eos && self.tokenizer.is_end_of_generation(token) {
                 break StopReason::Eos;
             }
+            let structure_done = matcher.as_deref().is_some_and(|m| m.is_stopped());
             generated.push(token);
             let push = stream.push(self.tokenizer.token_bytes(token));
             on_delta(&Delta {
@@ -517,10 +670,24 @@ impl Engine {
             if push.stopped {
                 break StopReason::StopString;
             }
+            if structure_done {
+                break StopReason::Eos;
+            }
             if stats.generated_tokens >= params.max_tokens {
+                if matcher.is_some() {
+                    return Err(grammar::grammar_error(format!(
+                        "max_tokens ({}) ran out before the structured output was complete",
+                        params.max_tokens
+                    )));
+                }
                 break StopReason::MaxTokens;
             }
             if session.tokens.len() + 1 >= n_ctx {
+                if matcher.is_some() {
+                    return Err(grammar::grammar_error(
+                        "the context filled up before the structured output was complete",
+                    ));
+                }
                 break StopReason::ContextFull;
             }
             if cancel.is_cancelled() {

@@ -6,6 +6,7 @@ use bevy::reflect::TypePath;
 
 use crate::persona::{Persona, PersonaError};
 use crate::prompt::{PromptError, PromptTemplate};
+use crate::story::StoryAsset;
 
 /// Why a dialogue asset failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -91,5 +92,29 @@ impl AssetLoader for PromptTemplateLoader {
 
     fn extensions(&self) -> &[&str] {
         &["jinja"]
+    }
+}
+
+/// Loads [`StoryAsset`]s from `*.story.ron`.
+#[derive(Default, TypePath)]
+pub struct StoryLoader;
+
+impl AssetLoader for StoryLoader {
+    type Asset = StoryAsset;
+    type Settings = ();
+    type Error = DialogueAssetError;
+
+    async fn load(
+        &self,
+        reader: &mut dyn Reader,
+        _settings: &(),
+        cx: &mut LoadContext<'_>,
+    ) -> Result<StoryAsset, DialogueAssetError> {
+        let text = read_text(reader, cx).await?;
+        Ok(StoryAsset::from_ron(&text, &cx.path().to_string())?)
+    }
+
+    fn extensions(&self) -> &[&str] {
+        &["story.ron"]
     }
 }

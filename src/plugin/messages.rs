@@ -202,6 +202,10 @@ pub enum DialogueError {
     /// Inference failed (the engine's error message).
     #[error("inference failed: {0}")]
     Inference(String),
+    /// Structured output (a scene, an action) could not be produced or was refused: a bad
+    /// choice index, an invalid story asset, output cut off by the length limit.
+    #[error("{0}")]
+    Structure(String),
     /// The inference worker crashed on this line; it was restarted.
     #[error("the inference worker crashed ({0}); it has been restarted")]
     WorkerCrashed(String),

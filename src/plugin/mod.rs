@@ -3,6 +3,7 @@
 mod assets;
 mod components;
 mod messages;
+mod story;
 mod systems;
 mod worker;
 
@@ -10,13 +11,17 @@ use std::path::PathBuf;
 
 use bevy::prelude::*;
 
-pub use assets::{DialogueAssetError, PersonaLoader, PromptTemplateLoader};
+pub use assets::{DialogueAssetError, PersonaLoader, PromptTemplateLoader, StoryLoader};
 pub use components::{
     DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking,
 };
 pub use messages::{
     CancelLine, DialogueError, LineDelta, LineFailed, LineFinished, LineStarted, LoadModel,
     ModelFailed, ModelLoaded, ModelLoading, Priority, RequestId, RequestLine,
+};
+pub use story::{
+    ChooseOption, Narrator, NpcAction, RequestAction, RequestScene, SceneDelta, SceneFailed,
+    SceneReady,
 };
 pub use worker::WorkerStatus;
 
@@ -151,8 +156,20 @@ impl Plugin for LlmDialoguePlugin {
 
         app.init_asset::<Persona>()
             .init_asset::<PromptTemplate>()
+            .init_asset::<crate::story::StoryAsset>()
             .register_asset_loader(PersonaLoader)
             .register_asset_loader(PromptTemplateLoader)
+            .register_asset_loader(StoryLoader)
+            .add_message::<RequestScene>()
+            .add_message::<ChooseOption>()
+            .add_message::<SceneDelta>()
+            .add_message::<SceneReady>()
+            .add_message::<SceneFailed>()
+            .add_message::<RequestAction>()
+            .add_message::<NpcAction>()
+            .init_resource::<story::Structured>()
+            .init_resource::<story::WaitingStory>()
+            .init_resource::<story::BuiltinStoryPrompts>()
             .add_message::<RequestLine>()
             .add_message::<CancelLine>()
             .add_message::<LoadModel>()
@@ -175,7 +192,9 @@ impl Plugin for LlmDialoguePlugin {
             .configure_sets(PostUpdate, DialogueSystems::Dispatch)
             .add_systems(
                 PreUpdate,
-                systems::receive_reports.in_set(DialogueSystems::Receive),
+                (systems::receive_reports, story::receive_structured)
+                    .chain()
+                    .in_set(DialogueSystems::Receive),
             )
             .add_systems(
                 PostUpdate,
@@ -184,6 +203,8 @@ impl Plugin for LlmDialoguePlugin {
                     systems::cancel_lines,
                     systems::queue_requests,
                     systems::dispatch_requests,
+                    story::request_scenes,
+                    story::request_actions,
                 )
                     .chain()
                     .in_set(DialogueSystems::Dispatch),

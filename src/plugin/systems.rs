@@ -63,7 +63,7 @@ impl WorkerLink {
         self.send(Command::Load(path));
     }
 
-    fn send(&mut self, cmd: Command) {
+    pub(crate) fn send(&mut self, cmd: Command) {
         if let Err(crossbeam_channel::SendError(cmd)) = self.commands.send(cmd) {
             // The worker is gone (it only stops when its channel closes or it crashed).
             self.restart();
@@ -89,7 +89,7 @@ impl WorkerLink {
     }
 }
 
-fn resolve(base: &std::path::Path, path: PathBuf) -> PathBuf {
+pub(crate) fn resolve(base: &std::path::Path, path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         path
     } else {
@@ -110,22 +110,38 @@ fn start(spec: &WorkerSpec) -> (Sender<Command>, Receiver<Report>) {
     (cmd_tx, rep_rx)
 }
 
-/// A line between its request and its result.
-struct Active {
-    npc: Entity,
-    cancel: CancelToken,
-    player_line: Option<String>,
+/// A request between its sending and its result.
+pub(crate) struct Active {
+    /// The NPC, or the story entity for scenes.
+    pub(crate) npc: Entity,
+    pub(crate) cancel: CancelToken,
+    pub(crate) kind: ActiveKind,
 }
 
-/// Requests waiting for their assets, and lines at the worker.
+/// What the result of a request turns into.
+pub(crate) enum ActiveKind {
+    /// A line; the player's line it answers goes into the history with it.
+    Line { player_line: Option<String> },
+    /// A narrator scene.
+    Scene(super::story::PendingScene),
+    /// An NPC's decision among actions.
+    Action(Vec<crate::story::ActionSpec>),
+}
+
+/// Requests waiting for their assets, and requests at the worker.
 #[derive(Resource, Default)]
 pub(crate) struct Lines {
     next_id: u64,
     waiting: Vec<(RequestId, RequestLine)>,
-    active: HashMap<RequestId, Active>,
+    pub(crate) active: HashMap<RequestId, Active>,
 }
 
 impl Lines {
+    pub(crate) fn next_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
     fn cancel_npc(&mut self, npc: Entity) {
         self.waiting.retain(|(_, r)| r.npc != npc);
         self.active.retain(|_, a| {
@@ -146,6 +162,7 @@ pub(crate) fn receive_reports(
     mut link: ResMut<WorkerLink>,
     mut lines: ResMut<Lines>,
     mut model: ResMut<DialogueModel>,
+    mut structured: ResMut<super::story::Structured>,
     mut histories: Query<&mut DialogueHistory>,
     mut loading: MessageWriter<ModelLoading>,
     mut loaded: MessageWriter<ModelLoaded>,
@@ -169,7 +186,12 @@ pub(crate) fn receive_reports(
                 // held and start a new one.
                 for (request, a) in lines.active.drain() {
                     let error = DialogueError::WorkerCrashed("the worker thread stopped".into());
-                    fail(&mut commands, &mut results.3, a.npc, request, error);
+                    match a.kind {
+                        ActiveKind::Line { .. } => {
+                            fail(&mut commands, &mut results.3, a.npc, request, error)
+                        }
+                        _ => structured.failed.push((request, a, error)),
+                    }
                 }
                 link.restart();
                 model.state = ModelState::Loading(0.0);
@@ -195,6 +217,9 @@ pub(crate) fn receive_reports(
                 let Some(a) = lines.active.get(&id) else {
                     continue;
                 };
+                if !matches!(a.kind, ActiveKind::Line { .. }) {
+                    continue;
+                }
                 let npc = a.npc;
                 commands.entity(npc).insert(Speaking { request: id });
                 let ev = LineStarted {
@@ -209,6 +234,10 @@ pub(crate) fn receive_reports(
                 let Some(a) = lines.active.get(&id) else {
                     continue;
                 };
+                if !matches!(a.kind, ActiveKind::Line { .. }) {
+                    structured.deltas.push((id, text));
+                    continue;
+                }
                 let ev = LineDelta {
                     npc: a.npc,
                     request: id,
@@ -221,8 +250,11 @@ pub(crate) fn receive_reports(
                 let Some(a) = lines.active.remove(&id) else {
                     continue;
                 };
+                let ActiveKind::Line { player_line } = a.kind else {
+                    continue;
+                };
                 if let Ok(mut history) = histories.get_mut(a.npc) {
-                    if let Some(line) = a.player_line {
+                    if let Some(line) = player_line {
                         history.turns.push(ChatMessage::user(line));
                     }
                     if !generation.text.is_empty() {
@@ -242,10 +274,20 @@ pub(crate) fn receive_reports(
                 results.2.write(ev.clone());
                 commands.trigger(ev);
             }
+            Report::FinishedAll { id, generations } => {
+                let Some(a) = lines.active.remove(&id) else {
+                    continue;
+                };
+                structured.done.push((id, a, generations));
+            }
             Report::Failed { id, error } => {
                 let Some(a) = lines.active.remove(&id) else {
                     continue;
                 };
+                if !matches!(a.kind, ActiveKind::Line { .. }) {
+                    structured.failed.push((id, a, error));
+                    continue;
+                }
                 commands.entity(a.npc).try_remove::<Speaking>();
                 fail(&mut commands, &mut results.3, a.npc, id, error);
             }
@@ -253,7 +295,7 @@ pub(crate) fn receive_reports(
     }
 }
 
-fn fail(
+pub(crate) fn fail(
     commands: &mut Commands,
     failed: &mut MessageWriter<LineFailed>,
     npc: Entity,
@@ -297,8 +339,7 @@ pub(crate) fn cancel_lines(
 /// `PostUpdate`: new [`RequestLine`]s join the waiting list.
 pub(crate) fn queue_requests(mut lines: ResMut<Lines>, mut requests: MessageReader<RequestLine>) {
     for request in requests.read() {
-        lines.next_id += 1;
-        let id = RequestId(lines.next_id);
+        let id = lines.next_id();
         lines.waiting.push((id, request.clone()));
     }
 }
@@ -419,7 +460,9 @@ pub(crate) fn dispatch_requests(
             Active {
                 npc: request.npc,
                 cancel: cancel.clone(),
-                player_line: request.player_line.clone(),
+                kind: ActiveKind::Line {
+                    player_line: request.player_line.clone(),
+                },
             },
         );
         link.send(Command::Generate(Job {
@@ -429,17 +472,18 @@ pub(crate) fn dispatch_requests(
             params,
             priority: request.priority,
             cancel,
+            output: worker::Output::Text,
         }));
     }
 }
 
-enum Ready<'a, T> {
+pub(crate) enum Ready<'a, T> {
     Yes(&'a T),
     NotYet,
     Failed(String),
 }
 
-fn asset_ready<'a, T: Asset>(
+pub(crate) fn asset_ready<'a, T: Asset>(
     server: &AssetServer,
     assets: &'a Assets<T>,
     handle: &Handle<T>,

@@ -19,7 +19,8 @@ use crate::engine::{
     ModelInfo, Session,
 };
 
-/// A line to generate.
+/// A line (or a scene, or a decision) to generate.
+#[derive(Clone)]
 pub(crate) struct Job {
     pub(crate) id: RequestId,
     /// Which conversation cache to use (the NPC entity's bits).
@@ -29,6 +30,20 @@ pub(crate) struct Job {
     pub(crate) params: GenerateParams,
     pub(crate) priority: Priority,
     pub(crate) cancel: CancelToken,
+    /// Free text, or output constrained to a grammar.
+    pub(crate) output: Output,
+}
+
+/// What kind of text a job produces.
+#[derive(Clone)]
+pub(crate) enum Output {
+    /// A free-text line.
+    Text,
+    /// `alternatives` outputs that follow the grammar, sharing the prompt's prefill.
+    Structured {
+        grammar: crate::engine::Grammar,
+        alternatives: usize,
+    },
 }
 
 pub(crate) enum Command {
@@ -57,6 +72,11 @@ pub(crate) enum Report {
     Finished {
         id: RequestId,
         generation: Generation,
+    },
+    /// Structured jobs: every alternative, the first first.
+    FinishedAll {
+        id: RequestId,
+        generations: Vec<Generation>,
     },
     Failed {
         id: RequestId,
@@ -259,26 +279,54 @@ impl Worker {
             if inject {
                 panic!("injected fault");
             }
-            engine.generate(
-                &mut slot.session,
-                &prompt.tokens,
-                &job.params,
-                &job.cancel,
-                |d| {
-                    if !d.text.is_empty() {
-                        let _ = reports.send(Report::Delta {
-                            id,
-                            text: d.text.to_owned(),
-                        });
-                    }
-                },
-            )
+            let send = |d: &crate::engine::Delta<'_>| {
+                if !d.text.is_empty() {
+                    let _ = reports.send(Report::Delta {
+                        id,
+                        text: d.text.to_owned(),
+                    });
+                }
+            };
+            match &job.output {
+                Output::Text => engine
+                    .generate(
+                        &mut slot.session,
+                        &prompt.tokens,
+                        &job.params,
+                        &job.cancel,
+                        send,
+                    )
+                    .map(|g| vec![g]),
+                Output::Structured {
+                    grammar,
+                    alternatives,
+                } => engine.generate_alternatives(
+                    &mut slot.session,
+                    &prompt.tokens,
+                    &job.params,
+                    Some(grammar),
+                    *alternatives,
+                    &job.cancel,
+                    |i, d| {
+                        if i == 0 {
+                            send(d);
+                        }
+                    },
+                ),
+            }
         }));
         match result {
-            Ok(Ok(generation)) => {
+            Ok(Ok(mut generations)) => {
                 self.slots.insert(job.slot, slot);
                 if !job.cancel.is_cancelled() {
-                    self.report(Report::Finished { id, generation });
+                    let report = match job.output {
+                        Output::Text => Report::Finished {
+                            id,
+                            generation: generations.remove(0),
+                        },
+                        Output::Structured { .. } => Report::FinishedAll { id, generations },
+                    };
+                    self.report(report);
                 }
             }
             Ok(Err(e)) => {
@@ -336,6 +384,7 @@ pub(crate) fn engine_error(e: EngineError) -> DialogueError {
         }
         EngineError::InvalidParameter { .. } => DialogueError::InvalidRequest(e.to_string()),
         EngineError::Template(_) => DialogueError::Template(e.to_string()),
+        EngineError::Grammar(_) => DialogueError::Structure(e.to_string()),
         other => DialogueError::Inference(other.to_string()),
     }
 }

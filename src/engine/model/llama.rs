@@ -173,6 +173,21 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// A copy that shares no storage with this one.
+    pub(crate) fn deep_copy(&self) -> Result<Self> {
+        let copy = |ts: &[Tensor]| {
+            ts.iter()
+                .map(|t| t.copy())
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        Ok(Self {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
+            len: self.len,
+            capacity: self.capacity,
+        })
+    }
+
     /// Bytes held by the cache's buffers.
     pub(crate) fn bytes(&self) -> usize {
         self.k

@@ -1,0 +1,139 @@
+//! Frame pacing benchmark: a headless app with a fixed per-frame workload, measured idle and
+//! then while four NPCs talk without pause. Reports frame-time p50/p99 and their ratios.
+//!
+//! ```text
+//! scripts/fetch-model
+//! cargo run --release --example bench_frames
+//! ```
+//!
+//! A frame is one `app.update()`, paced at 60 frames a second as a game would be. The
+//! workload (a few milliseconds of arithmetic in an `Update` system) stands in for a game's
+//! own systems; the plugin runs with its default thread budget (all cores but one).
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_llm_dialogue::prelude::*;
+
+const FRAME: Duration = Duration::from_micros(16_667);
+
+#[derive(Resource, Default)]
+struct Workload(Vec<f32>);
+
+/// About 2 ms of floating-point work per frame on this class of machine.
+fn game_work(mut work: ResMut<Workload>) {
+    if work.0.is_empty() {
+        work.0 = (0..200_000).map(|i| i as f32 * 1e-6).collect();
+    }
+    for _ in 0..8 {
+        for v in work.0.iter_mut() {
+            *v = (*v * 1.000_001 + 1e-7).sin();
+        }
+    }
+    std::hint::black_box(&work.0);
+}
+
+/// Keeps every NPC talking: a new line as soon as the last one ends.
+fn keep_talking(
+    mut finished: MessageReader<LineFinished>,
+    mut failed: MessageReader<LineFailed>,
+    mut requests: MessageWriter<RequestLine>,
+    mut lines: ResMut<LinesDone>,
+) {
+    for line in finished.read() {
+        lines.0 += 1;
+        requests.write(RequestLine::new(line.npc).saying("Tell me more."));
+    }
+    for line in failed.read() {
+        panic!("a line failed: {}", line.error);
+    }
+}
+
+#[derive(Resource, Default)]
+struct LinesDone(usize);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn run_frames(app: &mut App, n: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        app.update();
+        let took = start.elapsed();
+        times.push(took);
+        if took < FRAME {
+            std::thread::sleep(FRAME - took);
+        }
+    }
+    times.sort();
+    times
+}
+
+fn main() {
+    let mut app = App::new();
+    let mut plugin = LlmDialoguePlugin::default();
+    plugin.defaults.max_tokens = 48;
+    app.add_plugins((MinimalPlugins, AssetPlugin::default(), plugin))
+        .init_resource::<Workload>()
+        .init_resource::<LinesDone>()
+        .add_systems(Update, (game_work, keep_talking));
+    app.finish();
+    app.cleanup();
+
+    // Wait for the model and the personas.
+    let npcs: Vec<Entity> = (0..4)
+        .map(|_| {
+            let persona = app
+                .world()
+                .resource::<AssetServer>()
+                .load("personas/mira.persona.ron");
+            app.world_mut().spawn(Npc::new(persona)).id()
+        })
+        .collect();
+    while !matches!(
+        app.world().resource::<DialogueModel>().state,
+        ModelState::Ready(_)
+    ) {
+        if let ModelState::Failed(e) = &app.world().resource::<DialogueModel>().state {
+            panic!("{e}");
+        }
+        app.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let idle = run_frames(&mut app, 300);
+    for &npc in &npcs {
+        app.world_mut()
+            .write_message(RequestLine::new(npc).saying("Hello! What news?"));
+    }
+    let busy = run_frames(&mut app, 600);
+    let lines = app.world().resource::<LinesDone>().0;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (i50, i99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
+    let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
+    println!("frames: 300 idle, 600 with 4 NPCs talking ({lines} lines finished meanwhile)");
+    println!("| frame time | idle | 4 NPCs generating | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| p50 (ms) | {:.2} | {:.2} | {:.2}x |",
+        ms(i50),
+        ms(b50),
+        ms(b50) / ms(i50)
+    );
+    println!(
+        "| p99 (ms) | {:.2} | {:.2} | {:.2}x |",
+        ms(i99),
+        ms(b99),
+        ms(b99) / ms(i99)
+    );
+    println!(
+        "| max (ms) | {:.2} | {:.2} | |",
+        ms(*idle.last().unwrap()),
+        ms(*busy.last().unwrap())
+    );
+}
