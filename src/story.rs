@@ -274,26 +274,28 @@ impl Story {
         self.current.and_then(|i| self.nodes.get(i))
     }
 
-    /// The path from the opening to the current scene: `(scene, choice taken)`, the last
-    /// with no choice.
+    /// The path from the opening to the current scene, each scene with the choice taken in
+    /// it (for the current scene, the pending choice if one was taken).
     pub fn path(&self) -> Vec<(&SceneNode, Option<&Choice>)> {
-        let mut path = Vec::new();
+        let mut indices = Vec::new();
         let mut at = self.current;
-        let mut taken: Option<usize> = None;
         while let Some(i) = at {
-            let node = &self.nodes[i];
-            path.push((node, taken.map(|c| &node.choices[c])));
-            taken = node.from.map(|(_, c)| c);
-            at = node.from.map(|(s, _)| s);
+            indices.push(i);
+            at = self.nodes[i].from.map(|(s, _)| s);
         }
-        path.reverse();
-        // Shift the choices: each scene is paired with the choice taken *in* it.
-        let mut out = Vec::with_capacity(path.len());
-        for i in 0..path.len() {
-            let choice = path.get(i + 1).and_then(|(_, c)| *c);
-            out.push((path[i].0, choice));
-        }
-        out
+        indices.reverse();
+        indices
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let taken = match indices.get(k + 1) {
+                    Some(&next) => self.nodes[next].from.map(|(_, c)| c),
+                    None => self.pending.filter(|(s, _)| *s == i).map(|(_, c)| c),
+                };
+                let node = &self.nodes[i];
+                (node, taken.and_then(|c| node.choices.get(c)))
+            })
+            .collect()
     }
 
     /// Adds a scene after the pending choice (or as the opening) and moves there.
@@ -496,10 +498,18 @@ impl SceneStream {
     /// Adds raw output; returns the scene text that became complete.
     pub fn push(&mut self, raw: &str) -> String {
         self.raw.push_str(raw);
-        let Some(start) = self.raw.find("\"scene\":\"") else {
+        let Some(key) = self.raw.find("\"scene\"") else {
             return String::new();
         };
-        let decoded = decode_json_string_prefix(&self.raw[start + 9..]);
+        // `"scene"`, optional whitespace, `:`, optional whitespace, `"`.
+        let rest = self.raw[key + 7..].trim_start();
+        let Some(rest) = rest.strip_prefix(':').map(str::trim_start) else {
+            return String::new();
+        };
+        let Some(body) = rest.strip_prefix('"') else {
+            return String::new();
+        };
+        let decoded = decode_json_string_prefix(body);
         let new = decoded.get(self.shown..).unwrap_or("").to_owned();
         self.shown = decoded.len().max(self.shown);
         new
@@ -550,8 +560,11 @@ mod tests {
         assert_eq!(s.push("{\"sce"), "");
         assert_eq!(s.push("ne\":\"You \\\"see"), "You \"see");
         assert_eq!(s.push("\\"), "");
-        assert_eq!(s.push("n a door"), "\na door");
+        assert_eq!(s.push("n a door"), "\n a door");
         assert_eq!(s.push("\",\"choices\":[\"Open\"]}"), "");
+        let mut spaced = SceneStream::default();
+        assert_eq!(spaced.push("{ \"scene\" : "), "");
+        assert_eq!(spaced.push("\"Dark.\", "), "Dark.");
     }
 
     #[test]
@@ -571,6 +584,13 @@ mod tests {
             }
         );
         story.choose(1).unwrap();
+        assert_eq!(
+            story.path()[0].1.unwrap().text,
+            "Leave",
+            "the pending choice is on the path"
+        );
+        let path = story.path();
+        assert_eq!(path.len(), 1);
         story.push_scene(
             "A road.".into(),
             vec![("Walk".into(), None), ("Rest".into(), None)],

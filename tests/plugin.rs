@@ -29,6 +29,10 @@ struct Log {
     observed_finished: Vec<(Entity, RequestId)>,
     /// The slowest `app.update()`, to report.
     slowest_update: Duration,
+    scene_deltas: Vec<SceneDelta>,
+    scenes: Vec<SceneReady>,
+    scene_failures: Vec<SceneFailed>,
+    actions: Vec<NpcAction>,
 }
 
 impl Log {
@@ -51,7 +55,17 @@ fn record(
     mut loaded: MessageReader<ModelLoaded>,
     mut model_failed: MessageReader<ModelFailed>,
     mut loading: MessageReader<ModelLoading>,
+    mut story: (
+        MessageReader<SceneDelta>,
+        MessageReader<SceneReady>,
+        MessageReader<SceneFailed>,
+        MessageReader<NpcAction>,
+    ),
 ) {
+    log.scene_deltas.extend(story.0.read().cloned());
+    log.scenes.extend(story.1.read().cloned());
+    log.scene_failures.extend(story.2.read().cloned());
+    log.actions.extend(story.3.read().cloned());
     log.started.extend(started.read().cloned());
     log.deltas.extend(deltas.read().cloned());
     log.finished.extend(finished.read().cloned());
@@ -65,7 +79,7 @@ fn record(
 /// A scratch asset folder holding a copy of the crate's personas and prompts.
 fn scratch_assets(test: &str) -> PathBuf {
     let dir = common::scratch_dir(&format!("plugin-assets-{test}"));
-    for sub in ["personas", "prompts"] {
+    for sub in ["personas", "prompts", "stories"] {
         let from = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("assets")
             .join(sub);
@@ -671,4 +685,124 @@ fn the_player_conversation_goes_before_background_chatter() {
         .map(|s| s.npc)
         .collect();
     assert_eq!(order, vec![busy, player, background]);
+}
+
+#[test]
+fn a_story_opens_pinned_streams_generated_scenes_refuses_bad_choices_and_resumes_from_a_save() {
+    let assets = scratch_assets("story");
+    let mut app = app(&assets, plugin());
+    let handle = app
+        .world()
+        .resource::<AssetServer>()
+        .load("stories/silver_key.story.ron");
+    let story = app.world_mut().spawn(Narrator::new(handle.clone())).id();
+    app.world_mut().write_message(RequestScene::new(story));
+    update_until(&mut app, LONG, "the opening", |log| log.scenes.len() == 1);
+    {
+        let log = app.world().resource::<Log>();
+        assert!(
+            log.scenes[0].request.is_none(),
+            "the pinned opening needs no model"
+        );
+        assert_eq!(log.scenes[0].choices.len(), 3);
+    }
+
+    // A choice without a pinned target: the narrator writes the scene, streamed.
+    app.world_mut()
+        .write_message(ChooseOption { story, index: 0 });
+    update_until(&mut app, LONG, "a generated scene", |log| {
+        log.scenes.len() == 2 || !log.scene_failures.is_empty()
+    });
+    {
+        let log = app.world().resource::<Log>();
+        assert!(log.scene_failures.is_empty(), "{:?}", log.scene_failures);
+        let scene = &log.scenes[1];
+        assert_eq!(scene.choices.len(), 3);
+        assert!(scene.choices.iter().all(|c| !c.is_empty()));
+        let streamed: String = log.scene_deltas.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(streamed.trim(), scene.text);
+    }
+
+    // An index out of range is refused and changes nothing.
+    app.world_mut()
+        .write_message(ChooseOption { story, index: 7 });
+    update_until(&mut app, LONG, "the refusal", |log| {
+        !log.scene_failures.is_empty()
+    });
+    let error = app.world().resource::<Log>().scene_failures[0]
+        .error
+        .to_string();
+    assert!(error.contains("choice 7 does not exist"), "{error}");
+
+    // Save, and resume in a new app with the same graph.
+    let saved = ron::to_string(app.world().get::<Story>(story).unwrap()).unwrap();
+    let graph: Story = ron::from_str(&saved).unwrap();
+    assert_eq!(graph.nodes.len(), 2);
+    assert_eq!(graph.nodes[0].choices[0].next, Some(1));
+    drop(app);
+    let mut app = self::app(&assets, plugin());
+    let handle = app
+        .world()
+        .resource::<AssetServer>()
+        .load("stories/silver_key.story.ron");
+    let story = app
+        .world_mut()
+        .spawn((Narrator::new(handle), graph.clone()))
+        .id();
+    assert_eq!(app.world().get::<Story>(story).unwrap(), &graph);
+    // The resumed story goes on from where it was: the generated scene's second choice.
+    app.world_mut()
+        .write_message(ChooseOption { story, index: 1 });
+    update_until(&mut app, LONG, "the next scene", |log| {
+        !log.scenes.is_empty() || !log.scene_failures.is_empty()
+    });
+    let resumed = app.world().get::<Story>(story).unwrap();
+    assert!(app.world().resource::<Log>().scene_failures.is_empty());
+    assert_eq!(resumed.nodes.len(), 3);
+    // The saved scenes are unchanged except for the link to the new one.
+    let mut expected = graph.nodes.clone();
+    expected[1].choices[1].next = Some(2);
+    assert_eq!(resumed.nodes[..2], expected[..]);
+    assert_eq!(resumed.nodes[2].from, Some((1, 1)));
+}
+
+#[test]
+fn an_npc_acts_only_through_its_declared_actions() {
+    let assets = scratch_assets("actions");
+    std::fs::write(
+        assets.join("personas/guard.persona.ron"),
+        r#"(
+    name: "Tobin",
+    description: "the guard at the ruin's door",
+    actions: [
+        (name: "open_door", description: "let the player in", args: {"door": OneOf(["north", "cellar"])}),
+        (name: "refuse", description: "keep the door shut"),
+    ],
+)"#,
+    )
+    .unwrap();
+    let mut app = app(&assets, plugin());
+    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
+    for seed in 0..3 {
+        app.world_mut().write_message(
+            RequestAction::new(guard)
+                .situation("The player shows the silver key and asks to enter.")
+                .sampling(SamplingParams::default().with_seed(seed)),
+        );
+    }
+    update_until(&mut app, LONG, "three decisions", |log| {
+        log.actions.len() + log.failed.len() == 3
+    });
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    for action in &log.actions {
+        match action.name.as_str() {
+            "open_door" => {
+                let door = action.args["door"].as_str().unwrap();
+                assert!(door == "north" || door == "cellar", "{door}");
+            }
+            "refuse" => assert!(action.args.is_empty()),
+            other => panic!("undeclared action {other}"),
+        }
+    }
 }
