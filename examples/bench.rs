@@ -15,8 +15,11 @@
 use std::time::{Duration, Instant};
 
 use bevy_llm_dialogue::engine::{
-    CancelToken, ChatMessage, CpuKernels, Engine, EngineConfig, GenerateParams, SamplingParams,
+    CancelToken, ChatMessage, CpuKernels, Engine, EngineConfig, GenerateParams, Grammar,
+    SamplingParams,
 };
+use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
+use bevy_llm_dialogue::story::{Story, StoryAsset, scene_schema};
 
 const PERSONA: &str = "You are Mira, the blacksmith of the village of Elmsbrook. Personality: \
 gruff, honest, secretly kind, proud of her craft. How you speak: short, blunt sentences; you call \
@@ -24,6 +27,8 @@ everyone 'friend' and talk about steel and fire. What you know: wolves have been
 Forest; the ruined tower to the north is said to hold a silver key; the miller owes you money. \
 What you want: find someone brave enough to fetch iron ore from the ruin. Stay in character. \
 Answer with one to three short sentences of spoken dialogue, nothing else.";
+
+const STORY: &str = include_str!("../assets/stories/silver_key.story.ron");
 
 struct Args {
     model: String,
@@ -160,6 +165,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
     }
+    drop(sessions);
+
+    // Constrained decoding: a narrator scene under its JSON schema against free text from
+    // the same prompt, and three alternatives in one call against three separate calls.
+    let story = StoryAsset::from_ron(STORY, "bench.story.ron")?;
+    let messages = PromptTemplate::default_narrator().narrator_messages(
+        &story,
+        &Story::default(),
+        &Facts::new(),
+    )?;
+    let narrator = engine.chat_tokens(&messages)?;
+    let grammar = Grammar::json_schema(scene_schema(story.choices, story.max_scene_chars));
+    let sampled = |seed| GenerateParams {
+        max_tokens: 200,
+        sampling: SamplingParams::default().with_seed(seed),
+        ..GenerateParams::default()
+    };
+    let (mut free_tps, mut constrained_tps, mut mask_ms) = (0f64, 0f64, 0f64);
+    for seed in 0..args.repeat as u64 {
+        let mut session = engine.new_session();
+        let free = engine.generate(&mut session, &narrator, &greedy(96), &cancel, |_| {})?;
+        free_tps = free_tps.max(free.stats.decode_tokens_per_second());
+        let mut session = engine.new_session();
+        let c = engine.generate_constrained(
+            &mut session,
+            &narrator,
+            &sampled(seed),
+            &grammar,
+            &cancel,
+            |_| {},
+        )?;
+        constrained_tps = constrained_tps.max(c.stats.decode_tokens_per_second());
+        mask_ms = c.stats.constraint_time.as_secs_f64() * 1e3 / c.stats.generated_tokens as f64;
+    }
+    let started = Instant::now();
+    let mut session = engine.new_session();
+    engine.generate_alternatives(
+        &mut session,
+        &narrator,
+        &sampled(1),
+        Some(&grammar),
+        3,
+        &cancel,
+        |_, _| {},
+    )?;
+    let together = started.elapsed();
+    let started = Instant::now();
+    for seed in 0..3 {
+        let mut session = engine.new_session();
+        engine.generate_constrained(
+            &mut session,
+            &narrator,
+            &sampled(seed + 1),
+            &grammar,
+            &cancel,
+            |_| {},
+        )?;
+    }
+    let separate = started.elapsed();
+
     let (rss_1, kv_1) = rss_at[0];
     let (rss_16, kv_16) = rss_at[1];
     let (_, peak) = rss();
@@ -184,6 +249,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "kv_1_npc_mib": mib(kv_1 as u64),
                 "kv_16_npc_mib": mib(kv_16 as u64),
                 "peak_rss_mib": mib(peak),
+                "narrator_prompt_tokens": narrator.len(),
+                "free_decode_tok_s": free_tps,
+                "constrained_decode_tok_s": constrained_tps,
+                "mask_ms_per_token": mask_ms,
+                "alternatives_3_together_s": together.as_secs_f64(),
+                "alternatives_3_separate_s": separate.as_secs_f64(),
             })
         );
     } else {
@@ -217,6 +288,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mib(kv_1 as u64),
             mib(kv_16 as u64),
             mib(peak)
+        );
+        println!(
+            "constrained      {constrained_tps:.1} tok/s vs free {free_tps:.1} tok/s ({:.2}x), masks {mask_ms:.3} ms/token",
+            constrained_tps / free_tps
+        );
+        println!(
+            "3 alternatives   {:.2} s in one call vs {:.2} s as 3 calls ({:.2}x)",
+            together.as_secs_f64(),
+            separate.as_secs_f64(),
+            together.as_secs_f64() / separate.as_secs_f64()
         );
         println!(
             "RSS(16)/RSS(1)   {:.3}; without the KV growth {:.3}",

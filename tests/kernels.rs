@@ -17,8 +17,8 @@ fn engine(kernels: CpuKernels) -> Engine {
 #[test]
 fn simd_kernels_give_the_scalar_references_logits_bit_for_bit() {
     // Greedy decoding with the scalar reference, then both engines fed the same tokens. The
-    // SIMD path sums each block's integer dot exactly and scales in the reference's order,
-    // so the logits, and with them every greedy choice, are identical.
+    // scalar reference sums in the SIMD path's eight lanes with fused multiply-adds and the same
+    // reduction tree, so the logits, and with them every greedy choice, are identical.
     let mut fast = engine(CpuKernels::Packed);
     let mut reference = engine(CpuKernels::PackedScalar);
     let mut input = fast

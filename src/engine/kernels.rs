@@ -167,11 +167,22 @@ impl QMatrix {
                 for (i, out) in out.chunks_exact_mut(n).enumerate() {
                     let r = first + i;
                     let w = r * per_row..(r + 1) * per_row;
-                    for (t, y) in out.iter_mut().enumerate() {
-                        let a = &acts[t * per_row..(t + 1) * per_row];
+                    let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
+                    // Four inputs at a time share each weight block's loads and unpacking.
+                    let mut t = 0;
+                    while t + 4 <= n {
+                        let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                        let y = match &self.blocks {
+                            Blocks::Q4_1(b) => dot4_q4_1(simd, &b[w.clone()], a),
+                            Blocks::Q8_0(b) => dot4_q8_0(simd, &b[w.clone()], a),
+                        };
+                        out[t..t + 4].copy_from_slice(&y);
+                        t += 4;
+                    }
+                    for (t, y) in out.iter_mut().enumerate().skip(t) {
                         *y = match &self.blocks {
-                            Blocks::Q4_1(b) => dot_q4_1(simd, &b[w.clone()], a),
-                            Blocks::Q8_0(b) => dot_q8_0(simd, &b[w.clone()], a),
+                            Blocks::Q4_1(b) => dot_q4_1(simd, &b[w.clone()], act(t)),
+                            Blocks::Q8_0(b) => dot_q8_0(simd, &b[w.clone()], act(t)),
                         };
                     }
                 }
@@ -273,32 +284,81 @@ fn dot_q8_0(simd: Simd, w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
     }
 }
 
+fn dot4_q4_1(simd: Simd, w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    match simd {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::dot4_q4_1(w, a) },
+        Simd::Scalar => a.map(|a| scalar_dot_q4_1(w, a)),
+    }
+}
+
+fn dot4_q8_0(simd: Simd, w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    match simd {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::dot4_q8_0(w, a) },
+        Simd::Scalar => a.map(|a| scalar_dot_q8_0(w, a)),
+    }
+}
+
+/// Eight float lanes, summed the way the SIMD path sums them (lane `j` holds elements
+/// `4j..4j+4` of each block; fused multiply-adds; the same reduction tree at the end), so the
+/// scalar reference and the SIMD kernels agree bit for bit.
+struct Lanes([f32; 8]);
+
+impl Lanes {
+    fn new() -> Self {
+        Lanes([0.0; 8])
+    }
+
+    /// Adds one block: `p[j]` are the lanes' exact integer sums, `scale` the block's scale.
+    fn add(&mut self, p: [i32; 8], scale: f32) {
+        for (acc, p) in self.0.iter_mut().zip(p) {
+            *acc = (p as f32).mul_add(scale, *acc);
+        }
+    }
+
+    /// `_mm256` halves added, then the 128-bit horizontal sum.
+    fn sum(&self) -> f32 {
+        let a = &self.0;
+        let s: [f32; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
+        let t0 = s[0] + s[2];
+        let t1 = s[1] + s[3];
+        t0 + t1
+    }
+}
+
+/// The eight lane sums of `q · y` over one block of 32 (as `maddubs` then `madd` give them).
+fn lane_sums(q: impl Fn(usize) -> i32, y: &[i8; QK]) -> [i32; 8] {
+    std::array::from_fn(|j| (4 * j..4 * j + 4).map(|e| q(e) * i32::from(y[e])).sum())
+}
+
 /// The reference: `Σ_blocks d_w d_a Σ q_w q_a + m_w s_a`.
 fn scalar_dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0f32;
+    let mut lanes = Lanes::new();
+    let mut mins = 0f32;
     for (w, a) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            sumi += i32::from(w.qs[j] & 0x0F) * i32::from(a.qs[j]);
-            sumi += i32::from(w.qs[j] >> 4) * i32::from(a.qs[j + QK / 2]);
-        }
-        sum += w.d * a.d * sumi as f32 + w.m * a.s;
+        let q = |e: usize| {
+            i32::from(if e < QK / 2 {
+                w.qs[e] & 0x0F
+            } else {
+                w.qs[e - QK / 2] >> 4
+            })
+        };
+        lanes.add(lane_sums(q, &a.qs), w.d * a.d);
+        mins += w.m * a.s;
     }
-    sum
+    lanes.sum() + mins
 }
 
 /// The reference: `Σ_blocks d_w d_a Σ q_w q_a`.
 fn scalar_dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0f32;
+    let mut lanes = Lanes::new();
     for (w, a) in w.iter().zip(a) {
-        let sumi: i32 =
-            w.qs.iter()
-                .zip(a.qs)
-                .map(|(&x, y)| i32::from(x) * i32::from(y))
-                .sum();
-        sum += w.d * a.d * sumi as f32;
+        lanes.add(lane_sums(|e| i32::from(w.qs[e]), &a.qs), w.d * a.d);
     }
-    sum
+    lanes.sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -307,13 +367,13 @@ mod avx2 {
 
     use super::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
-    /// The sum of eight i32 lanes (exact: the integer dot of one block).
+    /// The horizontal sum, in the order `Lanes::sum` uses.
     #[target_feature(enable = "avx2,fma")]
-    fn hsum_i32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
-        _mm_cvtsi128_si32(s)
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
     }
 
     /// # Safety
@@ -322,9 +382,8 @@ mod avx2 {
     pub(super) unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         let nibble = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        // Each block's integer dot is summed exactly, then scaled and added in the scalar
-        // reference's order, so both paths give bit-identical results.
-        let mut sum = 0f32;
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
         for (w, a) in w.iter().zip(a) {
             // SAFETY: 16 and 32 bytes are read from arrays of exactly that size; the loads are
             // unaligned loads.
@@ -338,10 +397,11 @@ mod avx2 {
             let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
             let q = _mm256_set_m128i(hi, lo);
             // Unsigned nibbles times signed bytes, pairs summed to i16 (at most 2*15*127).
-            let sumi = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones));
-            sum += w.d * a.d * sumi as f32 + w.m * a.s;
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
+            mins += w.m * a.s;
         }
-        sum
+        hsum(acc) + mins
     }
 
     /// # Safety
@@ -349,7 +409,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
         let ones = _mm256_set1_epi16(1);
-        let mut sum = 0f32;
+        let mut acc = _mm256_setzero_ps();
         for (w, a) in w.iter().zip(a) {
             // SAFETY: 32 bytes from arrays of 32 bytes, unaligned loads.
             let (x, y) = unsafe {
@@ -361,10 +421,62 @@ mod avx2 {
             // maddubs takes unsigned times signed: move x's sign onto y.
             let ax = _mm256_sign_epi8(x, x);
             let sy = _mm256_sign_epi8(y, x);
-            let sumi = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
-            sum += w.d * a.d * sumi as f32;
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
         }
-        sum
+        hsum(acc)
+    }
+
+    /// Four dots against one weight row: each is computed exactly as `dot_q4_1` would.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; every slice has `w`'s length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4_q4_1(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        let nibble = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        for (b, w) in w.iter().enumerate() {
+            // SAFETY: 16 bytes from a 16-byte array.
+            let raw = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
+            let lo = _mm_and_si128(raw, nibble);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+            let q = _mm256_set_m128i(hi, lo);
+            for k in 0..4 {
+                let a = &a[k][b];
+                // SAFETY: 32 bytes from a 32-byte array.
+                let y = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc[k]);
+                mins[k] += w.m * a.s;
+            }
+        }
+        std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+    }
+
+    /// Four dots against one weight row: each is computed exactly as `dot_q8_0` would.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; every slice has `w`'s length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, w) in w.iter().enumerate() {
+            // SAFETY: 32 bytes from a 32-byte array.
+            let x = unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) };
+            let ax = _mm256_sign_epi8(x, x);
+            for k in 0..4 {
+                let a = &a[k][b];
+                // SAFETY: 32 bytes from a 32-byte array.
+                let y = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+                let sy = _mm256_sign_epi8(y, x);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc[k]);
+            }
+        }
+        std::array::from_fn(|k| hsum(acc[k]))
     }
 }
 
