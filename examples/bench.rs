@@ -141,12 +141,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ChatMessage::system(PERSONA),
             ChatMessage::user("Good morning!"),
         ];
-        let first = engine.chat(&mut session, &messages, &greedy(16), &cancel, |_| {})?;
+        // A short reply that ends at the end of its turn, as an NPC line does.
+        let line = GenerateParams {
+            ignore_eos: false,
+            ..greedy(16)
+        };
+        let first = engine.chat(&mut session, &messages, &line, &cancel, |_| {})?;
         cold = cold.min(first.stats.time_to_first_token);
         persona_tokens = first.stats.prompt_tokens;
         messages.push(ChatMessage::assistant(first.text));
         messages.push(ChatMessage::user("What do you sell?"));
-        let second = engine.chat(&mut session, &messages, &greedy(16), &cancel, |_| {})?;
+        let second = engine.chat(&mut session, &messages, &line, &cancel, |_| {})?;
         cached = cached.min(second.stats.time_to_first_token);
     }
 

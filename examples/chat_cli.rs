@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed,
             ..SamplingParams::default()
         },
-        stop: Vec::new(),
+        ..GenerateParams::default()
     };
     let mut session = engine.new_session();
     let mut history = vec![ChatMessage::system(PERSONA)];

@@ -112,18 +112,6 @@ impl QMatrix {
         self.cols
     }
 
-    /// Bytes held.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "kept for cache and memory reports")
-    )]
-    pub(crate) fn bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Q4_1(b) => std::mem::size_of_val(b.as_slice()),
-            Blocks::Q8_0(b) => std::mem::size_of_val(b.as_slice()),
-        }
-    }
-
     /// Row `r`, dequantized into `out` (an embedding lookup).
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let per_row = self.cols / QK;
