@@ -46,7 +46,7 @@ fn keep_talking(
         lines.0 += 1;
         requests.write(RequestLine::new(line.npc).saying("Tell me more."));
     }
-    for line in failed.read() {
+    if let Some(line) = failed.read().next() {
         panic!("a line failed: {}", line.error);
     }
 }

@@ -547,6 +547,7 @@ impl Engine {
         result
     }
 
+    #[expect(clippy::too_many_arguments, reason = "run's state, passed down once")]
     fn generate_inner(
         &mut self,
         session: &mut Session,

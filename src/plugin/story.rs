@@ -387,12 +387,12 @@ pub(crate) fn request_scenes(
             Active {
                 npc: request.story,
                 cancel,
-                kind: ActiveKind::Scene(PendingScene {
+                kind: ActiveKind::Scene(Box::new(PendingScene {
                     choices: asset.choices,
                     stream: SceneStream::default(),
                     attempts: 1,
                     job: job.clone(),
-                }),
+                })),
             },
         );
         link.send(Command::Generate(job));
@@ -538,20 +538,22 @@ pub(crate) fn request_actions(
 }
 
 /// `PreUpdate`, after the reports: scene text, finished scenes and decisions.
-#[expect(clippy::too_many_arguments, reason = "one writer per message type")]
+/// The writers [`receive_structured`] needs.
+type StoryWriters<'w> = (
+    MessageWriter<'w, SceneDelta>,
+    MessageWriter<'w, SceneReady>,
+    MessageWriter<'w, SceneFailed>,
+    MessageWriter<'w, NpcAction>,
+    MessageWriter<'w, LineFailed>,
+);
+
 pub(crate) fn receive_structured(
     mut commands: Commands,
     mut structured: ResMut<Structured>,
     mut lines: ResMut<Lines>,
     mut link: ResMut<WorkerLink>,
     mut stories: Query<&mut Story>,
-    mut out: (
-        MessageWriter<SceneDelta>,
-        MessageWriter<SceneReady>,
-        MessageWriter<SceneFailed>,
-        MessageWriter<NpcAction>,
-        MessageWriter<LineFailed>,
-    ),
+    mut out: StoryWriters,
 ) {
     for (id, text) in std::mem::take(&mut structured.deltas) {
         let Some(Active {

@@ -123,7 +123,7 @@ pub(crate) enum ActiveKind {
     /// A line; the player's line it answers goes into the history with it.
     Line { player_line: Option<String> },
     /// A narrator scene.
-    Scene(super::story::PendingScene),
+    Scene(Box<super::story::PendingScene>),
     /// An NPC's decision among actions.
     Action(Vec<crate::story::ActionSpec>),
 }
