@@ -1,11 +1,6 @@
 //! The smallest game with a talking NPC: one persona, one question, the answer streamed to
-//! the log. Run `scripts/fetch-model` first, then:
-//!
-//! ```text
-//! cargo run --release --example minimal_npc
-//! ```
-
-use std::time::Duration;
+//! the log at 60 frames a second. `scripts/fetch-model`, then
+//! `cargo run --release --example minimal_npc`.
 
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
@@ -14,7 +9,6 @@ use bevy_llm_dialogue::prelude::*;
 fn main() {
     App::new()
         .add_plugins((
-            // 60 frames a second, like a game; without a wait the loop would spin a core.
             MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
                 1.0 / 60.0,
             ))),
@@ -44,29 +38,23 @@ fn greet_when_ready(
 fn show_line(
     mut deltas: MessageReader<LineDelta>,
     mut finished: MessageReader<LineFinished>,
-    mut failed: MessageReader<LineFailed>,
-    mut model_failed: MessageReader<ModelFailed>,
+    mut failed: (MessageReader<LineFailed>, MessageReader<ModelFailed>),
     mut exit: MessageWriter<AppExit>,
 ) {
-    for failure in model_failed.read() {
-        error!("{}", failure.error);
-        exit.write(AppExit::error());
-    }
     for delta in deltas.read() {
         info!("Mira says: …{}", delta.text);
     }
     for line in finished.read() {
+        let tps = line.stats.decode_tokens_per_second();
         info!(
-            "Mira said: {} ({:?}; {} prompt tokens, {:.1} tokens/s)",
-            line.text,
-            line.stop_reason,
-            line.stats.prompt_tokens,
-            line.stats.decode_tokens_per_second()
+            "Mira said: {} ({:?}, {tps:.0} tokens/s)",
+            line.text, line.stop_reason
         );
         exit.write(AppExit::Success);
     }
-    for line in failed.read() {
-        error!("{}", line.error);
+    let errors = failed.0.read().map(|f| f.error.to_string());
+    for error in errors.chain(failed.1.read().map(|f| f.error.clone())) {
+        error!("{error}");
         exit.write(AppExit::error());
     }
 }
