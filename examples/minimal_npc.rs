@@ -6,12 +6,12 @@ use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
 use bevy_llm_dialogue::prelude::*;
 
+const FRAME: std::time::Duration = std::time::Duration::from_millis(16);
+
 fn main() {
     App::new()
         .add_plugins((
-            MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
-                1.0 / 60.0,
-            ))),
+            MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(FRAME)),
             AssetPlugin::default(),
             bevy::log::LogPlugin::default(),
         ))
