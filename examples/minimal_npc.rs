@@ -1,6 +1,5 @@
-//! The smallest game with a talking NPC: one persona, one question, the answer streamed to
-//! the log at 60 frames a second. `scripts/fetch-model`, then
-//! `cargo run --release --example minimal_npc`.
+//! The smallest game with a talking NPC, streamed to the log at 60 frames a second.
+//! `scripts/fetch-model`, then `cargo run --release --example minimal_npc`.
 
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
