@@ -233,3 +233,34 @@ fn a_bad_schema_fails_before_any_compute_and_a_short_limit_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("max_tokens"), "{err}");
 }
+
+#[test]
+fn multi_byte_characters_split_across_tokens_stream_whole() {
+    // A grammar forces emoji and CJK, whose UTF-8 bytes this vocabulary splits across
+    // tokens; every delta must still be whole characters and add up to the text.
+    let mut engine = common::engine();
+    let prompt = engine
+        .chat_tokens(&[bevy_llm_dialogue::engine::ChatMessage::user(
+            "Write wolves.",
+        )])
+        .unwrap();
+    let mut session = engine.new_session();
+    let mut deltas = Vec::new();
+    let g = engine
+        .generate_constrained(
+            &mut session,
+            &prompt,
+            &params(5, 64),
+            &Grammar::regex("(🐺|狼|森林|é){6}"),
+            &CancelToken::new(),
+            |d| deltas.push(d.text.to_owned()),
+        )
+        .unwrap();
+    assert_eq!(deltas.concat(), g.text);
+    assert!(g.text.chars().count() >= 6, "{}", g.text);
+    let split = g
+        .tokens
+        .iter()
+        .any(|&t| std::str::from_utf8(engine.tokenizer().token_bytes(t)).is_err());
+    assert!(split, "some token held part of a character: {:?}", g.tokens);
+}

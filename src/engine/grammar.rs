@@ -51,6 +51,8 @@ impl Grammar {
 struct Vocabulary {
     trie: TokTrie,
     tokenizer: Tokenizer,
+    /// The token of each single byte, where the vocabulary has one.
+    byte_tokens: Vec<Option<TokenId>>,
 }
 
 impl TokenizerEnv for Vocabulary {
@@ -58,11 +60,30 @@ impl TokenizerEnv for Vocabulary {
         &self.trie
     }
 
-    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        // Plain encoding: grammar text never turns into control tokens.
-        self.tokenizer
-            .encode(&String::from_utf8_lossy(s))
-            .unwrap_or_default()
+    /// Plain encoding (grammar text never turns into control tokens). llguidance also asks
+    /// for byte strings that end inside a character (forced bytes of an emoji); those bytes
+    /// become byte tokens, not U+FFFD, which would be a different token.
+    fn tokenize_bytes(&self, mut s: &[u8]) -> Vec<TokenId> {
+        let mut out = Vec::new();
+        while !s.is_empty() {
+            let (valid, rest) = match std::str::from_utf8(s) {
+                Ok(text) => (text, &s[s.len()..]),
+                Err(e) => {
+                    let (ok, bad) = s.split_at(e.valid_up_to());
+                    (std::str::from_utf8(ok).unwrap_or_default(), bad)
+                }
+            };
+            if !valid.is_empty() {
+                out.extend(self.tokenizer.encode(valid).unwrap_or_default());
+            }
+            if let Some((&byte, tail)) = rest.split_first() {
+                out.extend(self.byte_tokens[usize::from(byte)]);
+                s = tail;
+            } else {
+                s = rest;
+            }
+        }
+        out
     }
 }
 
@@ -98,9 +119,18 @@ impl Constraints {
                 }
             })
             .collect();
+        let mut byte_tokens = vec![None; 256];
+        for (id, word) in words.iter().enumerate() {
+            if let [b] = word.as_slice()
+                && byte_tokens[usize::from(*b)].is_none()
+            {
+                byte_tokens[usize::from(*b)] = Some(id as TokenId);
+            }
+        }
         let env: TokEnv = Arc::new(Vocabulary {
             trie: TokTrie::from(&info, &words),
             tokenizer: tokenizer.clone(),
+            byte_tokens,
         });
         let mut factory = ParserFactory::new_simple(&env).map_err(grammar_error)?;
         factory.quiet();

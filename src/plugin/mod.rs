@@ -23,7 +23,7 @@ pub use story::{
     ChooseOption, Narrator, NpcAction, RequestAction, RequestScene, SceneDelta, SceneFailed,
     SceneReady,
 };
-pub use worker::WorkerStatus;
+pub use worker::{WorkerStatus, running_workers};
 
 use crate::engine::{Backend, GenerateParams, ModelInfo};
 use crate::persona::Persona;
@@ -86,6 +86,12 @@ impl Default for LlmDialoguePlugin {
         }
     }
 }
+
+/// Test hook (the `fault-injection` feature): the inference worker panics three tokens into
+/// its next line, to check that the line fails cleanly and the worker restarts.
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Clone, Copy, Debug, Default)]
+pub struct InjectWorkerPanic;
 
 /// System sets of the plugin; see [`LlmDialoguePlugin`] for where they run.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,5 +216,12 @@ impl Plugin for LlmDialoguePlugin {
                     .in_set(DialogueSystems::Dispatch),
             )
             .add_observer(systems::on_npc_removed);
+        #[cfg(feature = "fault-injection")]
+        app.add_message::<InjectWorkerPanic>().add_systems(
+            PostUpdate,
+            systems::inject_faults
+                .before(systems::dispatch_requests)
+                .in_set(DialogueSystems::Dispatch),
+        );
     }
 }

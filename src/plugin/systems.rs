@@ -38,18 +38,42 @@ pub(crate) struct WorkerLink {
     model: Option<PathBuf>,
     /// Whether a load was asked for that has not been announced yet.
     announce_load: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WorkerLink {
+    /// The app is closing: hang up, and give the worker a moment to stop. It notices at the
+    /// next token (its reports have nowhere to go) and drops its queue.
+    fn drop(&mut self) {
+        let (dead_tx, _) = crossbeam_channel::unbounded();
+        let (_, dead_rx) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.commands, dead_tx));
+        drop(std::mem::replace(&mut self.reports, dead_rx));
+        if let Some(thread) = self.thread.take() {
+            let start = std::time::Instant::now();
+            while !thread.is_finished() && start.elapsed() < std::time::Duration::from_secs(2) {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("the inference worker is still busy at exit; leaving it");
+            }
+        }
+    }
 }
 
 impl WorkerLink {
     pub(crate) fn new(spec: WorkerSpec) -> Self {
         let model = spec.model.clone().map(|p| resolve(&spec.asset_base, p));
-        let (commands, reports) = start(&spec);
+        let (commands, reports, thread) = start(&spec);
         let mut link = Self {
             spec,
             commands,
             reports,
             model: None,
             announce_load: false,
+            thread,
         };
         if let Some(path) = model {
             link.load(path);
@@ -73,9 +97,10 @@ impl WorkerLink {
 
     fn restart(&mut self) {
         tracing::warn!("restarting the inference worker");
-        let (commands, reports) = start(&self.spec);
+        let (commands, reports, thread) = start(&self.spec);
         self.commands = commands;
         self.reports = reports;
+        self.thread = thread;
         if let Some(path) = self.model.clone() {
             self.announce_load = true;
             let _ = self.commands.send(Command::Load(path));
@@ -97,17 +122,23 @@ pub(crate) fn resolve(base: &std::path::Path, path: PathBuf) -> PathBuf {
     }
 }
 
-fn start(spec: &WorkerSpec) -> (Sender<Command>, Receiver<Report>) {
+type Started = (
+    Sender<Command>,
+    Receiver<Report>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+fn start(spec: &WorkerSpec) -> Started {
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
     let (rep_tx, rep_rx) = crossbeam_channel::unbounded();
     let config = WorkerConfig {
         engine: spec.engine.clone(),
         slots: spec.slots,
     };
-    if let Err(e) = worker::spawn(config, cmd_rx, rep_tx) {
-        tracing::error!("cannot start the inference worker thread: {e}");
-    }
-    (cmd_tx, rep_rx)
+    let thread = worker::spawn(config, cmd_rx, rep_tx)
+        .inspect_err(|e| tracing::error!("cannot start the inference worker thread: {e}"))
+        .ok();
+    (cmd_tx, rep_rx, thread)
 }
 
 /// A request between its sending and its result.
@@ -319,6 +350,17 @@ pub(crate) fn load_models(mut link: ResMut<WorkerLink>, mut requests: MessageRea
     for request in requests.read() {
         let path = resolve(&link.spec.asset_base, request.path.clone());
         link.load(path);
+    }
+}
+
+/// `PostUpdate`: the fault-injection hook.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn inject_faults(
+    mut link: ResMut<WorkerLink>,
+    mut faults: MessageReader<super::InjectWorkerPanic>,
+) {
+    for _ in faults.read() {
+        link.inject_panic();
     }
 }
 

@@ -10,6 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -111,7 +112,19 @@ pub(crate) fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("llm-dialogue-worker".into())
-        .spawn(move || Worker::new(config, reports).run(commands))
+        .spawn(move || {
+            RUNNING.fetch_add(1, Ordering::SeqCst);
+            Worker::new(config, reports).run(commands);
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+        })
+}
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many inference worker threads are running in this process (one per app with the
+/// plugin; it drops to zero when the apps are gone).
+pub fn running_workers() -> usize {
+    RUNNING.load(Ordering::SeqCst)
 }
 
 struct Slot {
@@ -123,6 +136,8 @@ struct Worker {
     config: WorkerConfig,
     reports: Sender<Report>,
     engine: Option<Engine>,
+    /// The model file, to reload after a crash.
+    model_path: Option<PathBuf>,
     load_error: Option<String>,
     queue: Vec<(u64, Job)>,
     slots: HashMap<u64, Slot>,
@@ -137,6 +152,7 @@ impl Worker {
             config,
             reports,
             engine: None,
+            model_path: None,
             load_error: Some("the model has not been loaded".into()),
             queue: Vec::new(),
             slots: HashMap::new(),
@@ -156,11 +172,17 @@ impl Worker {
             if self.queue.is_empty() {
                 match commands.recv() {
                     Ok(cmd) => self.handle(cmd),
+                    // The app is gone.
                     Err(_) => return,
                 }
             }
-            while let Ok(cmd) = commands.try_recv() {
-                self.handle(cmd);
+            loop {
+                match commands.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // The app is gone: drop the queue rather than compute for nobody.
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                }
             }
             if let Some(job) = self.pop_best() {
                 self.run_job(job);
@@ -198,6 +220,7 @@ impl Worker {
     fn load(&mut self, path: PathBuf) {
         let _span = tracing::info_span!("load_model", path = %path.display()).entered();
         self.engine = None;
+        self.model_path = Some(path.clone());
         self.slots.clear();
         self.report(Report::Loading(0.0));
         let result = std::fs::File::open(&path)
@@ -274,17 +297,22 @@ impl Worker {
         let inject = std::mem::take(&mut self.panic_next);
         let reports = self.reports.clone();
         let id = job.id;
+        let cancel = job.cancel.clone();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            #[cfg(feature = "fault-injection")]
-            if inject {
-                panic!("injected fault");
-            }
             let send = |d: &crate::engine::Delta<'_>| {
+                #[cfg(feature = "fault-injection")]
+                if inject && d.generated >= 3 {
+                    panic!("injected fault");
+                }
                 if !d.text.is_empty() {
-                    let _ = reports.send(Report::Delta {
+                    let sent = reports.send(Report::Delta {
                         id,
                         text: d.text.to_owned(),
                     });
+                    if sent.is_err() {
+                        // The app is gone (it quit mid-line): stop within a token.
+                        cancel.cancel();
+                    }
                 }
             };
             match &job.output {
@@ -338,17 +366,21 @@ impl Worker {
                 });
             }
             Err(panic) => {
-                // The session may be half-written; drop it. The weights are immutable.
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "panic".into());
-                tracing::error!("inference worker panicked: {what}");
+                tracing::error!("inference worker panicked: {what}; restarting it");
                 self.report(Report::Failed {
                     id,
                     error: DialogueError::WorkerCrashed(what),
                 });
+                // The engine may be half-way through anything: start again from the file,
+                // as a fresh worker would. Queued lines wait for the reload.
+                if let Some(path) = self.model_path.clone() {
+                    self.load(path);
+                }
             }
         }
     }
