@@ -418,7 +418,35 @@ fn a_malformed_persona_fails_its_line_with_the_file_and_the_game_keeps_going() {
         "(\n    name: \"Hot\",\n    description: \"too hot\",\n    sampling: Some((temperature: -3.0)),\n)\n",
     )
     .unwrap();
+    let more = [
+        ("nameless", "(\n    description: \"no name\",\n)\n", "name"),
+        (
+            "typed",
+            "(\n    name: \"T\",\n    description: 42,\n)\n",
+            "typed.persona.ron:3",
+        ),
+        (
+            "long",
+            "(\n    name: \"L\",\n    description: \"d\",\n    max_tokens: Some(1000000000),\n)\n",
+            "max_tokens",
+        ),
+    ];
+    for (name, text, _) in &more {
+        std::fs::write(assets.join(format!("personas/{name}.persona.ron")), text).unwrap();
+    }
     let mut app = app(&assets, plugin());
+    let extra: Vec<(Entity, &str)> = more
+        .iter()
+        .map(|(name, _, needle)| {
+            (
+                spawn_npc(&mut app, &format!("personas/{name}.persona.ron")),
+                *needle,
+            )
+        })
+        .collect();
+    for (npc, _) in &extra {
+        request(&mut app, RequestLine::new(*npc).saying("Hello?"));
+    }
     let broken = spawn_npc(&mut app, "personas/broken.persona.ron");
     let hot = spawn_npc(&mut app, "personas/hot.persona.ron");
     let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
@@ -447,6 +475,10 @@ fn a_malformed_persona_fails_its_line_with_the_file_and_the_game_keeps_going() {
     assert!(hot_error.contains("hot.persona.ron"), "{hot_error}");
     assert!(hot_error.contains("temperature"), "{hot_error}");
     assert_eq!(log.finished_for(mira).len(), 1, "other NPCs are unaffected");
+    for (npc, needle) in extra {
+        let error = error_of(npc);
+        assert!(error.contains(needle), "{needle:?} not in {error}");
+    }
 }
 
 #[test]
@@ -813,4 +845,172 @@ fn an_npc_acts_only_through_its_declared_actions() {
             other => panic!("undeclared action {other}"),
         }
     }
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_worker_that_panics_mid_line_fails_that_line_restarts_and_serves_the_next() {
+    use bevy_llm_dialogue::plugin::InjectWorkerPanic;
+    let mut app = app(&scratch_assets("panic"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    app.world_mut().write_message(InjectWorkerPanic);
+    request(
+        &mut app,
+        RequestLine::new(mira).saying("Hello?").max_tokens(40),
+    );
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    {
+        let log = app.world().resource::<Log>();
+        assert!(
+            matches!(log.failed[0].error, DialogueError::WorkerCrashed(_)),
+            "{:?}",
+            log.failed[0].error
+        );
+        assert!(
+            log.deltas.len() >= 2,
+            "it failed mid-line, after some deltas"
+        );
+    }
+    request(&mut app, RequestLine::new(mira).saying("Hello again?"));
+    update_until(&mut app, LONG, "the next line", |log| {
+        log.results_for(mira) == 2
+    });
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.finished.len(), 1, "{:?}", log.failed);
+    assert_eq!(
+        log.loaded, 2,
+        "the worker reloaded the model after the crash"
+    );
+    assert!(app.world().get::<Speaking>(mira).is_none());
+}
+
+#[test]
+fn broken_model_files_fail_to_load_with_their_names_and_the_game_goes_on() {
+    let assets = scratch_assets("bad-files");
+    let good = std::fs::read(common::model_path()).unwrap();
+    let truncated = assets.join("truncated.gguf");
+    std::fs::write(&truncated, &good[..good.len() / 3]).unwrap();
+    let not_gguf = assets.join("notes.gguf");
+    std::fs::write(&not_gguf, "these are my notes, not a model").unwrap();
+    let mut app = app(
+        &assets,
+        LlmDialoguePlugin {
+            model: None,
+            ..plugin()
+        },
+    );
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    for (i, path) in [&truncated, &not_gguf].into_iter().enumerate() {
+        app.world_mut()
+            .write_message(LoadModel { path: path.clone() });
+        update_until(&mut app, LONG, "ModelFailed", |log| {
+            log.model_failed.len() == i + 1
+        });
+        let error = app.world().resource::<Log>().model_failed[i].clone();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(error.contains(name), "{error}");
+        assert!(error.contains("not a valid GGUF"), "{error}");
+    }
+    request(&mut app, RequestLine::new(mira).saying("Hello?"));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    assert!(matches!(
+        app.world().resource::<Log>().failed[0].error,
+        DialogueError::ModelUnavailable(_)
+    ));
+    // The game kept running; the real model loads and serves.
+    app.world_mut().write_message(LoadModel {
+        path: common::model_path(),
+    });
+    update_until(&mut app, LONG, "ModelLoaded", |log| log.loaded == 1);
+    request(&mut app, RequestLine::new(mira).saying("Hello now?"));
+    update_until(&mut app, LONG, "a line", |log| log.finished.len() == 1);
+}
+
+#[test]
+fn a_hundred_kilobytes_of_player_text_fails_cleanly_without_stalling_frames() {
+    let mut app = app(&scratch_assets("huge-text"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    app.world_mut().resource_mut::<Log>().slowest_update = Duration::ZERO;
+    let huge = "The wolves came at night and the village hid. ".repeat(2200);
+    assert!(huge.len() > 100_000);
+    request(&mut app, RequestLine::new(mira).saying(huge));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    let log = app.world().resource::<Log>();
+    assert!(
+        matches!(log.failed[0].error, DialogueError::ContextOverflow { .. }),
+        "{:?}",
+        log.failed[0].error
+    );
+    // Tokenizing 100 KB happens on the worker, not in a frame.
+    assert!(
+        log.slowest_update < Duration::from_millis(500),
+        "{:?}",
+        log.slowest_update
+    );
+    request(&mut app, RequestLine::new(mira).saying("Sorry. Hello?"));
+    update_until(&mut app, LONG, "the next line", |log| {
+        log.finished.len() == 1
+    });
+}
+
+#[test]
+fn a_persona_reloaded_mid_line_lets_that_line_finish_and_changes_the_next() {
+    let assets = scratch_assets("reload-mid-line");
+    let mut app = app(&assets, plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    request(
+        &mut app,
+        RequestLine::new(mira)
+            .saying("Tell me about your forge.")
+            .max_tokens(60),
+    );
+    update_until(&mut app, LONG, "the first delta", |log| {
+        !log.deltas.is_empty()
+    });
+    let file = assets.join("personas/mira.persona.ron");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("\"Mira\"", "\"Brannoc\"")).unwrap();
+    app.world()
+        .resource::<AssetServer>()
+        .reload("personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the first line", |log| {
+        log.results_for(mira) == 1
+    });
+    assert_eq!(
+        app.world().resource::<Log>().finished.len(),
+        1,
+        "the line in flight finishes"
+    );
+    let start = Instant::now();
+    loop {
+        app.update();
+        let handle = app.world().get::<Npc>(mira).unwrap().persona.clone();
+        if app
+            .world()
+            .resource::<Assets<Persona>>()
+            .get(&handle)
+            .is_some_and(|p| p.name == "Brannoc")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the persona did not reload"
+        );
+    }
+    request(&mut app, RequestLine::new(mira).saying("Who are you?"));
+    update_until(&mut app, LONG, "the second line", |log| {
+        log.results_for(mira) == 2
+    });
+    let log = app.world().resource::<Log>();
+    assert!(log.started[0].prompt.contains("You are Mira"));
+    assert!(log.started[1].prompt.contains("You are Brannoc"));
 }
