@@ -1,0 +1,171 @@
+//! Soak test: 16 NPCs, many requests with random cancels and despawns. Checks that every
+//! request that was not cancelled gets exactly one result (finished or failed), that nothing
+//! is duplicated or arrives late, and reports memory after warm-up and at the end.
+//!
+//! ```text
+//! scripts/fetch-model
+//! cargo run --release --example soak -- 1000
+//! ```
+//!
+//! Exits with an error if an invariant is broken. Requests are short (8 tokens) so that a
+//! thousand of them take minutes, not hours.
+
+#![allow(clippy::print_stdout, reason = "a soak run reports on stdout")]
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_llm_dialogue::plugin::RequestId;
+use bevy_llm_dialogue::prelude::*;
+use rand::{Rng, SeedableRng};
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> Result<(), String> {
+    let total: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let mut app = App::new();
+    let mut plugin = LlmDialoguePlugin::default();
+    plugin.defaults.max_tokens = 8;
+    app.add_plugins((MinimalPlugins, AssetPlugin::default(), plugin));
+    app.finish();
+    app.cleanup();
+    let persona: Handle<Persona> = app
+        .world()
+        .resource::<AssetServer>()
+        .load("personas/mira.persona.ron");
+    let mut npcs: Vec<Entity> = (0..16)
+        .map(|_| app.world_mut().spawn(Npc::new(persona.clone())).id())
+        .collect();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Per NPC: requests sent in order; results are matched to the NPC's oldest open request.
+    let mut open: HashMap<Entity, Vec<usize>> = HashMap::new();
+    let mut cancelled: HashSet<usize> = HashSet::new();
+    let mut results: HashMap<usize, u32> = HashMap::new();
+    let mut seen_ids: HashSet<RequestId> = HashSet::new();
+    let (mut sent, mut cancels, mut despawns) = (0usize, 0usize, 0usize);
+    let mut rss_warm = None;
+    let mut failures: Vec<String> = Vec::new();
+    let started = Instant::now();
+
+    while sent < total || open.values().any(|v| !v.is_empty()) {
+        // Now and then, cancel an NPC's lines or despawn it (and spawn a replacement).
+        // About one event per 10 requests sent: 7 % cancels, 3 % despawns.
+        let in_flight: usize = open.values().map(Vec::len).sum();
+        let sending = sent < total && in_flight < 24;
+        let roll = if sending { rng.random_range(0..100) } else { 100 };
+        if roll < 10 {
+            let i = rng.random_range(0..npcs.len());
+            let npc = npcs[i];
+            for r in open.remove(&npc).unwrap_or_default() {
+                cancelled.insert(r);
+            }
+            if roll < 3 {
+                app.world_mut().despawn(npc);
+                npcs[i] = app.world_mut().spawn(Npc::new(persona.clone())).id();
+                despawns += 1;
+            } else {
+                app.world_mut().write_message(CancelLine { npc });
+                cancels += 1;
+            }
+        }
+        // Cancels are handled before new requests in the same frame, so a request sent now
+        // is not cancelled by the line above.
+        // Keep about 24 requests in flight.
+        if sending {
+            let npc = npcs[rng.random_range(0..npcs.len())];
+            app.world_mut()
+                .write_message(RequestLine::new(npc).saying(format!("Request {sent}?")));
+            open.entry(npc).or_default().push(sent);
+            sent += 1;
+        }
+        app.update();
+        let world = app.world_mut();
+        let finished: Vec<(Entity, RequestId)> = world
+            .resource_mut::<Messages<LineFinished>>()
+            .drain()
+            .map(|l| (l.npc, l.request))
+            .collect();
+        let failed: Vec<(Entity, RequestId, String)> = world
+            .resource_mut::<Messages<LineFailed>>()
+            .drain()
+            .map(|l| (l.npc, l.request, l.error.to_string()))
+            .collect();
+        for (npc, id, error) in finished
+            .into_iter()
+            .map(|(n, i)| (n, i, None))
+            .chain(failed.into_iter().map(|(n, i, e)| (n, i, Some(e))))
+        {
+            if !seen_ids.insert(id) {
+                return Err(format!("request {id:?} got a second result"));
+            }
+            let Some(queue) = open.get_mut(&npc).filter(|q| !q.is_empty()) else {
+                return Err(format!(
+                    "a result for {npc} arrived with no open request (cancelled?)"
+                ));
+            };
+            let request = queue.remove(0);
+            *results.entry(request).or_default() += 1;
+            if let Some(e) = error {
+                failures.push(format!("request {request}: {e}"));
+            }
+        }
+        if rss_warm.is_none() && results.len() >= 50 {
+            rss_warm = Some(rss_mib());
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err("the soak run took over an hour".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Late results for cancelled requests would show up now.
+    for _ in 0..200 {
+        app.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let late = app
+        .world_mut()
+        .resource_mut::<Messages<LineFinished>>()
+        .drain()
+        .count();
+    if late > 0 {
+        return Err(format!(
+            "{late} results arrived after everything was answered or cancelled"
+        ));
+    }
+    let answered = results.len();
+    let expected = total - cancelled.len();
+    if answered != expected || results.values().any(|&n| n != 1) {
+        return Err(format!(
+            "{answered} requests answered, expected {expected} exactly once each"
+        ));
+    }
+    if let Some(first) = failures.first() {
+        return Err(format!("{} requests failed; the first: {first}", failures.len()));
+    }
+    let rss_end = rss_mib();
+    let warm = rss_warm.unwrap_or(rss_end);
+    println!(
+        "{total} requests to 16 NPCs in {:.0} s: {answered} answered exactly once, {} cancelled \
+         ({cancels} CancelLine, {despawns} despawns), 0 duplicates, 0 late",
+        started.elapsed().as_secs_f64(),
+        cancelled.len()
+    );
+    println!(
+        "RSS after warm-up {warm:.0} MiB, at the end {rss_end:.0} MiB ({:.3}x)",
+        rss_end / warm
+    );
+    Ok(())
+}

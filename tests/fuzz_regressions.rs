@@ -1,0 +1,58 @@
+//! Inputs the fuzzers (`fuzz/`, cargo-fuzz) found or that seed them, replayed as tests: each
+//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`.
+
+use std::path::Path;
+
+use bevy_llm_dialogue::engine::{Backend, ChatMessage, ChatTemplate, Engine, EngineConfig};
+use bevy_llm_dialogue::persona::Persona;
+use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
+use bevy_llm_dialogue::story::StoryAsset;
+
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz").join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| {
+            let path = e.unwrap().path();
+            (path.display().to_string(), std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn gguf_inputs_load_or_fail_cleanly() {
+    for (name, bytes) in inputs("gguf") {
+        let config = EngineConfig {
+            backend: Backend::Cpu,
+            ..EngineConfig::default()
+        };
+        let result = Engine::from_reader(std::io::Cursor::new(bytes), &name, config);
+        assert!(result.is_err(), "{name} is not a model");
+    }
+}
+
+#[test]
+fn persona_and_story_inputs_parse_or_fail_cleanly() {
+    for (name, bytes) in inputs("persona") {
+        let _ = Persona::from_ron(&String::from_utf8_lossy(&bytes), &name);
+    }
+    for (name, bytes) in inputs("story") {
+        let _ = StoryAsset::from_ron(&String::from_utf8_lossy(&bytes), &name);
+    }
+}
+
+#[test]
+fn template_inputs_render_or_fail_cleanly() {
+    for (name, bytes) in inputs("template") {
+        let source = String::from_utf8_lossy(&bytes);
+        if let Ok(t) = PromptTemplate::new(&name, &source) {
+            let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").unwrap();
+            let _ = t.npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"));
+        }
+        if let Ok(t) = ChatTemplate::new(&source, "<s>", "</s>") {
+            let _ = t.render(&[ChatMessage::user("hi")], true);
+        }
+    }
+}
