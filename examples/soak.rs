@@ -65,7 +65,11 @@ fn main() -> Result<(), String> {
         // About one event per 10 requests sent: 7 % cancels, 3 % despawns.
         let in_flight: usize = open.values().map(Vec::len).sum();
         let sending = sent < total && in_flight < 24;
-        let roll = if sending { rng.random_range(0..100) } else { 100 };
+        let roll = if sending {
+            rng.random_range(0..100)
+        } else {
+            100
+        };
         if roll < 10 {
             let i = rng.random_range(0..npcs.len());
             let npc = npcs[i];
@@ -153,7 +157,10 @@ fn main() -> Result<(), String> {
         ));
     }
     if let Some(first) = failures.first() {
-        return Err(format!("{} requests failed; the first: {first}", failures.len()));
+        return Err(format!(
+            "{} requests failed; the first: {first}",
+            failures.len()
+        ));
     }
     let rss_end = rss_mib();
     let warm = rss_warm.unwrap_or(rss_end);
