@@ -126,7 +126,15 @@ fn main() -> Result<(), String> {
                 failures.push(format!("request {request}: {e}"));
             }
         }
-        if rss_warm.is_none() && results.len() >= 50 {
+        // Like a game that keeps the last few exchanges per NPC, so memory reaches a steady
+        // state (without this, every conversation's cache grows to the context size).
+        for mut history in app.world_mut().query::<&mut DialogueHistory>().iter_mut(app.world_mut()) {
+            let excess = history.turns.len().saturating_sub(8);
+            if excess > 0 {
+                history.turns.drain(..excess);
+            }
+        }
+        if rss_warm.is_none() && results.len() >= 200 {
             rss_warm = Some(rss_mib());
         }
         if started.elapsed() > Duration::from_secs(3600) {
