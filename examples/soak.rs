@@ -122,13 +122,26 @@ fn main() -> Result<(), String> {
             };
             let request = queue.remove(0);
             *results.entry(request).or_default() += 1;
+            if results.len() % 100 == 0 {
+                println!(
+                    "{} answered, {} cancelled, {:.0} s, RSS {:.0} MiB",
+                    results.len(),
+                    cancelled.len(),
+                    started.elapsed().as_secs_f64(),
+                    rss_mib()
+                );
+            }
             if let Some(e) = error {
                 failures.push(format!("request {request}: {e}"));
             }
         }
         // Like a game that keeps the last few exchanges per NPC, so memory reaches a steady
         // state (without this, every conversation's cache grows to the context size).
-        for mut history in app.world_mut().query::<&mut DialogueHistory>().iter_mut(app.world_mut()) {
+        for mut history in app
+            .world_mut()
+            .query::<&mut DialogueHistory>()
+            .iter_mut(app.world_mut())
+        {
             let excess = history.turns.len().saturating_sub(8);
             if excess > 0 {
                 history.turns.drain(..excess);
