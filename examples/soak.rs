@@ -122,7 +122,7 @@ fn main() -> Result<(), String> {
             };
             let request = queue.remove(0);
             *results.entry(request).or_default() += 1;
-            if results.len() % 100 == 0 {
+            if results.len().is_multiple_of(100) {
                 println!(
                     "{} answered, {} cancelled, {:.0} s, RSS {:.0} MiB",
                     results.len(),
