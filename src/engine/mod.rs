@@ -10,10 +10,11 @@
 //!     ChatMessage::system("You are Mira, a blacksmith. Answer in one sentence."),
 //!     ChatMessage::user("Can you fix my sword?"),
 //! ];
+//! let mut shown = String::new(); // a game would append each delta to its dialogue box
 //! let line = engine.chat(&mut session, &messages, &GenerateParams::default(), &CancelToken::new(), |d| {
-//!     eprint!("{}", d.text);
+//!     shown.push_str(d.text);
 //! })?;
-//! eprintln!("\n({:?}, {} tokens)", line.stop_reason, line.stats.generated_tokens);
+//! assert_eq!(shown, line.text);
 //! # Ok::<(), bevy_llm_dialogue::engine::EngineError>(())
 //! ```
 
