@@ -1,5 +1,5 @@
 //! Inputs the fuzzers (`fuzz/`, cargo-fuzz) found or that seed them, replayed as tests: each
-//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`.
+//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/` (`model_header` for the GGUF target).
 
 use std::path::Path;
 
@@ -25,7 +25,7 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn gguf_inputs_load_or_fail_cleanly() {
-    for (name, bytes) in inputs("gguf") {
+    for (name, bytes) in inputs("model_header") {
         let config = EngineConfig {
             backend: Backend::Cpu,
             ..EngineConfig::default()
