@@ -23,9 +23,28 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Hostile GGUF headers, made here rather than stored: a header claiming 2^40 tensors and
+/// 2^40 metadata entries, and one whose first key claims to be 2^62 bytes long.
+fn hostile_headers() -> Vec<(String, Vec<u8>)> {
+    let header = |tensors: u64, kvs: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(tensors.to_le_bytes());
+        b.extend(kvs.to_le_bytes());
+        b
+    };
+    let mut huge_string = header(0, 1);
+    huge_string.extend((1u64 << 62).to_le_bytes());
+    huge_string.extend(b"general");
+    vec![
+        ("huge_counts".into(), header(1 << 40, 1 << 40)),
+        ("huge_string".into(), huge_string),
+    ]
+}
+
 #[test]
 fn gguf_inputs_load_or_fail_cleanly() {
-    for (name, bytes) in inputs("model_header") {
+    for (name, bytes) in inputs("model_header").into_iter().chain(hostile_headers()) {
         let config = EngineConfig {
             backend: Backend::Cpu,
             ..EngineConfig::default()
