@@ -175,6 +175,16 @@ fn request(app: &mut App, request: RequestLine) {
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// After a failed load: `LoadModel` with the real file, then `npc` answers.
+fn recover_with_the_real_model(app: &mut App, npc: Entity) {
+    app.world_mut().write_message(LoadModel {
+        path: common::model_path(),
+    });
+    update_until(app, LONG, "ModelLoaded", |log| log.loaded == 1);
+    request(app, RequestLine::new(npc).saying("Hello now?"));
+    update_until(app, LONG, "a line", |log| log.finished.len() == 1);
+}
+
 #[test]
 fn an_npc_answers_and_its_deltas_concatenate_to_the_finished_line() {
     let mut app = app(&scratch_assets("answers"), plugin());
@@ -523,12 +533,7 @@ fn a_missing_model_fails_requests_with_how_to_fetch_it_and_does_not_panic() {
     ));
 
     // Loading the right file later recovers.
-    app.world_mut().write_message(LoadModel {
-        path: common::model_path(),
-    });
-    update_until(&mut app, LONG, "ModelLoaded", |log| log.loaded == 1);
-    request(&mut app, RequestLine::new(mira).saying("Hello now?"));
-    update_until(&mut app, LONG, "a line", |log| log.finished.len() == 1);
+    recover_with_the_real_model(&mut app, mira);
 }
 
 #[test]
@@ -923,12 +928,7 @@ fn broken_model_files_fail_to_load_with_their_names_and_the_game_goes_on() {
         DialogueError::ModelUnavailable(_)
     ));
     // The game kept running; the real model loads and serves.
-    app.world_mut().write_message(LoadModel {
-        path: common::model_path(),
-    });
-    update_until(&mut app, LONG, "ModelLoaded", |log| log.loaded == 1);
-    request(&mut app, RequestLine::new(mira).saying("Hello now?"));
-    update_until(&mut app, LONG, "a line", |log| log.finished.len() == 1);
+    recover_with_the_real_model(&mut app, mira);
 }
 
 #[test]
