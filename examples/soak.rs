@@ -7,8 +7,10 @@
 //! cargo run --release --example soak -- 1000
 //! ```
 //!
-//! Exits with an error if an invariant is broken. Requests are short (8 tokens) so that a
-//! thousand of them take minutes, not hours.
+//! Exits with an error if an invariant is broken. Lines are at most 60 tokens (the persona's
+//! limit) and each NPC keeps its last 8 turns, so a thousand requests take about 20 minutes
+//! on one inference thread. Memory is reported with the KV caches apart: the caches grow
+//! until every conversation has reached its steady length, the rest should stay flat.
 
 #![allow(clippy::print_stdout, reason = "a soak run reports on stdout")]
 
@@ -30,15 +32,21 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn cache_mib(app: &App) -> f64 {
+    app.world().resource::<DialogueModel>().status.cache_bytes as f64 / (1024.0 * 1024.0)
+}
+
 fn main() -> Result<(), String> {
     let total: usize = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
     let mut app = App::new();
-    let mut plugin = LlmDialoguePlugin::default();
-    plugin.defaults.max_tokens = 8;
-    app.add_plugins((MinimalPlugins, AssetPlugin::default(), plugin));
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        LlmDialoguePlugin::default(),
+    ));
     app.finish();
     app.cleanup();
     let persona: Handle<Persona> = app
@@ -124,11 +132,13 @@ fn main() -> Result<(), String> {
             *results.entry(request).or_default() += 1;
             if results.len().is_multiple_of(100) {
                 println!(
-                    "{} answered, {} cancelled, {:.0} s, RSS {:.0} MiB",
+                    "{} answered, {} cancelled, {:.0} s, RSS {:.0} MiB (KV caches {:.0} MiB in {} slots)",
                     results.len(),
                     cancelled.len(),
                     started.elapsed().as_secs_f64(),
-                    rss_mib()
+                    rss_mib(),
+                    cache_mib(&app),
+                    app.world().resource::<DialogueModel>().status.slots_used,
                 );
             }
             if let Some(e) = error {
@@ -148,7 +158,7 @@ fn main() -> Result<(), String> {
             }
         }
         if rss_warm.is_none() && results.len() >= 200 {
-            rss_warm = Some(rss_mib());
+            rss_warm = Some((rss_mib(), cache_mib(&app)));
         }
         if started.elapsed() > Duration::from_secs(3600) {
             return Err("the soak run took over an hour".into());
@@ -183,8 +193,8 @@ fn main() -> Result<(), String> {
             failures.len()
         ));
     }
-    let rss_end = rss_mib();
-    let warm = rss_warm.unwrap_or(rss_end);
+    let (rss_end, cache_end) = (rss_mib(), cache_mib(&app));
+    let (warm, cache_warm) = rss_warm.unwrap_or((rss_end, cache_end));
     println!(
         "{total} requests to 16 NPCs in {:.0} s: {answered} answered exactly once, {} cancelled \
          ({cancels} CancelLine, {despawns} despawns), 0 duplicates, 0 late",
@@ -192,7 +202,8 @@ fn main() -> Result<(), String> {
         cancelled.len()
     );
     println!(
-        "RSS after warm-up {warm:.0} MiB, at the end {rss_end:.0} MiB ({:.3}x)",
+        "RSS after warm-up {warm:.0} MiB, at the end {rss_end:.0} MiB ({:.3}x); \
+         KV caches {cache_warm:.0} MiB -> {cache_end:.0} MiB",
         rss_end / warm
     );
     Ok(())

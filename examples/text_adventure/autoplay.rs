@@ -1,0 +1,160 @@
+//! Scripted play for `scripts/screenshot`: when `TEXT_ADVENTURE_AUTOPLAY=out.png` is set, the
+//! game talks to Mira, takes a narrator choice, saves a screenshot of the window once the
+//! scene has streamed in, reports frame times and exits.
+
+#![allow(clippy::print_stdout, reason = "the script's report goes to stdout")]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_disk};
+use bevy_llm_dialogue::prelude::*;
+
+use crate::game::{DebugInfo, PlayerInput, Speaker, StoryTeller, Transcript};
+
+/// Plays a few turns, saves `screenshot` and exits.
+pub struct Autoplay {
+    /// Where the PNG goes.
+    pub screenshot: PathBuf,
+}
+
+impl Plugin for Autoplay {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(Script {
+            screenshot: self.screenshot.clone(),
+            step: Step::WaitForModel,
+            started: Instant::now(),
+            settle: 0,
+            frames_idle: Vec::new(),
+            frames_busy: Vec::new(),
+        })
+        .add_systems(Update, play);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    WaitForModel,
+    WaitForMira,
+    WaitForScene,
+    Capture,
+    WaitForCapture,
+    Done,
+}
+
+#[derive(Resource)]
+struct Script {
+    screenshot: PathBuf,
+    step: Step,
+    started: Instant,
+    settle: u32,
+    frames_idle: Vec<f32>,
+    frames_busy: Vec<f32>,
+}
+
+const GIVE_UP: Duration = Duration::from_secs(900);
+
+#[allow(clippy::too_many_arguments)]
+fn play(
+    mut commands: Commands,
+    mut script: ResMut<Script>,
+    model: Res<DialogueModel>,
+    transcript: Res<Transcript>,
+    debug: Res<DebugInfo>,
+    time: Res<Time<Real>>,
+    story: Single<&Story, With<StoryTeller>>,
+    mut input: MessageWriter<PlayerInput>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let busy = debug.pending > 0 || transcript.is_streaming() || story.pending.is_some();
+    if matches!(model.state, ModelState::Ready(_)) && script.step != Step::Done {
+        let ms = time.delta_secs() * 1000.0;
+        if busy {
+            script.frames_busy.push(ms);
+        } else {
+            script.frames_idle.push(ms);
+        }
+    }
+    if script.started.elapsed() > GIVE_UP {
+        println!(
+            "autoplay: gave up after {GIVE_UP:?} at step {:?}",
+            script.step
+        );
+        exit.write(AppExit::error());
+        return;
+    }
+    match script.step {
+        Step::WaitForModel => match &model.state {
+            ModelState::Ready(_) if story.current_scene().is_some() => {
+                input.write(PlayerInput::Say {
+                    to: "mira".into(),
+                    text: "Good evening, Mira! The forest is dark tonight. Could you spare me a lantern?"
+                        .into(),
+                });
+                script.step = Step::WaitForMira;
+            }
+            ModelState::Failed(reason) => {
+                println!("autoplay: no model: {reason}");
+                exit.write(AppExit::error());
+            }
+            _ => {}
+        },
+        Step::WaitForMira if !busy => {
+            let answered = transcript.entries.iter().any(|e| {
+                matches!(&e.speaker, Speaker::Npc(n) if n == "Mira") && !e.text.is_empty()
+            });
+            if !answered {
+                println!("autoplay: Mira did not answer");
+                exit.write(AppExit::error());
+                return;
+            }
+            // "Walk to the forge": the narrator writes the next scene.
+            input.write(PlayerInput::Choose(0));
+            script.step = Step::WaitForScene;
+        }
+        Step::WaitForScene if !busy => {
+            // A few frames for egui to lay out the last text.
+            script.settle += 1;
+            if script.settle > 10 {
+                script.step = Step::Capture;
+            }
+        }
+        Step::Capture => {
+            let path = script.screenshot.clone();
+            commands
+                .spawn(Screenshot::primary_window())
+                .observe(save_to_disk(path))
+                .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
+                    script.step = Step::Done;
+                });
+            script.step = Step::WaitForCapture;
+        }
+        Step::Done => {
+            report("idle", &mut script.frames_idle);
+            report("while the model writes", &mut script.frames_busy);
+            println!(
+                "autoplay: {} transcript entries, screenshot {}",
+                transcript.entries.len(),
+                script.screenshot.display()
+            );
+            exit.write(AppExit::Success);
+        }
+        _ => {}
+    }
+}
+
+fn report(what: &str, frames: &mut [f32]) {
+    if frames.is_empty() {
+        return;
+    }
+    frames.sort_by(f32::total_cmp);
+    let at = |q: f32| frames[((frames.len() - 1) as f32 * q) as usize];
+    println!(
+        "frame times {what}: {} frames, median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        frames.len(),
+        at(0.5),
+        at(0.99),
+        frames[frames.len() - 1]
+    );
+}
