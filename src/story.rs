@@ -340,13 +340,15 @@ impl Story {
     }
 }
 
-/// The JSON schema of a narrator reply with `choices` choices: a scene of at most
-/// `max_chars` characters and that many short choices, each starting with a letter.
+/// The JSON schema of a narrator reply with `choices` choices: a scene of a quarter of
+/// `max_chars` (at least 20) to `max_chars` characters, so that the narrator writes a scene
+/// rather than a title, and that many short choices, each starting with a capital letter.
 pub fn scene_schema(choices: usize, max_chars: usize) -> serde_json::Value {
+    let min_chars = (max_chars / 4).max(20);
     serde_json::json!({
         "type": "object",
         "properties": {
-            "scene": { "type": "string", "minLength": 20, "maxLength": max_chars },
+            "scene": { "type": "string", "minLength": min_chars, "maxLength": max_chars },
             "choices": {
                 "type": "array",
                 "minItems": choices,

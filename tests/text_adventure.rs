@@ -245,4 +245,16 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
         app.world().resource::<GameState>().location,
         Location::Forest
     );
+    // A generated scene cannot be written: the choice stays taken, so it can be retried.
+    play(&mut app, PlayerInput::Choose(0));
+    let last = app
+        .world()
+        .resource::<Transcript>()
+        .entries
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last.text.contains("scripts/fetch-model"), "{}", last.text);
+    assert!(story(app.world_mut()).pending.is_some());
+    assert!(!app.world().resource::<Transcript>().narrator_busy);
 }

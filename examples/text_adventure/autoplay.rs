@@ -1,6 +1,7 @@
 //! Scripted play for `scripts/screenshot`: when `TEXT_ADVENTURE_AUTOPLAY=out.png` is set, the
 //! game talks to Mira, takes a narrator choice, saves a screenshot of the window once the
-//! scene has streamed in, reports frame times and exits.
+//! scene has streamed in (and `out-streaming.png` while Mira's line is still streaming),
+//! reports frame times and exits.
 
 #![allow(clippy::print_stdout, reason = "the script's report goes to stdout")]
 
@@ -26,6 +27,7 @@ impl Plugin for Autoplay {
             step: Step::WaitForModel,
             started: Instant::now(),
             settle: 0,
+            caught_streaming: false,
             frames_idle: Vec::new(),
             frames_busy: Vec::new(),
         })
@@ -49,6 +51,7 @@ struct Script {
     step: Step,
     started: Instant,
     settle: u32,
+    caught_streaming: bool,
     frames_idle: Vec<f32>,
     frames_busy: Vec<f32>,
 }
@@ -100,7 +103,26 @@ fn play(
             }
             _ => {}
         },
-        Step::WaitForMira if !busy => {
+        Step::WaitForMira if busy => {
+            // One picture mid-line, to show the text arriving token by token.
+            let streaming = transcript
+                .entries
+                .iter()
+                .any(|e| e.streaming && matches!(&e.speaker, Speaker::Npc(_)) && e.text.len() > 40);
+            if streaming && !script.caught_streaming {
+                script.caught_streaming = true;
+                let path = script
+                    .screenshot
+                    .with_extension("")
+                    .to_string_lossy()
+                    .into_owned()
+                    + "-streaming.png";
+                commands
+                    .spawn(Screenshot::primary_window())
+                    .observe(save_to_disk(path));
+            }
+        }
+        Step::WaitForMira => {
             let answered = transcript.entries.iter().any(|e| {
                 matches!(&e.speaker, Speaker::Npc(n) if n == "Mira") && !e.text.is_empty()
             });

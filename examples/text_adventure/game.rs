@@ -136,6 +136,8 @@ pub enum PlayerInput {
     },
     /// Take choice `index` of the current scene.
     Choose(usize),
+    /// Ask the narrator again for a scene that failed (the choice stays taken).
+    Retry,
     /// Walk to a neighbouring location.
     Travel(Location),
     /// Save to [`AdventureConfig::save_file`].
@@ -200,6 +202,8 @@ pub struct Transcript {
     pub entries: Vec<Entry>,
     /// Which entry a streaming request writes to.
     streams: HashMap<RequestId, usize>,
+    /// The narrator is writing a scene.
+    pub narrator_busy: bool,
 }
 
 impl Transcript {
@@ -336,6 +340,7 @@ fn handle_input(
         MessageWriter<RequestAction>,
         MessageWriter<ChooseOption>,
     ),
+    mut scenes: MessageWriter<RequestScene>,
 ) {
     let (story_entity, story_data) = *story;
     for input in inputs.read() {
@@ -383,7 +388,15 @@ fn handle_input(
                     transcript.push(Speaker::Player, format!("> {}", choice.text));
                     if choice.goto.is_none() {
                         debug.pending += 1;
+                        transcript.narrator_busy = true;
                     }
+                }
+            }
+            PlayerInput::Retry => {
+                if story_data.pending.is_some() && !transcript.narrator_busy {
+                    scenes.write(RequestScene::new(story_entity));
+                    debug.pending += 1;
+                    transcript.narrator_busy = true;
                 }
             }
             PlayerInput::Travel(to) => {
@@ -499,7 +512,7 @@ fn finish_io(
                 }
                 *transcript = Transcript {
                     entries: data.transcript,
-                    streams: HashMap::new(),
+                    ..default()
                 };
                 for entry in &mut transcript.entries {
                     entry.streaming = false;
@@ -568,6 +581,7 @@ fn record_scenes(
             .push_str(&delta.text);
     }
     for scene in ready.read() {
+        transcript.narrator_busy = false;
         match scene.request {
             Some(request) => {
                 transcript.finish(request, Speaker::Narrator, &scene.text);
@@ -582,6 +596,7 @@ fn record_scenes(
         }
     }
     for scene in failed.read() {
+        transcript.narrator_busy = false;
         transcript.push(
             Speaker::Game,
             format!("(The narrator falters: {})", scene.error),

@@ -152,17 +152,25 @@ fn draw(
 
     egui::Panel::bottom("act").show(root, |ui| {
         ui.add_space(4.0);
-        let writing = story.pending.is_some();
-        if let Some(scene) = story.current_scene().filter(|_| !writing) {
-            ui.horizontal_wrapped(|ui| {
-                for (i, choice) in scene.choices.iter().enumerate() {
-                    if ui.button(format!("{}. {}", i + 1, choice.text)).clicked() {
-                        input.write(PlayerInput::Choose(i));
+        if story.pending.is_none() {
+            if let Some(scene) = story.current_scene() {
+                ui.horizontal_wrapped(|ui| {
+                    for (i, choice) in scene.choices.iter().enumerate() {
+                        if ui.button(format!("{}. {}", i + 1, choice.text)).clicked() {
+                            input.write(PlayerInput::Choose(i));
+                        }
                     }
+                });
+            }
+        } else if transcript.narrator_busy {
+            ui.label(RichText::new("The narrator is writing…").italics());
+        } else {
+            ui.horizontal(|ui| {
+                ui.label(RichText::new("The narrator fell silent.").italics());
+                if ui.button("Try again").clicked() {
+                    input.write(PlayerInput::Retry);
                 }
             });
-        } else if writing {
-            ui.label(RichText::new("The narrator is writing…").italics());
         }
         ui.add_space(4.0);
         ui.horizontal(|ui| match ui_state.talking_to {

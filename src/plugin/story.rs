@@ -295,10 +295,6 @@ pub(crate) fn request_scenes(
                 error,
             });
         };
-        if let ModelState::Failed(reason) = &model.state {
-            fail(&mut out.1, DialogueError::ModelUnavailable(reason.clone()));
-            continue;
-        }
         let Ok((narrator, mut story)) = stories.get_mut(request.story) else {
             fail(&mut out.1, DialogueError::NpcNotFound(request.story));
             continue;
@@ -342,6 +338,11 @@ pub(crate) fn request_scenes(
                     "the story is at a scene: take a choice (ChooseOption) first".into(),
                 ),
             );
+            continue;
+        }
+        // Pinned scenes need no model; generated ones do.
+        if let ModelState::Failed(reason) = &model.state {
+            fail(&mut out.1, DialogueError::ModelUnavailable(reason.clone()));
             continue;
         }
         if !(1..=8).contains(&request.alternatives) {
