@@ -1,7 +1,7 @@
 //! Scripted play for `scripts/screenshot`: when `TEXT_ADVENTURE_AUTOPLAY=out.png` is set, the
 //! game talks to Mira, takes a narrator choice, saves a screenshot of the window once the
-//! scene has streamed in (and `out-streaming.png` while Mira's line is still streaming),
-//! reports frame times and exits.
+//! scene has streamed in (plus `out-streaming.png` while Mira's line is still streaming and
+//! `out-debug.png` with the debug panel open), reports frame times and exits.
 
 #![allow(clippy::print_stdout, reason = "the script's report goes to stdout")]
 
@@ -13,6 +13,7 @@ use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_dis
 use bevy_llm_dialogue::prelude::*;
 
 use crate::game::{DebugInfo, PlayerInput, Speaker, StoryTeller, Transcript};
+use crate::ui::UiState;
 
 /// Plays a few turns, saves `screenshot` and exits.
 pub struct Autoplay {
@@ -42,6 +43,9 @@ enum Step {
     WaitForScene,
     Capture,
     WaitForCapture,
+    OpenDebug,
+    CaptureDebug,
+    WaitForDebugCapture,
     Done,
 }
 
@@ -67,6 +71,7 @@ fn play(
     debug: Res<DebugInfo>,
     time: Res<Time<Real>>,
     story: Single<&Story, With<StoryTeller>>,
+    mut ui: ResMut<UiState>,
     mut input: MessageWriter<PlayerInput>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -111,15 +116,9 @@ fn play(
                 .any(|e| e.streaming && matches!(&e.speaker, Speaker::Npc(_)) && e.text.len() > 40);
             if streaming && !script.caught_streaming {
                 script.caught_streaming = true;
-                let path = script
-                    .screenshot
-                    .with_extension("")
-                    .to_string_lossy()
-                    .into_owned()
-                    + "-streaming.png";
                 commands
                     .spawn(Screenshot::primary_window())
-                    .observe(save_to_disk(path));
+                    .observe(save_to_disk(sibling(&script.screenshot, "streaming")));
             }
         }
         Step::WaitForMira => {
@@ -148,9 +147,26 @@ fn play(
                 .spawn(Screenshot::primary_window())
                 .observe(save_to_disk(path))
                 .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
-                    script.step = Step::Done;
+                    script.step = Step::OpenDebug;
                 });
             script.step = Step::WaitForCapture;
+        }
+        Step::OpenDebug => {
+            ui.debug_open = true;
+            script.settle = 0;
+            script.step = Step::CaptureDebug;
+        }
+        Step::CaptureDebug => {
+            script.settle += 1;
+            if script.settle > 10 {
+                commands
+                    .spawn(Screenshot::primary_window())
+                    .observe(save_to_disk(sibling(&script.screenshot, "debug")))
+                    .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
+                        script.step = Step::Done;
+                    });
+                script.step = Step::WaitForDebugCapture;
+            }
         }
         Step::Done => {
             report("idle", &mut script.frames_idle);
@@ -164,6 +180,12 @@ fn play(
         }
         _ => {}
     }
+}
+
+/// `out.png` → `out-{tag}.png`.
+fn sibling(path: &std::path::Path, tag: &str) -> PathBuf {
+    let stem = path.with_extension("");
+    PathBuf::from(format!("{}-{tag}.png", stem.display()))
 }
 
 fn report(what: &str, frames: &mut [f32]) {

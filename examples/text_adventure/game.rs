@@ -455,10 +455,10 @@ fn write_save(path: &std::path::Path, data: &SaveData) -> IoResult {
         Ok(text) => text,
         Err(e) => return IoResult::Failed(format!("could not save: {e}")),
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return IoResult::Failed(format!("could not create {}: {e}", dir.display()));
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return IoResult::Failed(format!("could not create {}: {e}", dir.display()));
     }
     match std::fs::write(path, text) {
         Ok(()) => IoResult::Saved(path.to_owned()),

@@ -252,7 +252,7 @@ fn draw(
                         Speaker::Npc(name) => (format!("{name}: "), NPC),
                         Speaker::Game => (String::new(), GAME),
                     };
-                    let cursor = if entry.streaming { " ▌" } else { "" };
+                    let cursor = if entry.streaming { " …" } else { "" };
                     let mut text =
                         RichText::new(format!("{who}{}{cursor}", entry.text)).color(colour);
                     if entry.speaker == Speaker::Game {
