@@ -172,8 +172,15 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
     assert_eq!(transcript.entries.len(), before + 1);
     assert_eq!(transcript.entries[before].text, "Mira is not here.");
 
-    // The narrator writes the scene after a choice; it streams into the transcript.
-    play(&mut app, PlayerInput::Choose(0));
+    // The narrator writes the scene after a choice; it streams into the transcript. A second
+    // choice while it writes is refused, not queued behind it.
+    app.world_mut().write_message(PlayerInput::Choose(0));
+    app.update();
+    app.world_mut().write_message(PlayerInput::Choose(1));
+    app.update();
+    let last = app.world().resource::<Transcript>().entries.last().unwrap().clone();
+    assert_eq!(last.text, "Wait for the narrator to finish the scene.");
+    update_until(&mut app, "the scene", settled);
     let story_now = story(app.world_mut());
     assert_eq!(story_now.nodes.len(), 2);
     let scene = story_now.current_scene().unwrap();

@@ -62,7 +62,7 @@ struct Script {
 
 const GIVE_UP: Duration = Duration::from_secs(900);
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a system takes what it reads as parameters")]
 fn play(
     mut commands: Commands,
     mut script: ResMut<Script>,
@@ -121,7 +121,7 @@ fn play(
                     .observe(save_to_disk(sibling(&script.screenshot, "streaming")));
             }
         }
-        Step::WaitForMira => {
+        Step::WaitForMira if transcript.entries.iter().any(|e| e.speaker == Speaker::Player) => {
             let answered = transcript.entries.iter().any(|e| {
                 matches!(&e.speaker, Speaker::Npc(n) if n == "Mira") && !e.text.is_empty()
             });
@@ -134,7 +134,7 @@ fn play(
             input.write(PlayerInput::Choose(0));
             script.step = Step::WaitForScene;
         }
-        Step::WaitForScene if !busy => {
+        Step::WaitForScene if !busy && story.nodes.len() >= 2 => {
             // A few frames for egui to lay out the last text.
             script.settle += 1;
             if script.settle > 10 {

@@ -324,7 +324,7 @@ fn setup(
     scenes.write(RequestScene::new(story));
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a system takes what it reads as parameters")]
 fn handle_input(
     mut inputs: MessageReader<PlayerInput>,
     mut state: ResMut<GameState>,
@@ -375,6 +375,9 @@ fn handle_input(
                 }
                 out.1.write(action);
                 debug.pending += 2;
+            }
+            PlayerInput::Choose(_) | PlayerInput::Load if transcript.narrator_busy => {
+                transcript.push(Speaker::Game, "Wait for the narrator to finish the scene.");
             }
             PlayerInput::Choose(index) => {
                 out.2.write(ChooseOption {
@@ -478,7 +481,6 @@ fn read_save(path: &std::path::Path) -> IoResult {
 }
 
 /// Applies finished saves and loads.
-#[allow(clippy::too_many_arguments)]
 fn finish_io(
     io: Res<SaveIo>,
     mut state: ResMut<GameState>,
