@@ -178,7 +178,13 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
     app.update();
     app.world_mut().write_message(PlayerInput::Choose(1));
     app.update();
-    let last = app.world().resource::<Transcript>().entries.last().unwrap().clone();
+    let last = app
+        .world()
+        .resource::<Transcript>()
+        .entries
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last.text, "Wait for the narrator to finish the scene.");
     update_until(&mut app, "the scene", settled);
     let story_now = story(app.world_mut());

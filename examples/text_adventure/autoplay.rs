@@ -62,7 +62,10 @@ struct Script {
 
 const GIVE_UP: Duration = Duration::from_secs(900);
 
-#[expect(clippy::too_many_arguments, reason = "a system takes what it reads as parameters")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system takes what it reads as parameters"
+)]
 fn play(
     mut commands: Commands,
     mut script: ResMut<Script>,
@@ -121,7 +124,12 @@ fn play(
                     .observe(save_to_disk(sibling(&script.screenshot, "streaming")));
             }
         }
-        Step::WaitForMira if transcript.entries.iter().any(|e| e.speaker == Speaker::Player) => {
+        Step::WaitForMira
+            if transcript
+                .entries
+                .iter()
+                .any(|e| e.speaker == Speaker::Player) =>
+        {
             let answered = transcript.entries.iter().any(|e| {
                 matches!(&e.speaker, Speaker::Npc(n) if n == "Mira") && !e.text.is_empty()
             });

@@ -324,7 +324,10 @@ fn setup(
     scenes.write(RequestScene::new(story));
 }
 
-#[expect(clippy::too_many_arguments, reason = "a system takes what it reads as parameters")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system takes what it reads as parameters"
+)]
 fn handle_input(
     mut inputs: MessageReader<PlayerInput>,
     mut state: ResMut<GameState>,

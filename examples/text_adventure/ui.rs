@@ -46,7 +46,10 @@ const PLAYER: Color32 = Color32::from_rgb(150, 200, 255);
 const NPC: Color32 = Color32::from_rgb(160, 230, 160);
 const GAME: Color32 = Color32::from_rgb(170, 170, 170);
 
-#[expect(clippy::too_many_arguments, reason = "a system takes what it reads as parameters")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system takes what it reads as parameters"
+)]
 fn draw(
     mut contexts: EguiContexts,
     mut ui_state: ResMut<UiState>,
