@@ -13,7 +13,7 @@ use bevy::prelude::*;
 use bevy_llm_dialogue::prelude::*;
 
 use game::{
-    AdventureConfig, AdventurePlugin, DebugInfo, GameState, Location, PlayerInput, Speaker,
+    AdventureConfig, AdventurePlugin, DebugInfo, Entry, GameState, Location, PlayerInput, Speaker,
     StoryTeller, Transcript,
 };
 
@@ -74,6 +74,11 @@ fn story(world: &mut World) -> Story {
         .single(world)
         .unwrap()
         .clone()
+}
+
+fn last_entry(app: &App) -> Entry {
+    let entries = &app.world().resource::<Transcript>().entries;
+    entries.last().expect("the transcript has entries").clone()
 }
 
 fn fact(world: &World, key: &str) -> String {
@@ -178,26 +183,14 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
     app.update();
     app.world_mut().write_message(PlayerInput::Choose(1));
     app.update();
-    let last = app
-        .world()
-        .resource::<Transcript>()
-        .entries
-        .last()
-        .unwrap()
-        .clone();
+    let last = last_entry(&app);
     assert_eq!(last.text, "Wait for the narrator to finish the scene.");
     update_until(&mut app, "the scene", settled);
     let story_now = story(app.world_mut());
     assert_eq!(story_now.nodes.len(), 2);
     let scene = story_now.current_scene().unwrap();
     assert_eq!(scene.choices.len(), 3);
-    let last = app
-        .world()
-        .resource::<Transcript>()
-        .entries
-        .last()
-        .unwrap()
-        .clone();
+    let last = last_entry(&app);
     assert_eq!(last.speaker, Speaker::Narrator);
     assert_eq!(last.text, scene.text);
 
@@ -244,13 +237,7 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
             text: "Hello?".into(),
         },
     );
-    let last = app
-        .world()
-        .resource::<Transcript>()
-        .entries
-        .last()
-        .unwrap()
-        .clone();
+    let last = last_entry(&app);
     assert_eq!(last.speaker, Speaker::Game);
     assert!(last.text.contains("scripts/fetch-model"), "{}", last.text);
     play(&mut app, PlayerInput::Travel(Location::Forest));
@@ -260,13 +247,7 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
     );
     // A generated scene cannot be written: the choice stays taken, so it can be retried.
     play(&mut app, PlayerInput::Choose(0));
-    let last = app
-        .world()
-        .resource::<Transcript>()
-        .entries
-        .last()
-        .unwrap()
-        .clone();
+    let last = last_entry(&app);
     assert!(last.text.contains("scripts/fetch-model"), "{}", last.text);
     assert!(story(app.world_mut()).pending.is_some());
     assert!(!app.world().resource::<Transcript>().narrator_busy);

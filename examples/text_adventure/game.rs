@@ -529,6 +529,13 @@ fn finish_io(
     }
 }
 
+/// A character's name, or "Someone" for an entity that is gone.
+fn name_of(names: &Query<&Name>, npc: Entity) -> String {
+    names
+        .get(npc)
+        .map_or("Someone".to_owned(), |n| n.to_string())
+}
+
 fn record_lines(
     mut transcript: ResMut<Transcript>,
     mut debug: ResMut<DebugInfo>,
@@ -538,13 +545,7 @@ fn record_lines(
     mut finished: MessageReader<LineFinished>,
     mut failed: MessageReader<LineFailed>,
 ) {
-    let speaker = |npc: Entity| {
-        Speaker::Npc(
-            names
-                .get(npc)
-                .map_or("Someone".to_owned(), |n| n.to_string()),
-        )
-    };
+    let speaker = |npc: Entity| Speaker::Npc(name_of(&names, npc));
     for line in started.read() {
         debug.last_prompt = line.prompt.to_string();
     }
@@ -561,9 +562,7 @@ fn record_lines(
     }
     for line in failed.read() {
         transcript.streams.remove(&line.request);
-        let who = names
-            .get(line.npc)
-            .map_or("Someone".to_owned(), |n| n.to_string());
+        let who = name_of(&names, line.npc);
         transcript.push(
             Speaker::Game,
             format!("({who} cannot answer: {})", line.error),
@@ -620,9 +619,7 @@ fn apply_actions(
 ) {
     for action in actions.read() {
         debug.pending = debug.pending.saturating_sub(1);
-        let who = names
-            .get(action.npc)
-            .map_or("Someone".to_owned(), |n| n.to_string());
+        let who = name_of(&names, action.npc);
         debug.last_action = format!("{who}: {} {:?}", action.name, action.args);
         match action.name.as_str() {
             "give_item" => {
