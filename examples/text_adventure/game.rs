@@ -236,6 +236,16 @@ impl Transcript {
         self.streams.remove(&request);
     }
 
+    /// Ends the streams `keep` rejects, leaving what arrived so far (a failed line or scene).
+    fn abandon(&mut self, keep: impl Fn(RequestId, &Entry) -> bool) {
+        let entries = &mut self.entries;
+        self.streams.retain(|&request, &mut i| {
+            let kept = keep(request, &entries[i]);
+            entries[i].streaming &= kept;
+            kept
+        });
+    }
+
     /// Whether any entry is still streaming.
     pub fn is_streaming(&self) -> bool {
         !self.streams.is_empty()
@@ -561,7 +571,7 @@ fn record_lines(
         debug.pending = debug.pending.saturating_sub(1);
     }
     for line in failed.read() {
-        transcript.streams.remove(&line.request);
+        transcript.abandon(|request, _| request != line.request);
         let who = name_of(&names, line.npc);
         transcript.push(
             Speaker::Game,
@@ -600,6 +610,8 @@ fn record_scenes(
         }
     }
     for scene in failed.read() {
+        // A failed scene has no request id: end whatever the narrator was writing.
+        transcript.abandon(|_, entry| entry.speaker != Speaker::Narrator);
         transcript.narrator_busy = false;
         transcript.push(
             Speaker::Game,

@@ -270,31 +270,31 @@ fn draw(
     // Over everything: the model's progress, or why there is none.
     match &model.state {
         ModelState::Loading(fraction) => {
-            egui::Window::new("Waking the storyteller")
-                .collapsible(false)
-                .resizable(false)
-                .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
-                .show(ctx, |ui| {
-                    ui.label("Loading the language model…");
-                    ui.add(egui::ProgressBar::new(*fraction).show_percentage());
-                });
+            notice("Waking the storyteller").show(ctx, |ui| {
+                ui.label("Loading the language model…");
+                ui.add(egui::ProgressBar::new(*fraction).show_percentage());
+            });
         }
         ModelState::Failed(reason) => {
-            egui::Window::new("The storyteller is missing")
-                .collapsible(false)
-                .resizable(false)
-                .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
-                .show(ctx, |ui| {
-                    ui.label("The characters cannot talk without a language model.");
-                    ui.label(RichText::new(reason.as_str()).color(Color32::LIGHT_RED));
-                    ui.label(
-                        "Run scripts/fetch-model in the project folder, then start the game again.",
-                    );
-                });
+            notice("The storyteller is missing").show(ctx, |ui| {
+                ui.label("The characters cannot talk without a language model.");
+                ui.label(RichText::new(reason.as_str()).color(Color32::LIGHT_RED));
+                ui.label(
+                    "Run scripts/fetch-model in the project folder, then start the game again.",
+                );
+            });
         }
         ModelState::NotLoaded | ModelState::Ready(_) => {}
     }
     Ok(())
+}
+
+/// A fixed window in the middle of the screen.
+fn notice(title: &str) -> egui::Window<'_> {
+    egui::Window::new(title)
+        .collapsible(false)
+        .resizable(false)
+        .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
 }
 
 fn capitalize(text: &str) -> String {
