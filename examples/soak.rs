@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_llm_dialogue::plugin::RequestId;
 use bevy_llm_dialogue::prelude::*;
 use rand::{Rng, SeedableRng};
 

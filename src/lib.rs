@@ -5,29 +5,30 @@
     doc = "Local language-model dialogue for games; build with the `bevy` feature for the plugin."
 )]
 
+pub mod action;
 pub mod engine;
 pub mod persona;
 #[cfg(feature = "bevy")]
 pub mod plugin;
 pub mod prompt;
+pub mod ron_file;
 pub mod story;
 
-/// Everything a game needs to get started.
+/// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.
 pub mod prelude {
-    pub use crate::engine::{ChatMessage, GenerateParams, SamplingParams, StopReason};
+    pub use crate::action::{ActionSpec, ArgSpec};
+    pub use crate::engine::{ChatMessage, GenerateParams, Role, SamplingParams, StopReason};
     pub use crate::persona::Persona;
     #[cfg(feature = "bevy")]
     pub use crate::plugin::{
-        CancelLine, DialogueContext, DialogueError, DialogueHistory, DialogueModel,
-        DialogueOverrides, DialogueSettings, DialogueSystems, LineDelta, LineFailed, LineFinished,
-        LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded, ModelLoading,
-        ModelState, Npc, NpcContext, Priority, RequestLine, Speaking,
+        ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueContext,
+        DialogueError, DialogueHistory, DialogueModel, DialogueOverrides, DialogueSettings,
+        DialogueSystems, LineDelta, LineFailed, LineFinished, LineStarted, LlmDialoguePlugin,
+        LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc,
+        NpcContext, Priority, RequestAction, RequestId, RequestLine, RequestScene, SceneDelta,
+        SceneFailed, SceneFinished, Speaking, model_ready,
     };
-    #[cfg(feature = "bevy")]
-    pub use crate::plugin::{
-        ChooseOption, Narrator, NpcAction, RequestAction, RequestScene, SceneDelta, SceneFailed,
-        SceneReady,
-    };
-    pub use crate::prompt::PromptTemplate;
-    pub use crate::story::{ActionSpec, ArgSpec, Scene, Story, StoryAsset};
+    pub use crate::prompt::{Facts, PromptTemplate};
+    pub use crate::ron_file::RonFileError;
+    pub use crate::story::{Scene, Story, StoryAsset};
 }

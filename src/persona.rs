@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::action::ActionSpec;
 use crate::engine::SamplingParams;
+use crate::ron_file::{Invalid, RonFileError, Validate, from_ron};
 
 /// The most tokens a persona may ask for in one line.
 pub const MAX_LINE_TOKENS: usize = 2048;
@@ -22,7 +24,7 @@ pub const MAX_LINE_TOKENS: usize = 2048;
 /// )"#, "mira.persona.ron")?;
 /// assert_eq!(mira.name, "Mira");
 /// assert_eq!(mira.sampling.unwrap().temperature, 0.8);
-/// # Ok::<(), bevy_llm_dialogue::persona::PersonaError>(())
+/// # Ok::<(), bevy_llm_dialogue::ron_file::RonFileError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "bevy", derive(bevy::asset::Asset, bevy::reflect::TypePath))]
@@ -61,118 +63,55 @@ pub struct Persona {
     pub stop: Vec<String>,
     /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
     #[serde(default)]
-    pub actions: Vec<crate::story::ActionSpec>,
+    pub actions: Vec<ActionSpec>,
 }
 
-/// A persona file that cannot be used. Messages name the file, the line and the field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PersonaError {
-    /// Not valid RON, a missing field, a field of the wrong type, an unknown field.
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        /// The persona file.
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What the parser expected.
-        message: String,
-    },
-    /// Parsed, but a value is out of range.
-    #[error("{file}:{line}: `{field}` {reason}")]
-    Invalid {
-        /// The persona file.
-        file: String,
-        /// 1-based line of the field (0 if not found).
-        line: usize,
-        /// The field, such as `sampling.temperature`.
-        field: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
+/// The old name of [`RonFileError`], which stories share.
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `RonFileError` (stories use it too)"
+)]
+pub type PersonaError = RonFileError;
 
 impl Persona {
     /// Parses and validates a persona written in RON. `file` names it in errors.
-    pub fn from_ron(text: &str, file: &str) -> Result<Self, PersonaError> {
-        let persona: Persona = ron::Options::default()
-            .from_str(text)
-            .map_err(|e| located(file, &e))?;
-        persona.validate().map_err(|(field, reason)| {
-            let leaf = field.rsplit('.').next().unwrap_or(&field);
-            PersonaError::Invalid {
-                file: file.to_owned(),
-                line: line_of_field(text, leaf),
-                field,
-                reason,
-            }
-        })?;
-        Ok(persona)
+    pub fn from_ron(text: &str, file: &str) -> Result<Self, RonFileError> {
+        from_ron(text, file)
     }
+}
 
-    /// Checks values a parser cannot: empty names, absurd sampling or lengths.
-    /// Returns the offending field and the reason.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+impl Validate for Persona {
+    /// Checks values a parser cannot: empty names, absurd sampling or lengths, action names.
+    fn validate(&self) -> Result<(), Invalid> {
         if self.name.trim().is_empty() {
-            return Err(("name".into(), "must not be empty".into()));
+            return Err(Invalid::new("name", "must not be empty"));
         }
         if let Some(max) = self.max_tokens
             && !(1..=MAX_LINE_TOKENS).contains(&max)
         {
-            return Err((
-                "max_tokens".into(),
+            return Err(Invalid::new(
+                "max_tokens",
                 format!("is {max}, outside 1..={MAX_LINE_TOKENS}"),
             ));
         }
         if let Some(sampling) = &self.sampling {
             sampling.validate().map_err(|e| match e {
                 crate::engine::EngineError::InvalidParameter { name, reason } => {
-                    (format!("sampling.{name}"), reason)
+                    Invalid::new(format!("sampling.{name}"), reason)
                 }
-                other => ("sampling".into(), other.to_string()),
+                other => Invalid::new("sampling", other.to_string()),
             })?;
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(("stop".into(), "contains an empty string".into()));
+            return Err(Invalid::new("stop", "contains an empty string"));
         }
         for action in &self.actions {
-            if action.name.is_empty()
-                || !action
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err((
-                    "actions".into(),
-                    format!("`{}` is not a name (letters, digits, _)", action.name),
-                ));
-            }
+            action
+                .validate()
+                .map_err(|e| Invalid::new("actions", e.to_string()))?;
         }
         Ok(())
     }
-}
-
-/// A RON error with the file, line and column.
-pub(crate) fn located(file: &str, e: &ron::error::SpannedError) -> PersonaError {
-    PersonaError::Syntax {
-        file: file.to_owned(),
-        line: e.span.start.line,
-        column: e.span.start.col,
-        message: e.code.to_string(),
-    }
-}
-
-/// The 1-based line where `field:` first appears, or 0.
-pub(crate) fn line_of_field(text: &str, field: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix(field)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
-        .map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -199,7 +138,7 @@ mod tests {
         let err = Persona::from_ron("(\n name: \"Mira\",\n description: 3,\n)", "m.persona.ron")
             .unwrap_err();
         match &err {
-            PersonaError::Syntax { file, line, .. } => {
+            RonFileError::Syntax { file, line, .. } => {
                 assert_eq!(file, "m.persona.ron");
                 assert_eq!(*line, 3);
             }
@@ -221,7 +160,7 @@ mod tests {
         let err = Persona::from_ron(&text, "m.persona.ron").unwrap_err();
         assert_eq!(
             err,
-            PersonaError::Invalid {
+            RonFileError::Invalid {
                 file: "m.persona.ron".into(),
                 line: 5,
                 field: "sampling.temperature".into(),
@@ -231,7 +170,7 @@ mod tests {
         let text = GOOD.replace("sampling", "max_tokens: Some(1000000000),\n    sampling");
         let err = Persona::from_ron(&text, "m.persona.ron").unwrap_err();
         assert!(
-            matches!(&err, PersonaError::Invalid { field, line: 4, .. } if field == "max_tokens"),
+            matches!(&err, RonFileError::Invalid { field, line: 4, .. } if field == "max_tokens"),
             "{err:?}"
         );
     }

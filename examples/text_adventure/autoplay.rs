@@ -3,16 +3,17 @@
 //! scene has streamed in (plus `out-streaming.png` while Mira's line is still streaming and
 //! `out-debug.png` with the debug panel open), reports frame times and exits.
 
-#![allow(clippy::print_stdout, reason = "the script's report goes to stdout")]
+#![expect(clippy::print_stdout, reason = "the script's report goes to stdout")]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_disk};
 use bevy_llm_dialogue::prelude::*;
 
-use crate::game::{DebugInfo, PlayerInput, Speaker, StoryTeller, Transcript};
+use crate::game::{Busy, PlayerInput, Speaker, StoryTeller, Transcript};
 use crate::ui::UiState;
 
 /// Plays a few turns, saves `screenshot` and exits.
@@ -32,7 +33,7 @@ impl Plugin for Autoplay {
             frames_idle: Vec::new(),
             frames_busy: Vec::new(),
         })
-        .add_systems(Update, play);
+        .add_systems(Update, (measure_frames, play).chain());
     }
 }
 
@@ -40,6 +41,7 @@ impl Plugin for Autoplay {
 enum Step {
     WaitForModel,
     WaitForMira,
+    MiraSpeaking,
     WaitForScene,
     Capture,
     WaitForCapture,
@@ -62,31 +64,46 @@ struct Script {
 
 const GIVE_UP: Duration = Duration::from_secs(900);
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a system takes what it reads as parameters"
-)]
-fn play(
-    mut commands: Commands,
-    mut script: ResMut<Script>,
-    model: Res<DialogueModel>,
-    transcript: Res<Transcript>,
-    debug: Res<DebugInfo>,
-    time: Res<Time<Real>>,
-    story: Single<&Story, With<StoryTeller>>,
-    mut ui: ResMut<UiState>,
-    mut input: MessageWriter<PlayerInput>,
-    mut exit: MessageWriter<AppExit>,
-) {
-    let busy = debug.pending > 0 || transcript.is_streaming() || story.pending.is_some();
-    if matches!(model.state, ModelState::Ready(_)) && script.step != Step::Done {
+/// What the script watches.
+#[derive(SystemParam)]
+struct Game<'w, 's> {
+    model: Res<'w, DialogueModel>,
+    transcript: Res<'w, Transcript>,
+    story: Single<'w, 's, &'static Story, With<StoryTeller>>,
+    at_the_model: Query<'w, 's, (), Busy>,
+}
+
+impl Game<'_, '_> {
+    /// Something is at the model (the plugin's markers), streaming in, or a scene is owed.
+    fn busy(&self) -> bool {
+        !self.at_the_model.is_empty()
+            || self.transcript.is_streaming()
+            || self.story.pending.is_some()
+    }
+}
+
+/// Frame times once the model is ready, split by whether the model is writing.
+fn measure_frames(mut script: ResMut<Script>, game: Game, time: Res<Time<Real>>) {
+    if game.model.is_ready() && script.step != Step::Done {
         let ms = time.delta_secs() * 1000.0;
-        if busy {
+        if game.busy() {
             script.frames_busy.push(ms);
         } else {
             script.frames_idle.push(ms);
         }
     }
+}
+
+fn play(
+    mut commands: Commands,
+    mut script: ResMut<Script>,
+    game: Game,
+    mut ui: ResMut<UiState>,
+    mut input: MessageWriter<PlayerInput>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let busy = game.busy();
+    let (model, transcript, story) = (&game.model, &game.transcript, &game.story);
     if script.started.elapsed() > GIVE_UP {
         println!(
             "autoplay: gave up after {GIVE_UP:?} at step {:?}",
@@ -111,7 +128,9 @@ fn play(
             }
             _ => {}
         },
-        Step::WaitForMira if busy => {
+        // Her line and her decision go out at the end of the frame that sent them.
+        Step::WaitForMira if busy => script.step = Step::MiraSpeaking,
+        Step::MiraSpeaking if busy => {
             // One picture mid-line, to show the text arriving token by token.
             let streaming = transcript
                 .entries
@@ -119,17 +138,11 @@ fn play(
                 .any(|e| e.streaming && matches!(&e.speaker, Speaker::Npc(_)) && e.text.len() > 40);
             if streaming && !script.caught_streaming {
                 script.caught_streaming = true;
-                commands
-                    .spawn(Screenshot::primary_window())
-                    .observe(save_to_disk(sibling(&script.screenshot, "streaming")));
+                let path = sibling(&script.screenshot, "streaming");
+                screenshot(&mut commands, path, None);
             }
         }
-        Step::WaitForMira
-            if transcript
-                .entries
-                .iter()
-                .any(|e| e.speaker == Speaker::Player) =>
-        {
+        Step::MiraSpeaking => {
             let answered = transcript.entries.iter().any(|e| {
                 matches!(&e.speaker, Speaker::Npc(n) if n == "Mira") && !e.text.is_empty()
             });
@@ -151,12 +164,7 @@ fn play(
         }
         Step::Capture => {
             let path = script.screenshot.clone();
-            commands
-                .spawn(Screenshot::primary_window())
-                .observe(save_to_disk(path))
-                .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
-                    script.step = Step::OpenDebug;
-                });
+            screenshot(&mut commands, path, Some(Step::OpenDebug));
             script.step = Step::WaitForCapture;
         }
         Step::OpenDebug => {
@@ -167,12 +175,8 @@ fn play(
         Step::CaptureDebug => {
             script.settle += 1;
             if script.settle > 10 {
-                commands
-                    .spawn(Screenshot::primary_window())
-                    .observe(save_to_disk(sibling(&script.screenshot, "debug")))
-                    .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
-                        script.step = Step::Done;
-                    });
+                let path = sibling(&script.screenshot, "debug");
+                screenshot(&mut commands, path, Some(Step::Done));
                 script.step = Step::WaitForDebugCapture;
             }
         }
@@ -187,6 +191,20 @@ fn play(
             exit.write(AppExit::Success);
         }
         _ => {}
+    }
+}
+
+/// Saves the window to `path`; once it is on disk, the script goes on to `then`.
+fn screenshot(commands: &mut Commands, path: PathBuf, then: Option<Step>) {
+    let mut shot = commands.spawn(Screenshot::primary_window());
+    shot.observe(save_to_disk(path));
+    if let Some(step) = then {
+        // An observer on the screenshot entity: the picture is captured a frame or two later.
+        shot.observe(
+            move |_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
+                script.step = step;
+            },
+        );
     }
 }
 

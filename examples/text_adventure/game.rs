@@ -1,38 +1,49 @@
 //! The adventure's rules, without any UI: where the player is, what they carry, who is
-//! where, and the transcript. The egui front end (`ui.rs`) and the headless test
-//! (`tests/text_adventure.rs`) both drive it through [`PlayerInput`] messages.
+//! where. The egui front end (`ui.rs`) and the headless test (`tests/plugin/text_adventure.rs`)
+//! both drive it through [`PlayerInput`] messages. The transcript is in `transcript.rs`,
+//! saving and loading in `save.rs`.
+//!
+//! What the model is doing is never counted here: the plugin marks an NPC [`Speaking`] or
+//! [`Deciding`] and the story [`Narrating`] while their requests are out, and the game reads
+//! those markers (see [`Busy`]).
 
-use std::collections::{BTreeMap, HashMap};
+// `#[path]` so that these resolve next to this file both in the example (where this is
+// `game.rs` under `main.rs`) and in the test (which includes this file by its path).
+#[path = "save.rs"]
+mod save;
+#[path = "transcript.rs"]
+mod transcript;
+
 use std::path::PathBuf;
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
-use bevy::tasks::IoTaskPool;
-use bevy_llm_dialogue::plugin::RequestId;
 use bevy_llm_dialogue::prelude::*;
-use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
+
+pub use transcript::{Entry, Speaker, Transcript};
+
+use save::{SaveData, SaveIo};
 
 /// The game logic: add after [`LlmDialoguePlugin`].
 pub struct AdventurePlugin;
 
 impl Plugin for AdventurePlugin {
     fn build(&self, app: &mut App) {
-        let (done, results) = crossbeam_channel::unbounded();
         app.add_message::<PlayerInput>()
             .init_resource::<GameState>()
             .init_resource::<Transcript>()
             .init_resource::<DebugInfo>()
             .init_resource::<AdventureConfig>()
-            .insert_resource(SaveIo { done, results })
+            .init_resource::<SaveIo>()
             .add_systems(Startup, setup)
             .add_systems(
                 Update,
                 (
                     handle_input,
-                    record_lines,
-                    record_scenes,
-                    apply_actions,
-                    finish_io,
+                    transcript::record_lines,
+                    transcript::record_scenes,
+                    save::finish_io,
                     publish_facts,
                 )
                     .chain(),
@@ -86,26 +97,38 @@ impl Location {
     }
 }
 
-/// The characters: stable id (for saves), name, persona file and where they stand.
-pub const NPCS: [(&str, &str, &str, Location); 3] = [
-    (
-        "mira",
-        "Mira",
-        "personas/mira.persona.ron",
-        Location::Village,
-    ),
-    (
-        "wren",
-        "Wren",
-        "personas/wren.persona.ron",
-        Location::Forest,
-    ),
-    (
-        "aldous",
-        "Aldous",
-        "personas/aldous.persona.ron",
-        Location::Ruin,
-    ),
+/// One character of the adventure, as the game sets it up.
+pub struct CastMember {
+    /// Stable id, used in saves and in [`PlayerInput::Say`]: "mira".
+    pub id: &'static str,
+    /// The name the player sees.
+    pub name: &'static str,
+    /// The persona file, under `assets/`.
+    pub persona: &'static str,
+    /// Where they stand.
+    pub location: Location,
+}
+
+/// The characters.
+pub const CAST: [CastMember; 3] = [
+    CastMember {
+        id: "mira",
+        name: "Mira",
+        persona: "personas/mira.persona.ron",
+        location: Location::Village,
+    },
+    CastMember {
+        id: "wren",
+        name: "Wren",
+        persona: "personas/wren.persona.ron",
+        location: Location::Forest,
+    },
+    CastMember {
+        id: "aldous",
+        name: "Aldous",
+        persona: "personas/aldous.persona.ron",
+        location: Location::Ruin,
+    },
 ];
 
 /// The story the narrator tells.
@@ -123,6 +146,11 @@ pub struct Character {
 /// The entity that tells the story.
 #[derive(Component)]
 pub struct StoryTeller;
+
+/// Entities the model is working for right now: a character speaking or deciding, the
+/// narrator writing. The plugin adds and removes the markers; `Query<(), Busy>` is empty
+/// when nothing of ours is at the model.
+pub type Busy = Or<(With<Speaking>, With<Deciding>, With<Narrating>)>;
 
 /// What the player does; the UI, the autoplay script and the tests send these.
 #[derive(Message, Clone, Debug, PartialEq)]
@@ -171,88 +199,8 @@ impl GameState {
     }
 }
 
-/// Who says a transcript entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Speaker {
-    /// The narrator's scene text.
-    Narrator,
-    /// The player.
-    Player,
-    /// A character, by name.
-    Npc(String),
-    /// The game itself: items, doors, errors.
-    Game,
-}
-
-/// One entry of the transcript.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Who speaks.
-    pub speaker: Speaker,
-    /// What they said so far.
-    pub text: String,
-    /// Still streaming in.
-    pub streaming: bool,
-}
-
-/// Everything said so far, oldest first.
-#[derive(Resource, Clone, Debug, Default)]
-pub struct Transcript {
-    /// The entries.
-    pub entries: Vec<Entry>,
-    /// Which entry a streaming request writes to.
-    streams: HashMap<RequestId, usize>,
-    /// The narrator is writing a scene.
-    pub narrator_busy: bool,
-}
-
-impl Transcript {
-    fn push(&mut self, speaker: Speaker, text: impl Into<String>) -> usize {
-        self.entries.push(Entry {
-            speaker,
-            text: text.into(),
-            streaming: false,
-        });
-        self.entries.len() - 1
-    }
-
-    fn stream(&mut self, request: RequestId, speaker: Speaker) -> &mut Entry {
-        let index = match self.streams.get(&request) {
-            Some(&i) => i,
-            None => {
-                let i = self.push(speaker, "");
-                self.entries[i].streaming = true;
-                self.streams.insert(request, i);
-                i
-            }
-        };
-        &mut self.entries[index]
-    }
-
-    fn finish(&mut self, request: RequestId, speaker: Speaker, text: &str) {
-        let entry = self.stream(request, speaker);
-        entry.text = text.to_owned();
-        entry.streaming = false;
-        self.streams.remove(&request);
-    }
-
-    /// Ends the streams `keep` rejects, leaving what arrived so far (a failed line or scene).
-    fn abandon(&mut self, keep: impl Fn(RequestId, &Entry) -> bool) {
-        let entries = &mut self.entries;
-        self.streams.retain(|&request, &mut i| {
-            let kept = keep(request, &entries[i]);
-            entries[i].streaming &= kept;
-            kept
-        });
-    }
-
-    /// Whether any entry is still streaming.
-    pub fn is_streaming(&self) -> bool {
-        !self.streams.is_empty()
-    }
-}
-
-/// Figures for the debug panel.
+/// Figures for the debug panel. What is in progress is not here: the UI reads the plugin's
+/// markers and [`DialogueModel::status`].
 #[derive(Resource, Clone, Debug, Default)]
 pub struct DebugInfo {
     /// The last prompt as the model saw it.
@@ -261,8 +209,6 @@ pub struct DebugInfo {
     pub tokens_per_second: f64,
     /// The last action an NPC took.
     pub last_action: String,
-    /// Lines and scenes requested and not yet answered.
-    pub pending: usize,
 }
 
 /// Where saves go, and an optional seed for reproducible playthroughs.
@@ -286,6 +232,7 @@ impl Default for AdventureConfig {
 }
 
 impl AdventureConfig {
+    /// Sampling for the next request: seeded (a new seed each time) when [`Self::seed`] is set.
     fn sampling(&mut self) -> Option<SamplingParams> {
         self.requests += 1;
         let seed = self.seed?;
@@ -293,39 +240,24 @@ impl AdventureConfig {
     }
 }
 
-/// A saved game.
-#[derive(Serialize, Deserialize)]
-struct SaveData {
-    state: GameState,
-    transcript: Vec<Entry>,
-    story: Story,
-    histories: BTreeMap<String, DialogueHistory>,
-}
-
-/// Saves and loads run on the IO pool; their results come back here.
-#[derive(Resource)]
-struct SaveIo {
-    done: Sender<IoResult>,
-    results: Receiver<IoResult>,
-}
-
-enum IoResult {
-    Saved(PathBuf),
-    Loaded(Box<SaveData>),
-    Failed(String),
-}
-
 fn setup(
     mut commands: Commands,
     assets: Res<AssetServer>,
     mut scenes: MessageWriter<RequestScene>,
 ) {
-    for (id, name, persona, location) in NPCS {
-        commands.spawn((
-            Name::new(name),
-            Character { id, location },
-            Npc::new(assets.load(persona)),
-        ));
+    for member in &CAST {
+        commands
+            .spawn((
+                Name::new(member.name),
+                Character {
+                    id: member.id,
+                    location: member.location,
+                },
+                Npc::new(assets.load(member.persona)),
+            ))
+            // Decisions arrive as entity events on the character who made them.
+            .observe(on_action)
+            .observe(on_action_failed);
     }
     let story = commands
         .spawn((StoryTeller, Narrator::new(assets.load(STORY))))
@@ -334,208 +266,147 @@ fn setup(
     scenes.write(RequestScene::new(story));
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a system takes what it reads as parameters"
-)]
-fn handle_input(
-    mut inputs: MessageReader<PlayerInput>,
-    mut state: ResMut<GameState>,
-    mut transcript: ResMut<Transcript>,
-    mut config: ResMut<AdventureConfig>,
-    mut debug: ResMut<DebugInfo>,
-    characters: Query<(Entity, &Character, &Name)>,
-    story: Single<(Entity, &Story), With<StoryTeller>>,
-    histories: Query<(&Character, &DialogueHistory)>,
-    io: Res<SaveIo>,
-    mut out: (
-        MessageWriter<RequestLine>,
-        MessageWriter<RequestAction>,
-        MessageWriter<ChooseOption>,
-    ),
-    mut scenes: MessageWriter<RequestScene>,
-) {
-    let (story_entity, story_data) = *story;
+/// Plays the player's inputs in the order they came, one small function per kind.
+fn handle_input(mut inputs: MessageReader<PlayerInput>, mut turn: Turn) {
     for input in inputs.read() {
         match input {
-            PlayerInput::Say { to, text } => {
-                let text = text.trim();
-                if text.is_empty() {
-                    continue;
-                }
-                let Some((npc, character, name)) = characters.iter().find(|(_, c, _)| c.id == to)
-                else {
-                    transcript.push(Speaker::Game, format!("There is nobody called {to} here."));
-                    continue;
-                };
-                if character.location != state.location {
-                    transcript.push(Speaker::Game, format!("{name} is not here."));
-                    continue;
-                }
-                transcript.push(Speaker::Player, text);
-                let mut line = RequestLine::new(npc)
-                    .saying(text)
-                    .priority(Priority::Player);
-                if let Some(sampling) = config.sampling() {
-                    line = line.sampling(sampling);
-                }
-                out.0.write(line);
-                // Then the character decides whether to act on it (give, open, refuse).
-                let mut action = RequestAction::new(npc)
-                    .situation(format!("The traveller says to you: \"{text}\""));
-                if let Some(sampling) = config.sampling() {
-                    action = action.sampling(sampling);
-                }
-                out.1.write(action);
-                debug.pending += 2;
-            }
-            PlayerInput::Choose(_) | PlayerInput::Load if transcript.narrator_busy => {
-                transcript.push(Speaker::Game, "Wait for the narrator to finish the scene.");
-            }
-            PlayerInput::Choose(index) => {
-                out.2.write(ChooseOption {
-                    story: story_entity,
-                    index: *index,
-                });
-                if let Some(choice) = story_data
-                    .current_scene()
-                    .and_then(|scene| scene.choices.get(*index))
-                {
-                    transcript.push(Speaker::Player, format!("> {}", choice.text));
-                    if choice.goto.is_none() {
-                        debug.pending += 1;
-                        transcript.narrator_busy = true;
-                    }
-                }
-            }
-            PlayerInput::Retry => {
-                if story_data.pending.is_some() && !transcript.narrator_busy {
-                    scenes.write(RequestScene::new(story_entity));
-                    debug.pending += 1;
-                    transcript.narrator_busy = true;
-                }
-            }
-            PlayerInput::Travel(to) => {
-                if !state.location.exits().contains(to) {
-                    transcript.push(
-                        Speaker::Game,
-                        format!(
-                            "You cannot reach {} from {}.",
-                            to.name(),
-                            state.location.name()
-                        ),
-                    );
-                } else if *to == Location::Tower && !state.tower_door_open {
-                    transcript.push(Speaker::Game, "The tower door is barred from inside.");
-                } else {
-                    state.location = *to;
-                    transcript.push(
-                        Speaker::Game,
-                        format!("You walk to {}. {}", to.name(), to.description()),
-                    );
-                }
-            }
-            PlayerInput::Save => {
-                let data = SaveData {
-                    state: state.clone(),
-                    transcript: transcript.entries.clone(),
-                    story: story_data.clone(),
-                    histories: histories
-                        .iter()
-                        .map(|(c, h)| (c.id.to_owned(), h.clone()))
-                        .collect(),
-                };
-                let path = config.save_file.clone();
-                let done = io.done.clone();
-                IoTaskPool::get()
-                    .spawn(async move {
-                        let _ = done.send(write_save(&path, &data));
-                    })
-                    .detach();
-            }
-            PlayerInput::Load => {
-                let path = config.save_file.clone();
-                let done = io.done.clone();
-                IoTaskPool::get()
-                    .spawn(async move {
-                        let _ = done.send(read_save(&path));
-                    })
-                    .detach();
-            }
+            PlayerInput::Say { to, text } => turn.say(to, text),
+            PlayerInput::Choose(index) => turn.choose(*index),
+            PlayerInput::Retry => turn.retry(),
+            PlayerInput::Travel(to) => turn.travel(*to),
+            PlayerInput::Save => turn.save(),
+            PlayerInput::Load => turn.load(),
         }
     }
 }
 
-fn write_save(path: &std::path::Path, data: &SaveData) -> IoResult {
-    let text = match ron::ser::to_string_pretty(data, ron::ser::PrettyConfig::default()) {
-        Ok(text) => text,
-        Err(e) => return IoResult::Failed(format!("could not save: {e}")),
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        return IoResult::Failed(format!("could not create {}: {e}", dir.display()));
-    }
-    match std::fs::write(path, text) {
-        Ok(()) => IoResult::Saved(path.to_owned()),
-        Err(e) => IoResult::Failed(format!("could not write {}: {e}", path.display())),
-    }
+/// What the player's inputs read and change.
+#[derive(SystemParam)]
+struct Turn<'w, 's> {
+    state: ResMut<'w, GameState>,
+    transcript: ResMut<'w, Transcript>,
+    config: ResMut<'w, AdventureConfig>,
+    io: Res<'w, SaveIo>,
+    characters: Query<
+        'w,
+        's,
+        (
+            Entity,
+            &'static Character,
+            &'static Name,
+            &'static DialogueHistory,
+        ),
+    >,
+    story: Single<'w, 's, (Entity, &'static Story, Has<Narrating>), With<StoryTeller>>,
+    lines: MessageWriter<'w, RequestLine>,
+    decisions: MessageWriter<'w, RequestAction>,
+    choices: MessageWriter<'w, ChooseOption>,
+    scenes: MessageWriter<'w, RequestScene>,
 }
 
-fn read_save(path: &std::path::Path) -> IoResult {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => return IoResult::Failed(format!("no saved game at {}: {e}", path.display())),
-    };
-    match ron::from_str(&text) {
-        Ok(data) => IoResult::Loaded(Box::new(data)),
-        Err(e) => IoResult::Failed(format!("{} is not a saved game: {e}", path.display())),
-    }
-}
-
-/// Applies finished saves and loads.
-fn finish_io(
-    io: Res<SaveIo>,
-    mut state: ResMut<GameState>,
-    mut transcript: ResMut<Transcript>,
-    mut debug: ResMut<DebugInfo>,
-    mut story: Single<&mut Story, With<StoryTeller>>,
-    mut characters: Query<(Entity, &Character, &mut DialogueHistory)>,
-    mut cancel: MessageWriter<CancelLine>,
-) {
-    while let Ok(result) = io.results.try_recv() {
-        match result {
-            IoResult::Saved(path) => {
-                transcript.push(Speaker::Game, format!("Saved to {}.", path.display()));
-            }
-            IoResult::Failed(error) => {
-                transcript.push(Speaker::Game, error);
-            }
-            IoResult::Loaded(data) => {
-                // Lines in flight belong to the old game.
-                for (npc, _, _) in &characters {
-                    cancel.write(CancelLine { npc });
-                }
-                *state = data.state;
-                **story = data.story;
-                for (_, character, mut history) in &mut characters {
-                    *history = data
-                        .histories
-                        .get(character.id)
-                        .cloned()
-                        .unwrap_or_default();
-                }
-                *transcript = Transcript {
-                    entries: data.transcript,
-                    ..default()
-                };
-                for entry in &mut transcript.entries {
-                    entry.streaming = false;
-                }
-                transcript.push(Speaker::Game, "Game loaded.");
-                debug.pending = 0;
-            }
+impl Turn<'_, '_> {
+    /// The player speaks to a character here, who answers and then decides whether to act.
+    fn say(&mut self, to: &str, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
         }
+        let Some(npc) = self.character_here(to) else {
+            return;
+        };
+        self.transcript.push(Speaker::Player, text);
+        let mut line = RequestLine::new(npc)
+            .saying(text)
+            .priority(Priority::Player);
+        line.sampling = self.config.sampling();
+        self.lines.write(line);
+        // Then the character decides whether to act on it (give, open, refuse).
+        let mut decision =
+            RequestAction::new(npc).situation(format!("The traveller says to you: \"{text}\""));
+        decision.sampling = self.config.sampling();
+        self.decisions.write(decision);
+    }
+
+    /// The character with this id, if they are here; otherwise the transcript says why not.
+    fn character_here(&mut self, id: &str) -> Option<Entity> {
+        let Some((npc, character, name, _)) = self.characters.iter().find(|c| c.1.id == id) else {
+            let text = format!("There is nobody called {id} here.");
+            self.transcript.push(Speaker::Game, text);
+            return None;
+        };
+        if character.location != self.state.location {
+            self.transcript
+                .push(Speaker::Game, format!("{name} is not here."));
+            return None;
+        }
+        Some(npc)
+    }
+
+    /// Takes a choice; the next scene is pinned (at once) or written by the narrator.
+    fn choose(&mut self, index: usize) {
+        if self.refused_while_narrating() {
+            return;
+        }
+        let (story, data, _) = *self.story;
+        self.choices.write(ChooseOption { story, index });
+        if let Some(choice) = data.current_scene().and_then(|s| s.choices.get(index)) {
+            self.transcript
+                .push(Speaker::Player, format!("> {}", choice.text));
+        }
+    }
+
+    /// Asks again for the scene after a choice whose scene failed.
+    fn retry(&mut self) {
+        let (story, data, narrating) = *self.story;
+        if data.pending.is_some() && !narrating {
+            self.scenes.write(RequestScene::new(story));
+        }
+    }
+
+    /// Walks to a neighbouring place, if the way is open.
+    fn travel(&mut self, to: Location) {
+        let from = self.state.location;
+        let text = if !from.exits().contains(&to) {
+            format!("You cannot reach {} from {}.", to.name(), from.name())
+        } else if to == Location::Tower && !self.state.tower_door_open {
+            "The tower door is barred from inside.".to_owned()
+        } else {
+            self.state.location = to;
+            format!("You walk to {}. {}", to.name(), to.description())
+        };
+        self.transcript.push(Speaker::Game, text);
+    }
+
+    /// Saves in the background; `save::finish_io` reports it.
+    fn save(&mut self) {
+        let data = SaveData {
+            state: self.state.clone(),
+            transcript: self.transcript.entries.clone(),
+            story: self.story.1.clone(),
+            histories: self
+                .characters
+                .iter()
+                .map(|(_, c, _, history)| (c.id.to_owned(), history.clone()))
+                .collect(),
+        };
+        self.io.save(self.config.save_file.clone(), data);
+    }
+
+    /// Loads in the background; `save::finish_io` applies it.
+    fn load(&mut self) {
+        if !self.refused_while_narrating() {
+            self.io.load(self.config.save_file.clone());
+        }
+    }
+
+    /// A choice or a load waits while the narrator writes (the plugin's [`Narrating`]).
+    fn refused_while_narrating(&mut self) -> bool {
+        let narrating = self.story.2;
+        if narrating {
+            let text = "Wait for the narrator to finish the scene.";
+            self.transcript.push(Speaker::Game, text);
+        }
+        narrating
     }
 }
 
@@ -546,111 +417,41 @@ fn name_of(names: &Query<&Name>, npc: Entity) -> String {
         .map_or("Someone".to_owned(), |n| n.to_string())
 }
 
-fn record_lines(
-    mut transcript: ResMut<Transcript>,
-    mut debug: ResMut<DebugInfo>,
+/// A character's decision changes the world: items go to the player, the tower door opens.
+/// An entity observer on each character (see `setup`); lines and scenes are read as
+/// messages in `transcript.rs`, to show both ways.
+fn on_action(
+    action: On<ActionFinished>,
     names: Query<&Name>,
-    mut started: MessageReader<LineStarted>,
-    mut deltas: MessageReader<LineDelta>,
-    mut finished: MessageReader<LineFinished>,
-    mut failed: MessageReader<LineFailed>,
-) {
-    let speaker = |npc: Entity| Speaker::Npc(name_of(&names, npc));
-    for line in started.read() {
-        debug.last_prompt = line.prompt.to_string();
-    }
-    for delta in deltas.read() {
-        transcript
-            .stream(delta.request, speaker(delta.npc))
-            .text
-            .push_str(&delta.text);
-    }
-    for line in finished.read() {
-        transcript.finish(line.request, speaker(line.npc), &line.text);
-        debug.tokens_per_second = line.stats.decode_tokens_per_second();
-        debug.pending = debug.pending.saturating_sub(1);
-    }
-    for line in failed.read() {
-        transcript.abandon(|request, _| request != line.request);
-        let who = name_of(&names, line.npc);
-        transcript.push(
-            Speaker::Game,
-            format!("({who} cannot answer: {})", line.error),
-        );
-        debug.pending = debug.pending.saturating_sub(1);
-    }
-}
-
-fn record_scenes(
-    mut transcript: ResMut<Transcript>,
-    mut debug: ResMut<DebugInfo>,
-    mut deltas: MessageReader<SceneDelta>,
-    mut ready: MessageReader<SceneReady>,
-    mut failed: MessageReader<SceneFailed>,
-) {
-    for delta in deltas.read() {
-        transcript
-            .stream(delta.request, Speaker::Narrator)
-            .text
-            .push_str(&delta.text);
-    }
-    for scene in ready.read() {
-        transcript.narrator_busy = false;
-        match scene.request {
-            Some(request) => {
-                transcript.finish(request, Speaker::Narrator, &scene.text);
-                debug.pending = debug.pending.saturating_sub(1);
-            }
-            None => {
-                transcript.push(Speaker::Narrator, scene.text.clone());
-            }
-        }
-        if let Some(stats) = &scene.stats {
-            debug.tokens_per_second = stats.decode_tokens_per_second();
-        }
-    }
-    for scene in failed.read() {
-        // A failed scene has no request id: end whatever the narrator was writing.
-        transcript.abandon(|_, entry| entry.speaker != Speaker::Narrator);
-        transcript.narrator_busy = false;
-        transcript.push(
-            Speaker::Game,
-            format!("(The narrator falters: {})", scene.error),
-        );
-        debug.pending = debug.pending.saturating_sub(1);
-    }
-}
-
-/// NPC decisions change the world: items go to the player, the tower door opens.
-fn apply_actions(
-    mut actions: MessageReader<NpcAction>,
     mut state: ResMut<GameState>,
     mut transcript: ResMut<Transcript>,
     mut debug: ResMut<DebugInfo>,
-    names: Query<&Name>,
 ) {
-    for action in actions.read() {
-        debug.pending = debug.pending.saturating_sub(1);
-        let who = name_of(&names, action.npc);
-        debug.last_action = format!("{who}: {} {:?}", action.name, action.args);
-        match action.name.as_str() {
-            "give_item" => {
-                let Some(item) = action.args.get("item").and_then(|v| v.as_str()) else {
-                    continue;
-                };
-                if state.inventory.iter().any(|i| i == item) {
-                    continue;
-                }
+    let who = name_of(&names, action.npc);
+    debug.last_action = format!("{who}: {} {:?}", action.name, action.args);
+    match action.name.as_str() {
+        "give_item" => {
+            let Some(item) = action.args.get("item").and_then(|v| v.as_str()) else {
+                return;
+            };
+            if !state.inventory.iter().any(|i| i == item) {
                 state.inventory.push(item.to_owned());
                 transcript.push(Speaker::Game, format!("{who} gives you a {item}."));
             }
-            "open_door" if !state.tower_door_open => {
-                state.tower_door_open = true;
-                transcript.push(Speaker::Game, format!("{who} unbars the tower door."));
-            }
-            _ => {}
         }
+        "open_door" if !state.tower_door_open => {
+            state.tower_door_open = true;
+            transcript.push(Speaker::Game, format!("{who} unbars the tower door."));
+        }
+        _ => {}
     }
+}
+
+/// A character could not decide (no model, a broken persona): they do nothing, and the
+/// debug panel says why.
+fn on_action_failed(failure: On<ActionFailed>, names: Query<&Name>, mut debug: ResMut<DebugInfo>) {
+    let who = name_of(&names, failure.npc);
+    debug.last_action = format!("{who}: failed: {}", failure.error);
 }
 
 /// What the prompts know: where the player is and what they carry, and where each
@@ -674,13 +475,11 @@ fn publish_facts(
     for (character, mut context) in &mut characters {
         context.set("you_are_at", character.location.name());
         let here = character.location == state.location;
-        context.set(
-            "traveller",
-            if here {
-                "standing in front of you"
-            } else {
-                "elsewhere"
-            },
-        );
+        let traveller = if here {
+            "standing in front of you"
+        } else {
+            "elsewhere"
+        };
+        context.set("traveller", traveller);
     }
 }

@@ -10,8 +10,9 @@
 //! Pick a choice at the bottom, or type to whoever is here. Ask Mira for a lantern, find the
 //! hunter in the forest, and talk your way into the tower. F3 shows the debug panel.
 //!
-//! `game.rs` holds the rules (the headless test `tests/text_adventure.rs` plays them),
-//! `ui.rs` the egui window, `autoplay.rs` the scripted turns `scripts/screenshot` uses.
+//! `game.rs` holds the rules (the headless test `tests/plugin/text_adventure.rs` plays them),
+//! with the transcript in `transcript.rs` and saves in `save.rs`; `ui.rs` is the egui window,
+//! `autoplay.rs` the scripted turns `scripts/screenshot` uses.
 
 mod autoplay;
 mod game;

@@ -1,6 +1,8 @@
 //! The adventure's window: transcript, choices, text input, side panel, loading bar, and a
-//! debug panel on F3. Everything it does goes through [`PlayerInput`].
+//! debug panel on F3. Everything it does goes through [`PlayerInput`]; what the model is
+//! doing it reads from the plugin's markers ([`Speaking`], [`Deciding`], [`Narrating`]).
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bevy_egui::egui::{self, Color32, RichText};
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass};
@@ -46,25 +48,68 @@ const PLAYER: Color32 = Color32::from_rgb(150, 200, 255);
 const NPC: Color32 = Color32::from_rgb(160, 230, 160);
 const GAME: Color32 = Color32::from_rgb(170, 170, 170);
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a system takes what it reads as parameters"
-)]
+/// Everything the window shows, read-only.
+#[derive(SystemParam)]
+struct View<'w, 's> {
+    state: Res<'w, GameState>,
+    transcript: Res<'w, Transcript>,
+    debug: Res<'w, DebugInfo>,
+    model: Res<'w, DialogueModel>,
+    time: Res<'w, Time<Real>>,
+    story: Single<'w, 's, (&'static Story, Has<Narrating>), With<StoryTeller>>,
+    characters: Query<
+        'w,
+        's,
+        (
+            &'static Character,
+            &'static Name,
+            Has<Speaking>,
+            Has<Deciding>,
+        ),
+    >,
+}
+
+impl View<'_, '_> {
+    /// The characters where the player is: id and name.
+    fn here(&self) -> Vec<(&'static str, String)> {
+        self.characters
+            .iter()
+            .filter(|(c, ..)| c.location == self.state.location)
+            .map(|(c, name, ..)| (c.id, name.to_string()))
+            .collect()
+    }
+
+    /// What the model is working on, from the plugin's markers: "Mira speaking, Mira
+    /// deciding", "the narrator writing", or "nothing".
+    fn in_progress(&self) -> String {
+        let mut doing = Vec::new();
+        for (_, name, speaking, deciding) in &self.characters {
+            if speaking {
+                doing.push(format!("{name} speaking"));
+            }
+            if deciding {
+                doing.push(format!("{name} deciding"));
+            }
+        }
+        if self.story.1 {
+            doing.push("the narrator writing".to_owned());
+        }
+        if doing.is_empty() {
+            "nothing".to_owned()
+        } else {
+            doing.join(", ")
+        }
+    }
+}
+
+/// The whole window, panel by panel.
 fn draw(
     mut contexts: EguiContexts,
     mut ui_state: ResMut<UiState>,
-    state: Res<GameState>,
-    transcript: Res<Transcript>,
-    debug: Res<DebugInfo>,
-    model: Res<DialogueModel>,
-    time: Res<Time<Real>>,
-    story: Single<&Story, With<StoryTeller>>,
-    characters: Query<(&Character, &Name, Has<Speaking>)>,
+    view: View,
     mut input: MessageWriter<PlayerInput>,
 ) -> Result {
     let ctx = contexts.ctx_mut()?.clone();
-    let ctx = &ctx;
-    let ui_state = &mut *ui_state;
     // Panels are laid out inside one Ui covering the window (egui 0.36).
     let mut root = egui::Ui::new(
         ctx.clone(),
@@ -74,201 +119,227 @@ fn draw(
             .max_rect(ctx.viewport_rect()),
     );
     let root = &mut root;
+    let ui_state = &mut *ui_state;
+    let input = &mut input;
 
-    egui::Panel::top("title").show(root, |ui| {
-        ui.horizontal(|ui| {
-            ui.heading("The Silver Key");
-            ui.separator();
-            if ui.button("Save").clicked() {
-                input.write(PlayerInput::Save);
-            }
-            let loading_is_safe = story.pending.is_none() && !transcript.is_streaming();
-            if ui
-                .add_enabled(loading_is_safe, egui::Button::new("Load"))
-                .clicked()
-            {
-                input.write(PlayerInput::Load);
-            }
-            ui.separator();
-            ui.label(RichText::new("F3: debug").weak());
-        });
-    });
-
+    egui::Panel::top("title").show(root, |ui| title_bar(ui, &view, input));
     egui::Panel::left("where")
         .resizable(false)
         .exact_size(230.0)
-        .show(root, |ui| {
-            ui.heading(capitalize(state.location.name()));
-            ui.label(state.location.description());
-            ui.add_space(8.0);
-            ui.strong("Who is here");
-            let mut anyone = false;
-            for (character, name, speaking) in &characters {
-                if character.location != state.location {
-                    continue;
-                }
-                anyone = true;
-                let selected = ui_state.talking_to == Some(character.id);
-                let label = if speaking {
-                    format!("{name} (speaking)")
-                } else {
-                    name.to_string()
-                };
-                if ui.selectable_label(selected, label).clicked() {
-                    ui_state.talking_to = Some(character.id);
-                }
-            }
-            if !anyone {
-                ui.label(RichText::new("nobody").weak());
-            }
-            ui.add_space(8.0);
-            ui.strong("You carry");
-            if state.inventory.is_empty() {
-                ui.label(RichText::new("nothing").weak());
-            }
-            for item in &state.inventory {
-                ui.label(format!("• {item}"));
-            }
-            ui.add_space(8.0);
-            ui.strong("Go to");
-            for &exit in state.location.exits() {
-                let open = exit != Location::Tower || state.tower_door_open;
-                if ui
-                    .add_enabled(open, egui::Button::new(capitalize(exit.name())))
-                    .on_disabled_hover_text("The door is barred.")
-                    .clicked()
-                {
-                    input.write(PlayerInput::Travel(exit));
-                }
-            }
-        });
-
+        .show(root, |ui| where_panel(ui, &view, ui_state, input));
     // Whoever the player talks to must be here; default to the first character here.
-    let here: Vec<(&'static str, String)> = characters
-        .iter()
-        .filter(|(c, _, _)| c.location == state.location)
-        .map(|(c, n, _)| (c.id, n.to_string()))
-        .collect();
+    let here = view.here();
     if !here.iter().any(|(id, _)| Some(*id) == ui_state.talking_to) {
         ui_state.talking_to = here.first().map(|(id, _)| *id);
     }
-
     egui::Panel::bottom("act").show(root, |ui| {
         ui.add_space(4.0);
-        if story.pending.is_none() {
-            if let Some(scene) = story.current_scene() {
-                ui.horizontal_wrapped(|ui| {
-                    for (i, choice) in scene.choices.iter().enumerate() {
-                        if ui.button(format!("{}. {}", i + 1, choice.text)).clicked() {
-                            input.write(PlayerInput::Choose(i));
-                        }
-                    }
-                });
-            }
-        } else if transcript.narrator_busy {
-            ui.label(RichText::new("The narrator is writing…").italics());
-        } else {
-            ui.horizontal(|ui| {
-                ui.label(RichText::new("The narrator fell silent.").italics());
-                if ui.button("Try again").clicked() {
-                    input.write(PlayerInput::Retry);
-                }
-            });
-        }
+        choices(ui, &view, input);
         ui.add_space(4.0);
-        ui.horizontal(|ui| match ui_state.talking_to {
-            Some(id) => {
-                let name = here
-                    .iter()
-                    .find(|(h, _)| *h == id)
-                    .map_or(id.to_owned(), |(_, n)| n.clone());
-                ui.label(format!("Say to {name}:"));
-                let field = ui.add(
-                    egui::TextEdit::singleline(&mut ui_state.input)
-                        .desired_width(ui.available_width() - 60.0)
-                        .hint_text("type and press Enter"),
-                );
-                let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-                if (ui.button("Say").clicked() || entered) && !ui_state.input.trim().is_empty() {
-                    input.write(PlayerInput::Say {
-                        to: id.to_owned(),
-                        text: std::mem::take(&mut ui_state.input),
-                    });
-                    field.request_focus();
-                }
-            }
-            None => {
-                ui.label(RichText::new("There is nobody here to talk to.").weak());
-            }
-        });
+        ui.horizontal(|ui| say_field(ui, &here, ui_state, input));
         ui.add_space(4.0);
     });
-
     if ui_state.debug_open {
         egui::Panel::right("debug")
             .default_size(320.0)
-            .show(root, |ui| {
-                ui.heading("Debug");
-                let status = &model.status;
-                egui::Grid::new("figures").show(ui, |ui| {
-                    ui.label("frame");
-                    ui.label(format!("{:.1} ms", time.delta_secs() * 1000.0));
-                    ui.end_row();
-                    ui.label("tokens/s");
-                    ui.label(format!("{:.1}", debug.tokens_per_second));
-                    ui.end_row();
-                    ui.label("queue");
-                    ui.label(format!(
-                        "{} waiting, {} unanswered",
-                        status.queued, debug.pending
-                    ));
-                    ui.end_row();
-                    ui.label("slots");
-                    ui.label(format!(
-                        "{} of {} ({:.1} MiB)",
-                        status.slots_used,
-                        status.slots_capacity,
-                        status.cache_bytes as f64 / (1024.0 * 1024.0)
-                    ));
-                    ui.end_row();
-                    ui.label("last action");
-                    ui.label(&debug.last_action);
-                    ui.end_row();
-                });
-                ui.separator();
-                ui.strong("Last prompt as sent");
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    ui.add(egui::Label::new(RichText::new(&debug.last_prompt).monospace()).wrap());
-                });
-            });
+            .show(root, |ui| debug_panel(ui, &view));
     }
+    egui::CentralPanel::default().show(root, |ui| transcript_panel(ui, &view.transcript));
+    model_notice(&ctx, &view.model.state);
+    Ok(())
+}
 
-    egui::CentralPanel::default().show(root, |ui| {
-        egui::ScrollArea::vertical()
-            .stick_to_bottom(true)
-            .auto_shrink([false, false])
-            .show(ui, |ui| {
-                for entry in &transcript.entries {
-                    let (who, colour) = match &entry.speaker {
-                        Speaker::Narrator => (String::new(), NARRATOR),
-                        Speaker::Player => ("You: ".to_owned(), PLAYER),
-                        Speaker::Npc(name) => (format!("{name}: "), NPC),
-                        Speaker::Game => (String::new(), GAME),
-                    };
-                    let cursor = if entry.streaming { " …" } else { "" };
-                    let mut text =
-                        RichText::new(format!("{who}{}{cursor}", entry.text)).color(colour);
-                    if entry.speaker == Speaker::Game {
-                        text = text.italics();
-                    }
-                    ui.add(egui::Label::new(text).wrap());
-                    ui.add_space(6.0);
-                }
-            });
+/// The title, Save and Load.
+fn title_bar(ui: &mut egui::Ui, view: &View, input: &mut MessageWriter<PlayerInput>) {
+    ui.horizontal(|ui| {
+        ui.heading("The Silver Key");
+        ui.separator();
+        if ui.button("Save").clicked() {
+            input.write(PlayerInput::Save);
+        }
+        let loading_is_safe = view.story.0.pending.is_none() && !view.transcript.is_streaming();
+        if ui
+            .add_enabled(loading_is_safe, egui::Button::new("Load"))
+            .clicked()
+        {
+            input.write(PlayerInput::Load);
+        }
+        ui.separator();
+        ui.label(RichText::new("F3: debug").weak());
     });
+}
 
-    // Over everything: the model's progress, or why there is none.
-    match &model.state {
+/// Where the player is, who is here, what they carry and where they can go.
+fn where_panel(
+    ui: &mut egui::Ui,
+    view: &View,
+    ui_state: &mut UiState,
+    input: &mut MessageWriter<PlayerInput>,
+) {
+    let state = &view.state;
+    ui.heading(capitalize(state.location.name()));
+    ui.label(state.location.description());
+    ui.add_space(8.0);
+    ui.strong("Who is here");
+    let mut anyone = false;
+    for (character, name, speaking, _) in &view.characters {
+        if character.location != state.location {
+            continue;
+        }
+        anyone = true;
+        let selected = ui_state.talking_to == Some(character.id);
+        let label = if speaking {
+            format!("{name} (speaking)")
+        } else {
+            name.to_string()
+        };
+        if ui.selectable_label(selected, label).clicked() {
+            ui_state.talking_to = Some(character.id);
+        }
+    }
+    if !anyone {
+        ui.label(RichText::new("nobody").weak());
+    }
+    ui.add_space(8.0);
+    ui.strong("You carry");
+    if state.inventory.is_empty() {
+        ui.label(RichText::new("nothing").weak());
+    }
+    for item in &state.inventory {
+        ui.label(format!("• {item}"));
+    }
+    ui.add_space(8.0);
+    ui.strong("Go to");
+    for &exit in state.location.exits() {
+        let open = exit != Location::Tower || state.tower_door_open;
+        if ui
+            .add_enabled(open, egui::Button::new(capitalize(exit.name())))
+            .on_disabled_hover_text("The door is barred.")
+            .clicked()
+        {
+            input.write(PlayerInput::Travel(exit));
+        }
+    }
+}
+
+/// The current scene's choices; while the narrator writes (the plugin's [`Narrating`]), a
+/// note instead; after a failed scene, a way to try again.
+fn choices(ui: &mut egui::Ui, view: &View, input: &mut MessageWriter<PlayerInput>) {
+    let (story, narrating) = *view.story;
+    if story.pending.is_none() {
+        let Some(scene) = story.current_scene() else {
+            return;
+        };
+        ui.horizontal_wrapped(|ui| {
+            for (i, choice) in scene.choices.iter().enumerate() {
+                if ui.button(format!("{}. {}", i + 1, choice.text)).clicked() {
+                    input.write(PlayerInput::Choose(i));
+                }
+            }
+        });
+    } else if narrating {
+        ui.label(RichText::new("The narrator is writing…").italics());
+    } else {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("The narrator fell silent.").italics());
+            if ui.button("Try again").clicked() {
+                input.write(PlayerInput::Retry);
+            }
+        });
+    }
+}
+
+/// The text field to talk to whoever is selected.
+fn say_field(
+    ui: &mut egui::Ui,
+    here: &[(&'static str, String)],
+    ui_state: &mut UiState,
+    input: &mut MessageWriter<PlayerInput>,
+) {
+    let Some(id) = ui_state.talking_to else {
+        ui.label(RichText::new("There is nobody here to talk to.").weak());
+        return;
+    };
+    let name = here
+        .iter()
+        .find(|(h, _)| *h == id)
+        .map_or(id.to_owned(), |(_, n)| n.clone());
+    ui.label(format!("Say to {name}:"));
+    let field = ui.add(
+        egui::TextEdit::singleline(&mut ui_state.input)
+            .desired_width(ui.available_width() - 60.0)
+            .hint_text("type and press Enter"),
+    );
+    let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+    if (ui.button("Say").clicked() || entered) && !ui_state.input.trim().is_empty() {
+        input.write(PlayerInput::Say {
+            to: id.to_owned(),
+            text: std::mem::take(&mut ui_state.input),
+        });
+        field.request_focus();
+    }
+}
+
+/// Frame time, decode speed, what the model is doing, its cache, the last action and prompt.
+fn debug_panel(ui: &mut egui::Ui, view: &View) {
+    ui.heading("Debug");
+    let status = &view.model.status;
+    let debug = &view.debug;
+    egui::Grid::new("figures").show(ui, |ui| {
+        let mut row = |name: &str, value: String| {
+            ui.label(name);
+            ui.label(value);
+            ui.end_row();
+        };
+        row(
+            "frame",
+            format!("{:.1} ms", view.time.delta_secs() * 1000.0),
+        );
+        row("tokens/s", format!("{:.1}", debug.tokens_per_second));
+        row("in progress", view.in_progress());
+        row("queue", format!("{} waiting at the worker", status.queued));
+        let mib = status.cache_bytes as f64 / (1024.0 * 1024.0);
+        let slots = format!(
+            "{} of {} ({mib:.1} MiB)",
+            status.slots_used, status.slots_capacity
+        );
+        row("slots", slots);
+        row("last action", debug.last_action.clone());
+    });
+    ui.separator();
+    ui.strong("Last prompt as sent");
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.add(egui::Label::new(RichText::new(&debug.last_prompt).monospace()).wrap());
+    });
+}
+
+/// Everything said so far, newest at the bottom.
+fn transcript_panel(ui: &mut egui::Ui, transcript: &Transcript) {
+    egui::ScrollArea::vertical()
+        .stick_to_bottom(true)
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            for entry in &transcript.entries {
+                let (who, colour) = match &entry.speaker {
+                    Speaker::Narrator => (String::new(), NARRATOR),
+                    Speaker::Player => ("You: ".to_owned(), PLAYER),
+                    Speaker::Npc(name) => (format!("{name}: "), NPC),
+                    Speaker::Game => (String::new(), GAME),
+                };
+                let cursor = if entry.streaming { " …" } else { "" };
+                let mut text = RichText::new(format!("{who}{}{cursor}", entry.text)).color(colour);
+                if entry.speaker == Speaker::Game {
+                    text = text.italics();
+                }
+                ui.add(egui::Label::new(text).wrap());
+                ui.add_space(6.0);
+            }
+        });
+}
+
+/// Over everything: the model's progress, or why there is none.
+fn model_notice(ctx: &egui::Context, state: &ModelState) {
+    match state {
         ModelState::Loading(fraction) => {
             notice("Waking the storyteller").show(ctx, |ui| {
                 ui.label("Loading the language model…");
@@ -286,7 +357,6 @@ fn draw(
         }
         ModelState::NotLoaded | ModelState::Ready(_) => {}
     }
-    Ok(())
 }
 
 /// A fixed window in the middle of the screen.

@@ -13,6 +13,7 @@ const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// Who said a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions: the persona, the rules of the scene.
@@ -36,6 +37,7 @@ impl Role {
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 pub struct ChatMessage {
     /// Who said it.
     pub role: Role,

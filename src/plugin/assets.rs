@@ -1,11 +1,15 @@
-//! Asset loaders for personas (`*.persona.ron`) and prompt templates (`*.jinja`).
+//! Asset loaders for personas (`*.persona.ron`), stories (`*.story.ron`) and prompt templates
+//! (`*.jinja`), and whether a request's assets are ready.
 
 use bevy::asset::io::Reader;
-use bevy::asset::{AssetLoader, LoadContext};
-use bevy::reflect::TypePath;
+use bevy::asset::{AssetLoader, LoadContext, LoadState};
+use bevy::prelude::*;
 
-use crate::persona::{Persona, PersonaError};
+use bevy::ecs::system::SystemParam;
+
+use crate::persona::Persona;
 use crate::prompt::{PromptError, PromptTemplate};
+use crate::ron_file::RonFileError;
 use crate::story::StoryAsset;
 
 /// Why a dialogue asset failed to load.
@@ -23,9 +27,9 @@ pub enum DialogueAssetError {
     /// The file is not UTF-8.
     #[error("{0} is not UTF-8 text")]
     NotUtf8(String),
-    /// A persona is malformed.
+    /// A persona or story file is malformed (the message names the file, line and field).
     #[error(transparent)]
-    Persona(#[from] PersonaError),
+    Data(#[from] RonFileError),
     /// A prompt template does not compile.
     #[error(transparent)]
     Prompt(#[from] PromptError),
@@ -116,5 +120,92 @@ impl AssetLoader for StoryLoader {
 
     fn extensions(&self) -> &[&str] {
         &["story.ron"]
+    }
+}
+
+/// Whether a request's asset can be used yet.
+pub(crate) enum Ready<'a, T> {
+    Yes(&'a T),
+    NotYet,
+    Failed(String),
+}
+
+impl<'a, T> Ready<'a, T> {
+    /// The asset, `None` while it loads, or the error `fail` makes of why it cannot load.
+    pub(crate) fn or_fail<E>(self, fail: impl FnOnce(String) -> E) -> Result<Option<&'a T>, E> {
+        match self {
+            Ready::Yes(t) => Ok(Some(t)),
+            Ready::NotYet => Ok(None),
+            Ready::Failed(e) => Err(fail(e)),
+        }
+    }
+}
+
+/// The asset behind `handle`, or why not (yet).
+pub(crate) fn asset_ready<'a, T: Asset>(
+    server: &AssetServer,
+    assets: &'a Assets<T>,
+    handle: &Handle<T>,
+) -> Ready<'a, T> {
+    if let Some(asset) = assets.get(handle) {
+        return Ready::Yes(asset);
+    }
+    match server.get_load_state(handle) {
+        Some(LoadState::Failed(e)) => Ready::Failed(e.to_string()),
+        // Neither loaded nor known to the server: a handle made by hand that was removed.
+        None => Ready::Failed(format!("asset {:?} does not exist", handle.id())),
+        _ => Ready::NotYet,
+    }
+}
+
+/// The prompts used when an NPC or a narrator names none of its own.
+#[derive(Resource)]
+pub(crate) struct BuiltinPrompts {
+    pub(crate) npc: PromptTemplate,
+    pub(crate) narrator: PromptTemplate,
+    pub(crate) action: PromptTemplate,
+}
+
+impl Default for BuiltinPrompts {
+    fn default() -> Self {
+        Self {
+            npc: PromptTemplate::default_npc(),
+            narrator: PromptTemplate::default_narrator(),
+            action: PromptTemplate::default_action(),
+        }
+    }
+}
+
+/// Every dialogue asset a request may need.
+#[derive(SystemParam)]
+pub(crate) struct DialogueAssets<'w> {
+    pub(crate) personas: Res<'w, Assets<Persona>>,
+    pub(crate) prompts: Res<'w, Assets<PromptTemplate>>,
+    pub(crate) stories: Res<'w, Assets<StoryAsset>>,
+    pub(crate) builtin: Res<'w, BuiltinPrompts>,
+    pub(crate) server: Res<'w, AssetServer>,
+}
+
+impl DialogueAssets<'_> {
+    /// The persona behind `handle`.
+    pub(crate) fn persona(&self, handle: &Handle<Persona>) -> Ready<'_, Persona> {
+        asset_ready(&self.server, &self.personas, handle)
+    }
+
+    /// The story behind `handle`.
+    pub(crate) fn story(&self, handle: &Handle<StoryAsset>) -> Ready<'_, StoryAsset> {
+        asset_ready(&self.server, &self.stories, handle)
+    }
+
+    /// The template behind `handle`, or `builtin` when there is none.
+    pub(crate) fn prompt<'a>(
+        &'a self,
+        handle: Option<&Handle<PromptTemplate>>,
+        builtin: &'a PromptTemplate,
+    ) -> Ready<'a, PromptTemplate> {
+        match handle {
+            None => Ready::Yes(builtin),
+            Some(h) => asset_ready(&self.server, &self.prompts, h),
+        }
     }
 }

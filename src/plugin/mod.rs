@@ -1,33 +1,50 @@
 //! The Bevy plugin: NPCs that talk through components, messages and assets.
+//!
+//! Each file holds one concept: [`npc`](self) components, lines, the narrator, actions, the
+//! model; the table of requests in flight, the worker thread and the app's link to it are
+//! private. Everything a game names is re-exported here and in the [prelude](crate::prelude).
 
+mod action;
 mod assets;
-mod components;
-mod messages;
-mod story;
-mod systems;
+mod in_flight;
+mod line;
+mod line_systems;
+mod model;
+mod narrator;
+mod narrator_systems;
+mod npc;
+mod receive;
+mod request;
 mod worker;
+mod worker_link;
 
 use std::path::PathBuf;
 
 use bevy::prelude::*;
 
+#[expect(deprecated, reason = "the old names stay for one release")]
+pub use action::NpcAction;
+pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
 pub use assets::{DialogueAssetError, PersonaLoader, PromptTemplateLoader, StoryLoader};
-pub use components::{
-    DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking,
+pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
+pub use model::{
+    DialogueModel, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, model_ready,
 };
-pub use messages::{
-    CancelLine, DialogueError, LineDelta, LineFailed, LineFinished, LineStarted, LoadModel,
-    ModelFailed, ModelLoaded, ModelLoading, Priority, RequestId, RequestLine,
+#[expect(deprecated, reason = "the old names stay for one release")]
+pub use narrator::SceneReady;
+pub use narrator::{
+    ChooseOption, Narrating, Narrator, RequestScene, SceneDelta, SceneFailed, SceneFinished,
 };
-pub use story::{
-    ChooseOption, Narrator, NpcAction, RequestAction, RequestScene, SceneDelta, SceneFailed,
-    SceneReady,
-};
+pub use npc::{DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
+pub use request::{DialogueError, DialogueSettings, Priority, RequestId};
 pub use worker::{WorkerStatus, running_workers};
+#[cfg(feature = "fault-injection")]
+pub use worker_link::InjectWorkerPanic;
 
-use crate::engine::{Backend, GenerateParams, ModelInfo};
+use crate::engine::{Backend, EngineConfig, GenerateParams};
 use crate::persona::Persona;
 use crate::prompt::PromptTemplate;
+use crate::story::{Story, StoryAsset};
 
 /// The default model, relative to the asset folder.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -39,10 +56,11 @@ pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// write a [`RequestLine`] for an [`Npc`] and receive [`LineStarted`], [`LineDelta`]s and
 /// [`LineFinished`] (or [`LineFailed`]) as messages and as entity events on the NPC.
 ///
-/// Schedules: results are received in `PreUpdate` ([`DialogueSystems::Receive`]), so `Update`
-/// systems see them the frame they arrive; requests written in `Update` are sent in
-/// `PostUpdate` ([`DialogueSystems::Dispatch`]) of the same frame. Neither blocks: the main
-/// thread only moves messages through channels.
+/// Schedules: results are received in `PreUpdate` ([`DialogueSystems::Receive`]: the worker's
+/// reports, then lines, scenes and decisions), so `Update` systems see them the frame they
+/// arrive; requests written in `Update` are sent in `PostUpdate` ([`DialogueSystems::Dispatch`]:
+/// model loads, cancels, lines, choices, scenes, decisions, in that order) of the same frame.
+/// Neither blocks: the main thread only moves messages through channels.
 ///
 /// ```no_run
 /// use bevy::prelude::*;
@@ -87,12 +105,6 @@ impl Default for LlmDialoguePlugin {
     }
 }
 
-/// Test hook (the `fault-injection` feature): the inference worker panics three tokens into
-/// its next line, to check that the line fails cleanly and the worker restarts.
-#[cfg(feature = "fault-injection")]
-#[derive(Message, Clone, Copy, Debug, Default)]
-pub struct InjectWorkerPanic;
-
 /// System sets of the plugin; see [`LlmDialoguePlugin`] for where they run.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DialogueSystems {
@@ -100,39 +112,6 @@ pub enum DialogueSystems {
     Receive,
     /// `PostUpdate`: requests, cancels and model loads go to the worker.
     Dispatch,
-}
-
-/// Settings that can change while the game runs.
-#[derive(Resource, Clone, Debug, Reflect)]
-#[reflect(Resource)]
-pub struct DialogueSettings {
-    /// Generation settings under the persona's, the NPC's and the request's.
-    pub defaults: GenerateParams,
-}
-
-/// The model's state, for loading screens and debug displays.
-#[derive(Resource, Clone, Debug, Default)]
-pub struct DialogueModel {
-    /// Loading, ready or failed.
-    pub state: ModelState,
-    /// How many times a model finished loading (one model serves every NPC).
-    pub loads: u32,
-    /// The worker's queue and caches after its last line.
-    pub status: WorkerStatus,
-}
-
-/// Where the model is.
-#[derive(Clone, Debug, Default)]
-pub enum ModelState {
-    /// Nothing asked for yet.
-    #[default]
-    NotLoaded,
-    /// Loading; the fraction goes from 0 to 1.
-    Loading(f32),
-    /// Ready for requests.
-    Ready(ModelInfo),
-    /// Failed; requests fail with this reason until a [`LoadModel`] succeeds.
-    Failed(String),
 }
 
 impl Plugin for LlmDialoguePlugin {
@@ -148,8 +127,8 @@ impl Plugin for LlmDialoguePlugin {
                 .map_or(1, |n| n.get().saturating_sub(1))
                 .max(1)
         });
-        let worker = systems::WorkerLink::new(systems::WorkerSpec {
-            engine: crate::engine::EngineConfig {
+        let worker = worker_link::WorkerLink::new(worker_link::WorkerSpec {
+            engine: EngineConfig {
                 n_ctx: self.n_ctx,
                 threads: Some(threads),
                 backend: self.backend,
@@ -162,65 +141,84 @@ impl Plugin for LlmDialoguePlugin {
 
         app.init_asset::<Persona>()
             .init_asset::<PromptTemplate>()
-            .init_asset::<crate::story::StoryAsset>()
+            .init_asset::<StoryAsset>()
             .register_asset_loader(PersonaLoader)
             .register_asset_loader(PromptTemplateLoader)
             .register_asset_loader(StoryLoader)
-            .add_message::<RequestScene>()
-            .add_message::<ChooseOption>()
-            .add_message::<SceneDelta>()
-            .add_message::<SceneReady>()
-            .add_message::<SceneFailed>()
-            .add_message::<RequestAction>()
-            .add_message::<NpcAction>()
-            .init_resource::<story::Structured>()
-            .init_resource::<story::WaitingStory>()
-            .init_resource::<story::BuiltinStoryPrompts>()
+            .register_type::<Npc>()
+            .register_type::<DialogueHistory>()
+            .register_type::<NpcContext>()
+            .register_type::<DialogueOverrides>()
+            .register_type::<Speaking>()
+            .register_type::<Narrator>()
+            .register_type::<Narrating>()
+            .register_type::<Deciding>()
+            .register_type::<Story>()
+            .register_type::<DialogueContext>()
+            .register_type::<DialogueSettings>()
+            .register_type::<DialogueModel>()
+            .add_message::<LoadModel>()
+            .add_message::<ModelLoading>()
+            .add_message::<ModelLoaded>()
+            .add_message::<ModelFailed>()
             .add_message::<RequestLine>()
             .add_message::<CancelLine>()
-            .add_message::<LoadModel>()
             .add_message::<LineStarted>()
             .add_message::<LineDelta>()
             .add_message::<LineFinished>()
             .add_message::<LineFailed>()
-            .add_message::<ModelLoading>()
-            .add_message::<ModelLoaded>()
-            .add_message::<ModelFailed>()
+            .add_message::<RequestScene>()
+            .add_message::<ChooseOption>()
+            .add_message::<SceneDelta>()
+            .add_message::<SceneFinished>()
+            .add_message::<SceneFailed>()
+            .add_message::<RequestAction>()
+            .add_message::<ActionFinished>()
+            .add_message::<ActionFailed>()
             .insert_resource(DialogueSettings {
                 defaults: self.defaults.clone(),
             })
             .init_resource::<DialogueContext>()
             .init_resource::<DialogueModel>()
-            .init_resource::<systems::Lines>()
-            .insert_resource(systems::BuiltinPrompt(PromptTemplate::default_npc()))
+            .init_resource::<assets::BuiltinPrompts>()
+            .init_resource::<in_flight::InFlight>()
+            .init_resource::<in_flight::Inbox>()
+            .init_resource::<narrator_systems::WaitingScenes>()
+            .init_resource::<action::WaitingActions>()
             .insert_resource(worker)
             .configure_sets(PreUpdate, DialogueSystems::Receive)
             .configure_sets(PostUpdate, DialogueSystems::Dispatch)
             .add_systems(
                 PreUpdate,
-                (systems::receive_reports, story::receive_structured)
+                (
+                    receive::receive_reports,
+                    line_systems::deliver_lines,
+                    narrator_systems::deliver_scenes,
+                    action::deliver_actions,
+                )
                     .chain()
                     .in_set(DialogueSystems::Receive),
             )
             .add_systems(
                 PostUpdate,
                 (
-                    systems::load_models,
-                    systems::cancel_lines,
-                    systems::queue_requests,
-                    systems::dispatch_requests,
-                    story::request_scenes,
-                    story::request_actions,
+                    model::load_models,
+                    line_systems::cancel_lines,
+                    line_systems::queue_lines,
+                    line_systems::dispatch_lines,
+                    narrator_systems::take_choices,
+                    narrator_systems::dispatch_scenes,
+                    action::dispatch_actions,
                 )
                     .chain()
                     .in_set(DialogueSystems::Dispatch),
             )
-            .add_observer(systems::on_npc_removed);
+            .add_observer(line_systems::on_npc_removed);
         #[cfg(feature = "fault-injection")]
         app.add_message::<InjectWorkerPanic>().add_systems(
             PostUpdate,
-            systems::inject_faults
-                .before(systems::dispatch_requests)
+            worker_link::inject_faults
+                .before(line_systems::dispatch_lines)
                 .in_set(DialogueSystems::Dispatch),
         );
     }

@@ -5,19 +5,18 @@
 //! render pipeline compilation and other async work also need. Systems talk to it only through
 //! channels and never wait on it.
 
-use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bevy::prelude::{Reflect, ReflectDefault};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::messages::{DialogueError, Priority, RequestId};
+use super::request::{DialogueError, Priority, RequestId};
 use crate::engine::{
     CancelToken, ChatMessage, Engine, EngineConfig, EngineError, GenerateParams, Generation,
-    ModelInfo, Session,
+    ModelInfo, ProgressReader, SessionSlots,
 };
 
 /// A line (or a scene, or a decision) to generate.
@@ -70,12 +69,8 @@ pub(crate) enum Report {
         id: RequestId,
         text: String,
     },
+    /// Every alternative, the first first (one for a line).
     Finished {
-        id: RequestId,
-        generation: Generation,
-    },
-    /// Structured jobs: every alternative, the first first.
-    FinishedAll {
         id: RequestId,
         generations: Vec<Generation>,
     },
@@ -87,7 +82,8 @@ pub(crate) enum Report {
 }
 
 /// Queue and cache figures, for debug displays.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Reflect)]
+#[reflect(Clone, Debug, Default, PartialEq)]
 pub struct WorkerStatus {
     /// Requests waiting.
     pub queued: usize,
@@ -127,11 +123,6 @@ pub fn running_workers() -> usize {
     RUNNING.load(Ordering::SeqCst)
 }
 
-struct Slot {
-    session: Session,
-    last_used: u64,
-}
-
 struct Worker {
     config: WorkerConfig,
     reports: Sender<Report>,
@@ -140,7 +131,7 @@ struct Worker {
     model_path: Option<PathBuf>,
     load_error: Option<String>,
     queue: Vec<(u64, Job)>,
-    slots: HashMap<u64, Slot>,
+    slots: SessionSlots,
     clock: u64,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
@@ -149,13 +140,13 @@ struct Worker {
 impl Worker {
     fn new(config: WorkerConfig, reports: Sender<Report>) -> Self {
         Self {
+            slots: SessionSlots::new(config.slots),
             config,
             reports,
             engine: None,
             model_path: None,
             load_error: Some("the model has not been loaded".into()),
             queue: Vec::new(),
-            slots: HashMap::new(),
             clock: 0,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
@@ -197,7 +188,7 @@ impl Worker {
             Command::Load(path) => self.load(path),
             Command::Generate(job) => self.queue.push((self.clock, job)),
             Command::ForgetSlot(slot) => {
-                if self.slots.remove(&slot).is_some() {
+                if self.slots.forget(slot) {
                     self.report_status();
                 }
             }
@@ -229,8 +220,10 @@ impl Worker {
                 source,
             })
             .and_then(|file| {
-                let reader =
-                    ProgressReader::new(std::io::BufReader::new(file), self.reports.clone())?;
+                let reports = self.reports.clone();
+                let reader = ProgressReader::new(std::io::BufReader::new(file), move |f| {
+                    let _ = reports.send(Report::Loading(f));
+                })?;
                 Engine::from_reader(
                     reader,
                     &path.display().to_string(),
@@ -264,10 +257,13 @@ impl Worker {
             });
             return;
         };
-        let prompt = match fit_context(engine, job.messages, job.params.max_tokens) {
+        let prompt = match engine.fit_chat(job.messages, job.params.max_tokens) {
             Ok(p) => p,
-            Err(error) => {
-                self.report(Report::Failed { id: job.id, error });
+            Err(e) => {
+                self.report(Report::Failed {
+                    id: job.id,
+                    error: engine_error(e),
+                });
                 return;
             }
         };
@@ -280,18 +276,7 @@ impl Worker {
             prompt: shown.into(),
         });
 
-        self.clock += 1;
-        let mut slot = match self.slots.remove(&job.slot) {
-            Some(slot) => slot,
-            None => {
-                evict_lru(&mut self.slots, self.config.slots.saturating_sub(1));
-                Slot {
-                    session: engine.new_session(),
-                    last_used: 0,
-                }
-            }
-        };
-        slot.last_used = self.clock;
+        let mut session = self.slots.take(job.slot, engine);
 
         #[cfg(feature = "fault-injection")]
         let inject = std::mem::take(&mut self.panic_next);
@@ -317,19 +302,13 @@ impl Worker {
             };
             match &job.output {
                 Output::Text => engine
-                    .generate(
-                        &mut slot.session,
-                        &prompt.tokens,
-                        &job.params,
-                        &job.cancel,
-                        send,
-                    )
+                    .generate(&mut session, &prompt.tokens, &job.params, &job.cancel, send)
                     .map(|g| vec![g]),
                 Output::Structured {
                     grammar,
                     alternatives,
                 } => engine.generate_alternatives(
-                    &mut slot.session,
+                    &mut session,
                     &prompt.tokens,
                     &job.params,
                     Some(grammar),
@@ -344,22 +323,15 @@ impl Worker {
             }
         }));
         match result {
-            Ok(Ok(mut generations)) => {
-                self.slots.insert(job.slot, slot);
+            Ok(Ok(generations)) => {
+                self.slots.put(job.slot, session);
                 if !job.cancel.is_cancelled() {
-                    let report = match job.output {
-                        Output::Text => Report::Finished {
-                            id,
-                            generation: generations.remove(0),
-                        },
-                        Output::Structured { .. } => Report::FinishedAll { id, generations },
-                    };
-                    self.report(report);
+                    self.report(Report::Finished { id, generations });
                 }
             }
             Ok(Err(e)) => {
-                slot.session.clear();
-                self.slots.insert(job.slot, slot);
+                session.clear();
+                self.slots.put(job.slot, session);
                 self.report(Report::Failed {
                     id,
                     error: engine_error(e),
@@ -389,23 +361,9 @@ impl Worker {
         self.report(Report::Status(WorkerStatus {
             queued: self.queue.len(),
             slots_used: self.slots.len(),
-            slots_capacity: self.config.slots,
-            cache_bytes: self.slots.values().map(|s| s.session.cache_bytes()).sum(),
+            slots_capacity: self.slots.capacity(),
+            cache_bytes: self.slots.cache_bytes(),
         }));
-    }
-}
-
-/// Drops least recently used caches until at most `keep` remain.
-fn evict_lru(slots: &mut HashMap<u64, Slot>, keep: usize) {
-    while slots.len() > keep {
-        let Some(oldest) = slots
-            .iter()
-            .min_by_key(|(_, s)| s.last_used)
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        slots.remove(&oldest);
     }
 }
 
@@ -418,106 +376,5 @@ pub(crate) fn engine_error(e: EngineError) -> DialogueError {
         EngineError::Template(_) => DialogueError::Template(e.to_string()),
         EngineError::Grammar(_) => DialogueError::Structure(e.to_string()),
         other => DialogueError::Inference(other.to_string()),
-    }
-}
-
-struct FittedPrompt {
-    messages: Vec<ChatMessage>,
-    tokens: Vec<u32>,
-}
-
-/// Tokenizes the messages, dropping the oldest history turns until the prompt leaves room
-/// for the reply. The system message and the newest turn are never dropped.
-fn fit_context(
-    engine: &Engine,
-    mut messages: Vec<ChatMessage>,
-    max_tokens: usize,
-) -> Result<FittedPrompt, DialogueError> {
-    let n_ctx = engine.info().n_ctx;
-    let pinned = usize::from(
-        messages
-            .first()
-            .is_some_and(|m| m.role == crate::engine::Role::System),
-    );
-    loop {
-        let tokens = engine.chat_tokens(&messages).map_err(engine_error)?;
-        let fits = tokens.len() + max_tokens.min(n_ctx / 2) <= n_ctx;
-        if fits {
-            return Ok(FittedPrompt { messages, tokens });
-        }
-        if messages.len() > pinned + 1 {
-            // Drop the oldest turn; if that leaves the history starting with the NPC's
-            // reply to a dropped question, drop that too.
-            messages.remove(pinned);
-            if messages.len() > pinned + 1
-                && messages[pinned].role == crate::engine::Role::Assistant
-            {
-                messages.remove(pinned);
-            }
-            continue;
-        }
-        if tokens.len() < n_ctx {
-            // No history left to drop; generate what fits.
-            return Ok(FittedPrompt { messages, tokens });
-        }
-        return Err(DialogueError::ContextOverflow {
-            tokens: tokens.len(),
-            n_ctx,
-        });
-    }
-}
-
-/// Reports how far through the model file loading has read.
-struct ProgressReader<R> {
-    inner: R,
-    len: u64,
-    pos: u64,
-    last: f32,
-    reports: Sender<Report>,
-}
-
-impl<R: Read + Seek> ProgressReader<R> {
-    fn new(mut inner: R, reports: Sender<Report>) -> crate::engine::Result<Self> {
-        let io = |e: std::io::Error| EngineError::InvalidGguf {
-            file: "model".into(),
-            reason: e.to_string(),
-        };
-        let len = inner.seek(SeekFrom::End(0)).map_err(io)?;
-        inner.seek(SeekFrom::Start(0)).map_err(io)?;
-        Ok(Self {
-            inner,
-            len: len.max(1),
-            pos: 0,
-            last: 0.0,
-            reports,
-        })
-    }
-}
-
-impl<R> ProgressReader<R> {
-    fn tick(&mut self) {
-        // Loading reads most of the file once, in order; stop short of 1 until it is done.
-        let fraction = (self.pos as f32 / self.len as f32).min(0.99);
-        if fraction - self.last >= 0.05 {
-            self.last = fraction;
-            let _ = self.reports.send(Report::Loading(fraction));
-        }
-    }
-}
-
-impl<R: Read> Read for ProgressReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        self.tick();
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for ProgressReader<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        // Progress counts bytes read, not seek positions (the loader seeks to the end to
-        // learn the file size).
-        self.inner.seek(to)
     }
 }

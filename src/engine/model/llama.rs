@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
 use super::super::kernels::{QMatrix, Simd};
-use super::TensorSource;
+use super::source::TensorSource;
 
 /// Hyper-parameters read from `llama.*` metadata.
 #[derive(Clone, Debug)]

@@ -1,47 +1,23 @@
 //! Model architectures behind one interface.
 
 mod llama;
+mod source;
 
-use super::CpuKernels;
-use super::kernels::Simd;
 use std::io::{Read, Seek};
 
-use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{
     quantized_gemma3, quantized_phi3, quantized_qwen2, quantized_qwen3,
 };
 
+use super::config::CpuKernels;
 use super::error::{EngineError, Result};
 use super::gguf::GgufHeader;
+use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
 pub(crate) use llama::KvCache;
-
-/// Reads tensors out of a GGUF stream, turning failures into errors that name the file.
-pub(crate) struct TensorSource<'a> {
-    pub(crate) header: &'a GgufHeader,
-    pub(crate) reader: &'a mut dyn ReadSeek,
-    pub(crate) device: Device,
-    /// Pack matrices for [`crate::engine::kernels`] (CPU only), with or without SIMD.
-    pub(crate) packed: Option<Simd>,
-}
-
-/// `Read + Seek` as one object-safe trait.
-pub(crate) trait ReadSeek: Read + Seek {}
-impl<T: Read + Seek> ReadSeek for T {}
-
-impl TensorSource<'_> {
-    pub(crate) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        self.header
-            .content
-            .tensor(&mut self.reader, name, &self.device)
-            .map_err(|e| EngineError::InvalidGguf {
-                file: self.header.file.clone(),
-                reason: format!("tensor `{name}`: {e}"),
-            })
-    }
-}
+use source::TensorSource;
 
 /// A loaded model: weights plus, for architectures we do not own, their internal cache.
 pub(crate) enum Model {

@@ -1,7 +1,7 @@
 //! Our tokenizer, built from the GGUF metadata, against llama.cpp's tokenization of the same
 //! file. The reference ids come from `scripts/llamacpp-tokens`.
 
-mod common;
+use crate::common;
 
 use serde::Deserialize;
 

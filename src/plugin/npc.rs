@@ -1,9 +1,9 @@
-//! Components that make an entity a talking NPC.
+//! Components that make an entity a talking NPC, and the facts its prompt sees.
 
 use bevy::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::messages::RequestId;
+use super::request::RequestId;
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::persona::Persona;
 use crate::prompt::{Facts, PromptTemplate};
@@ -17,7 +17,8 @@ use crate::prompt::{Facts, PromptTemplate};
 ///     commands.spawn(Npc::new(assets.load("personas/mira.persona.ron")));
 /// }
 /// ```
-#[derive(Component, Clone, Debug)]
+#[derive(Component, Clone, Debug, Reflect)]
+#[reflect(Component, Clone, Debug)]
 #[require(DialogueHistory, NpcContext)]
 pub struct Npc {
     /// Who the NPC is.
@@ -44,14 +45,16 @@ impl Npc {
 
 /// The conversation so far: the player's lines (`user`) and the NPC's (`assistant`).
 /// Finished lines are appended automatically. Serializable, for save games.
-#[derive(Component, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Component, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Reflect)]
+#[reflect(Component, Clone, Debug, Default, PartialEq)]
 pub struct DialogueHistory {
     /// Oldest first.
     pub turns: Vec<ChatMessage>,
 }
 
 /// Present while the NPC is speaking (from [`LineStarted`](super::LineStarted) to the end).
-#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
+#[reflect(Component, Clone, Debug, PartialEq)]
 pub struct Speaking {
     /// The line being spoken.
     pub request: RequestId,
@@ -59,7 +62,8 @@ pub struct Speaking {
 
 /// Facts about one NPC for its prompt template (`{{ npc.mood }}`): quest flags, mood,
 /// what the player gave them.
-#[derive(Component, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Component, Clone, Debug, Default, PartialEq, Serialize, Deserialize, Reflect)]
+#[reflect(Component, Clone, Debug, Default, PartialEq)]
 pub struct NpcContext {
     /// Key/values the template sees as `npc`.
     pub facts: Facts,
@@ -73,7 +77,8 @@ impl NpcContext {
 }
 
 /// Facts about the world for every prompt template (`{{ world.time_of_day }}`).
-#[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, Reflect)]
+#[reflect(Resource, Clone, Debug, Default, PartialEq)]
 pub struct DialogueContext {
     /// Key/values the template sees as `world`.
     pub facts: Facts,
@@ -87,7 +92,8 @@ impl DialogueContext {
 }
 
 /// Per-NPC generation settings, over the persona's and the plugin's.
-#[derive(Component, Clone, Debug, Default, PartialEq)]
+#[derive(Component, Clone, Debug, Default, PartialEq, Reflect)]
+#[reflect(Component, Clone, Debug, Default, PartialEq)]
 pub struct DialogueOverrides {
     /// Sampling for this NPC.
     pub sampling: Option<SamplingParams>,

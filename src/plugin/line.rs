@@ -1,30 +1,15 @@
-//! What game systems send to the plugin (requests) and what comes back (notifications).
+//! Lines: what game systems ask of an NPC and what comes back.
 //!
 //! Requests are [`Message`]s. Results are both messages (read them with a `MessageReader`
 //! anywhere) and [`EntityEvent`]s on the NPC (observe them on one entity).
 
 use std::sync::Arc;
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use crate::engine::{GenerationStats, ModelInfo, SamplingParams, StopReason};
-
-/// Identifies one requested line from request to result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-pub struct RequestId(pub u64);
-
-/// Which request the worker serves first when several wait. The NPC the player talks to
-/// should not wait behind background chatter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-pub enum Priority {
-    /// Ambient barks and chatter nobody waits for.
-    Background,
-    /// The default.
-    #[default]
-    Normal,
-    /// The conversation the player is in.
-    Player,
-}
+use super::request::{DialogueError, Priority, RequestId};
+use crate::engine::{GenerationStats, SamplingParams, StopReason};
 
 /// Asks an NPC for a line: an answer to the player, or something unprompted if
 /// `player_line` is `None`.
@@ -143,70 +128,31 @@ pub struct LineFailed {
     pub error: DialogueError,
 }
 
-/// Loads (or reloads) a model; the plugin loads [`LlmDialoguePlugin::model`](super::LlmDialoguePlugin::model)
-/// at startup without being asked.
-#[derive(Message, Clone, Debug)]
-pub struct LoadModel {
-    /// The GGUF file.
-    pub path: std::path::PathBuf,
+/// The writers of every line result, for the systems that deliver them.
+#[derive(SystemParam)]
+pub(crate) struct LineWriters<'w> {
+    pub(crate) started: MessageWriter<'w, LineStarted>,
+    pub(crate) delta: MessageWriter<'w, LineDelta>,
+    pub(crate) finished: MessageWriter<'w, LineFinished>,
+    pub(crate) failed: MessageWriter<'w, LineFailed>,
 }
 
-/// Progress while the model loads.
-#[derive(Message, Clone, Copy, Debug)]
-pub struct ModelLoading {
-    /// From 0 to 1.
-    pub fraction: f32,
-}
-
-/// The model is ready.
-#[derive(Message, Clone, Debug)]
-pub struct ModelLoaded {
-    /// What was loaded.
-    pub info: ModelInfo,
-}
-
-/// The model could not be loaded; requests fail with [`DialogueError::ModelUnavailable`].
-#[derive(Message, Clone, Debug)]
-pub struct ModelFailed {
-    /// Why, including how to fix it where known.
-    pub error: String,
-}
-
-/// Why a line failed. Every variant's message can be shown to a player or a modder.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DialogueError {
-    /// No model is loaded (missing or broken file); the message says how to get one.
-    #[error("no model is loaded: {0}")]
-    ModelUnavailable(String),
-    /// The entity is gone or has no [`Npc`](super::Npc) component.
-    #[error("{0} is not an NPC (despawned, or no Npc component)")]
-    NpcNotFound(Entity),
-    /// The persona asset failed to load (the message names the file, line and field).
-    #[error("persona: {0}")]
-    Persona(String),
-    /// The prompt template failed to load or render.
-    #[error("{0}")]
-    Template(String),
-    /// The persona and the newest turn alone are longer than the context.
-    #[error("prompt is {tokens} tokens but the context holds {n_ctx}, even without history")]
-    ContextOverflow {
-        /// Prompt length.
-        tokens: usize,
-        /// Context size.
-        n_ctx: usize,
-    },
-    /// A parameter of the request, persona or overrides is out of range.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// Inference failed (the engine's error message).
-    #[error("inference failed: {0}")]
-    Inference(String),
-    /// Structured output (a scene, an action) could not be produced or was refused: a bad
-    /// choice index, an invalid story asset, output cut off by the length limit.
-    #[error("{0}")]
-    Structure(String),
-    /// The inference worker crashed on this line; it was restarted.
-    #[error("the inference worker crashed ({0}); it has been restarted")]
-    WorkerCrashed(String),
+/// Sends a [`LineFailed`] as a message, and as an entity event while the NPC exists.
+pub(crate) fn fail_line(
+    commands: &mut Commands,
+    failed: &mut MessageWriter<LineFailed>,
+    npc: Entity,
+    request: RequestId,
+    error: DialogueError,
+) {
+    tracing::warn!(?npc, ?request, "line failed: {error}");
+    let ev = LineFailed {
+        npc,
+        request,
+        error,
+    };
+    failed.write(ev.clone());
+    if commands.get_entity(npc).is_ok() {
+        commands.trigger(ev);
+    }
 }

@@ -1,69 +1,65 @@
 //! The example adventure's rules, played headless with the real model: no window, the same
 //! `game.rs` the example runs, driven by `PlayerInput` like the UI drives it.
 
-mod common;
-
-#[allow(dead_code, reason = "the UI uses parts of the game the test does not")]
-#[path = "../examples/text_adventure/game.rs"]
+#[expect(dead_code, reason = "the UI uses parts of the game the test does not")]
+#[path = "../../examples/text_adventure/game.rs"]
 mod game;
 
-use std::time::{Duration, Instant};
-
-use bevy::prelude::*;
-use bevy_llm_dialogue::prelude::*;
+use crate::harness::*;
 
 use game::{
-    AdventureConfig, AdventurePlugin, DebugInfo, Entry, GameState, Location, PlayerInput, Speaker,
-    StoryTeller, Transcript,
+    AdventureConfig, AdventurePlugin, Busy, DebugInfo, Entry, GameState, Location, PlayerInput,
+    Speaker, StoryTeller, Transcript,
 };
 
-const LONG: Duration = Duration::from_secs(180);
+const SLOW: Duration = Duration::from_secs(180);
 
 fn app() -> App {
-    app_with_model(common::model_path())
+    app_with_model(model_path())
 }
 
 fn app_with_model(model: std::path::PathBuf) -> App {
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: concat!(env!("CARGO_MANIFEST_DIR"), "/assets").into(),
-            watch_for_changes_override: Some(false),
-            ..default()
-        },
-        LlmDialoguePlugin {
-            model: Some(model),
-            ..default()
-        },
-        AdventurePlugin,
-    ));
-    let save_file = common::scratch_dir("text-adventure").join("save.ron");
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let plugin = LlmDialoguePlugin {
+        model: Some(model),
+        ..default()
+    };
+    let mut app = base_app(&assets, plugin);
+    app.add_plugins(AdventurePlugin);
+    let save_file = scratch_dir("text-adventure").join("save.ron");
     let _ = std::fs::remove_file(&save_file);
     let mut config = app.world_mut().resource_mut::<AdventureConfig>();
     config.save_file = save_file;
     config.seed = Some(11);
-    app.finish();
-    app.cleanup();
+    ready(&mut app);
     app
 }
 
 fn update_until(app: &mut App, what: &str, done: impl Fn(&mut World) -> bool) {
     let start = Instant::now();
     while !done(app.world_mut()) {
-        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        assert!(start.elapsed() < SLOW, "timed out waiting for {what}");
         app.update();
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Nothing requested is still unanswered.
+/// Nothing is at the model (no NPC `Speaking` or `Deciding`, the story not `Narrating`) and
+/// nothing streams into the transcript.
 fn settled(world: &mut World) -> bool {
-    world.resource::<DebugInfo>().pending == 0 && !world.resource::<Transcript>().is_streaming()
+    let busy = world
+        .query_filtered::<(), Busy>()
+        .iter(world)
+        .next()
+        .is_some();
+    !busy && !world.resource::<Transcript>().is_streaming()
 }
 
 fn play(app: &mut App, input: PlayerInput) {
     app.world_mut().write_message(input);
+    // The requests go out (and the markers go on) in this frame's PostUpdate; a request
+    // refused there is reported then and read by the game in the next frame's Update.
+    app.update();
     app.update();
     update_until(app, "the turn to settle", settled);
 }
@@ -96,6 +92,7 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
             world.resource::<DialogueModel>().state,
             ModelState::Ready(_)
         ) && story(world).current_scene().is_some()
+            && !world.resource::<Transcript>().entries.is_empty()
     });
     let opening = story(app.world_mut()).current_scene().unwrap().text.clone();
     let transcript = app.world().resource::<Transcript>();
@@ -222,7 +219,7 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
 
 #[test]
 fn without_a_model_the_game_runs_and_says_how_to_get_one() {
-    let mut app = app_with_model(common::scratch_dir("text-adventure-none").join("none.gguf"));
+    let mut app = app_with_model(scratch_dir("text-adventure-none").join("none.gguf"));
     update_until(&mut app, "the model to fail", |world| {
         matches!(
             world.resource::<DialogueModel>().state,
@@ -250,5 +247,5 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
     let last = last_entry(&app);
     assert!(last.text.contains("scripts/fetch-model"), "{}", last.text);
     assert!(story(app.world_mut()).pending.is_some());
-    assert!(!app.world().resource::<Transcript>().narrator_busy);
+    assert!(settled(app.world_mut()), "nothing is left at the model");
 }

@@ -1,18 +1,17 @@
 //! Constrained output with the real model: narrator scenes whose choices always parse, NPC
 //! actions that are always declared, alternatives that share one prefill.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
+use bevy_llm_dialogue::action::{ActionSpec, ArgSpec, action_schema, parse_action};
 use bevy_llm_dialogue::engine::{
     CancelToken, EngineError, GenerateParams, Grammar, SamplingParams,
 };
 use bevy_llm_dialogue::persona::Persona;
 use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
-use bevy_llm_dialogue::story::{
-    ActionSpec, ArgSpec, Scene, Story, StoryAsset, action_schema, parse_action, scene_schema,
-};
+use bevy_llm_dialogue::story::{Scene, Story, StoryAsset, scene_schema};
 
 fn story_asset() -> StoryAsset {
     let text = std::fs::read_to_string(
@@ -148,9 +147,9 @@ fn twenty_seeds_of_npc_actions_are_all_declared_with_valid_arguments() {
                 |_| {},
             )
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let (name, _) = parse_action(&g.text, &actions)
+        let decision = parse_action(&g.text, &actions)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}: {}", g.text));
-        seen.insert(name);
+        seen.insert(decision.name);
     }
     eprintln!("actions chosen over 20 seeds: {seen:?}");
 }

@@ -1,6 +1,6 @@
 //! Cancellation, context limits and prompt-prefix reuse.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

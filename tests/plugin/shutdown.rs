@@ -1,33 +1,32 @@
 //! Quitting mid-line: the app drops cleanly, the worker stops within a token, nothing hangs.
-//! (Its own test binary: it counts the process's worker threads.)
 
-#![cfg(feature = "bevy")]
-
-mod common;
-
-use std::time::{Duration, Instant};
-
-use bevy::prelude::*;
 use bevy_llm_dialogue::plugin::running_workers;
-use bevy_llm_dialogue::prelude::*;
+
+use crate::harness::*;
 
 #[test]
 fn dropping_the_app_mid_line_stops_the_worker_promptly() {
+    // It counts the process's worker threads: no other test may have an app meanwhile.
+    let _alone = exclusive();
+    // A test that just dropped its app may have a worker still finishing (a model load is
+    // not interrupted); wait for it.
+    let start = Instant::now();
+    while running_workers() > 0 {
+        assert!(
+            start.elapsed() < LONG,
+            "workers of dropped apps did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: assets.display().to_string(),
-            ..default()
-        },
+    let mut app = base_app(
+        &assets,
         LlmDialoguePlugin {
-            model: Some(common::model_path()),
+            model: Some(model_path()),
             ..default()
         },
-    ));
-    app.finish();
-    app.cleanup();
+    );
+    ready(&mut app);
     let persona = app
         .world()
         .resource::<AssetServer>()

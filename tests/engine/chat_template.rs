@@ -1,7 +1,7 @@
 //! The GGUF's chat template and the tokenization of chat prompts, including player text
 //! that tries to smuggle in chat-template tokens.
 
-mod common;
+use crate::common;
 
 use bevy_llm_dialogue::engine::{ChatMessage, ChatTemplate};
 

@@ -1,6 +1,6 @@
 //! Generation properties with the real model: determinism, streaming, stop conditions.
 
-mod common;
+use crate::common;
 
 use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, GenerateParams, Generation, SamplingParams, StopReason,

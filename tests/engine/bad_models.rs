@@ -1,6 +1,6 @@
 //! Missing, corrupt, truncated and unsupported model files give typed errors, not panics.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 

@@ -1,7 +1,7 @@
 //! The packed CPU kernels compute the same model: SIMD bit for bit like the scalar reference,
 //! and close to candle's quantized matmul in perplexity.
 
-mod common;
+use crate::common;
 
 use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, CpuKernels, Engine, EngineConfig, GenerateParams, SamplingParams,

@@ -1,0 +1,169 @@
+//! The loaded model ([`Engine`]): loading from a GGUF file or reader, its accessors, and
+//! turning chat messages into prompt tokens.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::config::{EngineConfig, ModelInfo};
+use super::error::{EngineError, Result};
+use super::generate::Session;
+use super::gguf::GgufHeader;
+use super::grammar;
+use super::model::Model;
+use super::template::{ChatMessage, ChatTemplate, Segment};
+use super::tokenizer::{TokenId, Tokenizer};
+
+/// A loaded model with its tokenizer and chat template.
+#[derive(Debug)]
+pub struct Engine {
+    pub(super) model: Model,
+    pub(super) tokenizer: Tokenizer,
+    pub(super) template: ChatTemplate,
+    pub(super) info: ModelInfo,
+    pub(super) device: Device,
+    pub(super) pool: Option<rayon::ThreadPool>,
+    /// Built on the first constrained generation.
+    pub(super) constraints: Option<grammar::Constraints>,
+}
+
+impl Engine {
+    /// Loads a GGUF model file.
+    pub fn load(path: impl AsRef<Path>, config: EngineConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|source| EngineError::ModelNotFound {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_reader(BufReader::new(file), &path.display().to_string(), config)
+    }
+
+    /// Loads a GGUF model from any seekable reader; `name` is used in error messages.
+    pub fn from_reader<R: Read + Seek>(
+        mut reader: R,
+        name: &str,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        let _span = tracing::info_span!("load_model", file = name).entered();
+        let started = Instant::now();
+        let header = GgufHeader::read(&mut reader, name)?;
+        let architecture = header.string("general.architecture")?.to_owned();
+        if !matches!(
+            architecture.as_str(),
+            "llama" | "mistral" | "gemma3" | "qwen2" | "qwen3" | "phi3"
+        ) {
+            return Err(EngineError::UnsupportedArchitecture {
+                file: name.to_owned(),
+                architecture,
+            });
+        }
+        let model_name = header.opt_string("general.name").map(str::to_owned);
+        let mut tokenizer = Tokenizer::from_gguf(&header)?;
+        if let Some(json) = &config.tokenizer_json {
+            tokenizer = tokenizer.with_tokenizer_json(json)?;
+        }
+        let token_text = |id: Option<TokenId>| {
+            id.and_then(|i| {
+                header
+                    .string_array("tokenizer.ggml.tokens")
+                    .ok()?
+                    .into_iter()
+                    .nth(i as usize)
+            })
+            .unwrap_or_default()
+        };
+        let bos_text = token_text(tokenizer.bos().0);
+        let eos_text = token_text(tokenizer.end_of_generation().first().copied());
+        let template = match config
+            .chat_template
+            .as_deref()
+            .or_else(|| header.opt_string("tokenizer.chat_template"))
+        {
+            Some(source) => ChatTemplate::new(source, &bos_text, &eos_text)?,
+            None => ChatTemplate::chatml(),
+        };
+        let device = config.backend.device()?;
+        let (model, train_context) = Model::load(header, &mut reader, &device, config.cpu_kernels)?;
+        let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
+        let pool = match config.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("llm-inference-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::InvalidParameter {
+                        name: "threads",
+                        reason: e.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+        let info = ModelInfo {
+            file: name.to_owned(),
+            architecture,
+            name: model_name,
+            train_context,
+            n_ctx,
+            vocab_size: tokenizer.vocab_size(),
+            prefix_reuse: model.reuses_prefixes(),
+        };
+        tracing::info!(elapsed = ?started.elapsed(), ?info, "model loaded");
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            info,
+            device,
+            pool,
+            constraints: None,
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template in use.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// A new, empty conversation.
+    pub fn new_session(&self) -> Session {
+        Session::new(self.model.new_cache())
+    }
+
+    /// Renders messages with the chat template and tokenizes them, ending where the
+    /// assistant's reply begins. Message content is tokenized as plain text: control tokens
+    /// typed by a player never become real control tokens.
+    pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<TokenId>> {
+        let segments = self.template.render_segments(messages, true)?;
+        let mut tokens = Vec::new();
+        if let (Some(bos), true) = self.tokenizer.bos() {
+            tokens.push(bos);
+        }
+        for segment in segments {
+            match segment {
+                Segment::Markup(text) => tokens.extend(self.tokenizer.encode_markup(&text)?),
+                Segment::Content(text) => tokens.extend(self.tokenizer.encode(&text)?),
+            }
+        }
+        // A template that writes the BOS token itself must not get a second one.
+        if let (Some(bos), true) = self.tokenizer.bos()
+            && tokens.len() > 1
+            && tokens[1] == bos
+        {
+            tokens.remove(0);
+        }
+        Ok(tokens)
+    }
+}

@@ -1,0 +1,35 @@
+//! Reading tensors out of a GGUF stream for the model loaders.
+
+use std::io::{Read, Seek};
+
+use candle_core::Device;
+use candle_core::quantized::QTensor;
+
+use crate::engine::error::{EngineError, Result};
+use crate::engine::gguf::GgufHeader;
+use crate::engine::kernels::Simd;
+
+/// Reads tensors out of a GGUF stream, turning failures into errors that name the file.
+pub(crate) struct TensorSource<'a> {
+    pub(crate) header: &'a GgufHeader,
+    pub(crate) reader: &'a mut dyn ReadSeek,
+    pub(crate) device: Device,
+    /// Pack matrices for [`crate::engine::kernels`] (CPU only), with or without SIMD.
+    pub(crate) packed: Option<Simd>,
+}
+
+/// `Read + Seek` as one object-safe trait.
+pub(crate) trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+impl TensorSource<'_> {
+    pub(crate) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.header
+            .content
+            .tensor(&mut self.reader, name, &self.device)
+            .map_err(|e| EngineError::InvalidGguf {
+                file: self.header.file.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })
+    }
+}

@@ -1,0 +1,290 @@
+//! NPC actions in the app: an NPC decides among declared actions, under a JSON schema so
+//! that the decision always parses and is always one it may take.
+
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::*;
+
+use super::assets::DialogueAssets;
+use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
+use super::npc::{DialogueHistory, Npc, NpcContext};
+use super::request::{DialogueError, Priority, RequestId};
+use super::worker::{Job, Output};
+use crate::action::{ActionSpec, action_schema, parse_action};
+use crate::engine::{CancelToken, Grammar, Role, SamplingParams};
+
+/// Asks an NPC to decide what to do among its persona's `actions` (or the request's).
+#[derive(Message, Clone, Debug)]
+pub struct RequestAction {
+    /// The NPC.
+    pub npc: Entity,
+    /// What just happened, for the model; `None` uses the player's last line.
+    pub situation: Option<String>,
+    /// Actions to choose from instead of the persona's.
+    pub actions: Option<Vec<ActionSpec>>,
+    /// Sampling for this decision.
+    pub sampling: Option<SamplingParams>,
+}
+
+impl RequestAction {
+    /// A decision by `npc` among its persona's actions.
+    pub fn new(npc: Entity) -> Self {
+        Self {
+            npc,
+            situation: None,
+            actions: None,
+            sampling: None,
+        }
+    }
+    /// What just happened.
+    pub fn situation(mut self, text: impl Into<String>) -> Self {
+        self.situation = Some(text.into());
+        self
+    }
+    /// Actions to choose from.
+    pub fn actions(mut self, actions: Vec<ActionSpec>) -> Self {
+        self.actions = Some(actions);
+        self
+    }
+    /// Sampling for this decision.
+    pub fn sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+}
+
+/// An NPC decided to act: always a declared action with valid arguments. Failures arrive as
+/// [`ActionFailed`].
+#[derive(Message, EntityEvent, Clone, Debug)]
+pub struct ActionFinished {
+    /// The NPC.
+    #[event_target]
+    pub npc: Entity,
+    /// The request.
+    pub request: RequestId,
+    /// The action's name.
+    pub name: String,
+    /// Its arguments, by name.
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The old name of [`ActionFinished`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `ActionFinished` (results are `*Finished`)"
+)]
+pub type NpcAction = ActionFinished;
+
+/// An NPC could not decide: no actions to choose from, its persona failed to load, the model
+/// is missing. The game keeps running; the NPC does nothing.
+#[derive(Message, EntityEvent, Clone, Debug)]
+pub struct ActionFailed {
+    /// The NPC (it may no longer exist, for [`DialogueError::NpcNotFound`]).
+    #[event_target]
+    pub npc: Entity,
+    /// The request.
+    pub request: RequestId,
+    /// What went wrong.
+    pub error: DialogueError,
+}
+
+/// The writers of every decision result.
+#[derive(SystemParam)]
+pub(crate) struct ActionWriters<'w> {
+    finished: MessageWriter<'w, ActionFinished>,
+    failed: MessageWriter<'w, ActionFailed>,
+}
+
+impl ActionWriters<'_> {
+    fn fail(
+        &mut self,
+        commands: &mut Commands,
+        npc: Entity,
+        request: RequestId,
+        error: DialogueError,
+    ) {
+        tracing::warn!(?npc, ?request, "decision failed: {error}");
+        let ev = ActionFailed {
+            npc,
+            request,
+            error,
+        };
+        self.failed.write(ev.clone());
+        if commands.get_entity(npc).is_ok() {
+            commands.trigger(ev);
+        }
+    }
+}
+
+/// Present on an NPC while it decides what to do: from the decision reaching the model to
+/// [`ActionFinished`] or [`ActionFailed`] (or a [`CancelLine`](super::CancelLine)).
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
+#[reflect(Component, Clone, Debug, PartialEq)]
+pub struct Deciding {
+    /// The decision being made.
+    pub request: RequestId,
+}
+
+/// Decisions waiting for their persona.
+#[derive(Resource, Default)]
+pub(crate) struct WaitingActions(Vec<(RequestId, RequestAction)>);
+
+/// Decision requests: those still waiting, then the new ones.
+#[derive(SystemParam)]
+pub(crate) struct ActionRequests<'w, 's> {
+    waiting: ResMut<'w, WaitingActions>,
+    requests: MessageReader<'w, 's, RequestAction>,
+}
+
+/// The decision's token budget: the longest declared JSON is far shorter.
+const DECISION_TOKENS: usize = 96;
+
+/// `PostUpdate`: [`RequestAction`]s become jobs once the persona is loaded.
+pub(crate) fn dispatch_actions(
+    mut commands: Commands,
+    mut dispatcher: Dispatcher,
+    mut requests: ActionRequests,
+    npcs: Query<(&Npc, &DialogueHistory, &NpcContext)>,
+    assets: DialogueAssets,
+    env: RequestEnv,
+    mut out: ActionWriters,
+) {
+    let mut todo = std::mem::take(&mut requests.waiting.0);
+    for request in requests.requests.read() {
+        let id = dispatcher.in_flight.next_id();
+        todo.push((id, request.clone()));
+    }
+    for (id, request) in todo {
+        match action_job(id, &request, &npcs, &assets, &env) {
+            Ok(Some((job, actions))) => {
+                dispatcher.send(job, request.npc, ActiveKind::Action(actions));
+                commands
+                    .entity(request.npc)
+                    .try_insert(Deciding { request: id });
+            }
+            Ok(None) => requests.waiting.0.push((id, request)),
+            Err(error) => out.fail(&mut commands, request.npc, id, error),
+        }
+    }
+}
+
+/// The job for a decision and the actions it chooses from; `None` while the persona loads.
+fn action_job(
+    id: RequestId,
+    request: &RequestAction,
+    npcs: &Query<(&Npc, &DialogueHistory, &NpcContext)>,
+    assets: &DialogueAssets,
+    env: &RequestEnv,
+) -> Result<Option<(Job, Vec<ActionSpec>)>, DialogueError> {
+    let (npc, history, facts) = npcs
+        .get(request.npc)
+        .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
+    let Some(persona) = assets
+        .persona(&npc.persona)
+        .or_fail(DialogueError::Persona)?
+    else {
+        return Ok(None);
+    };
+    let actions = request
+        .actions
+        .clone()
+        .unwrap_or_else(|| persona.actions.clone());
+    if actions.is_empty() {
+        return Err(DialogueError::InvalidRequest(format!(
+            "{} has no actions to choose from",
+            persona.name
+        )));
+    }
+    if let Some(error) = env.unavailable() {
+        return Err(error);
+    }
+    let situation = request.situation.clone().unwrap_or_else(|| {
+        history
+            .turns
+            .iter()
+            .rev()
+            .find(|t| t.role == Role::User)
+            .map_or_else(|| "The player is here.".to_owned(), |t| t.content.clone())
+    });
+    let messages = assets
+        .builtin
+        .action
+        .action_messages(
+            persona,
+            &env.world.facts,
+            &facts.facts,
+            &actions,
+            &situation,
+        )
+        .map_err(|e| DialogueError::Template(e.to_string()))?;
+    let mut params = env.settings.defaults.clone();
+    if let Some(s) = request
+        .sampling
+        .clone()
+        .or_else(|| persona.sampling.clone())
+    {
+        params.sampling = s;
+    }
+    params.max_tokens = DECISION_TOKENS;
+    let job = Job {
+        id,
+        // Decisions have their own cache slot, next to the NPC's conversation.
+        slot: request.npc.to_bits() ^ (1 << 63),
+        messages,
+        params,
+        priority: Priority::Player,
+        cancel: CancelToken::new(),
+        output: Output::Structured {
+            grammar: Grammar::json_schema(action_schema(&actions)),
+            alternatives: 1,
+        },
+    };
+    Ok(Some((job, actions)))
+}
+
+/// `PreUpdate`, after the reports: decisions become [`ActionFinished`] or [`ActionFailed`].
+pub(crate) fn deliver_actions(
+    mut commands: Commands,
+    mut inbox: ResMut<Inbox>,
+    in_flight: Res<InFlight>,
+    mut out: ActionWriters,
+) {
+    for (request, npc, progress) in std::mem::take(&mut inbox.actions) {
+        if matches!(progress, Progress::Done(..) | Progress::Failed(..))
+            && let Ok(mut entity) = commands.get_entity(npc)
+        {
+            // Deciding names the NPC's next decision at the worker, or goes.
+            match in_flight.decision_of(npc) {
+                Some(request) => entity.try_insert(Deciding { request }),
+                None => entity.try_remove::<Deciding>(),
+            };
+        }
+        match progress {
+            Progress::Started(_) | Progress::Delta(_) => {}
+            Progress::Done(active, generations) => {
+                let ActiveKind::Action(actions) = active.kind else {
+                    continue;
+                };
+                let text = generations.first().map_or("", |g| g.text.as_str());
+                match parse_action(text, &actions) {
+                    Ok(decision) => {
+                        let ev = ActionFinished {
+                            npc,
+                            request,
+                            name: decision.name,
+                            args: decision.args,
+                        };
+                        out.finished.write(ev.clone());
+                        if commands.get_entity(npc).is_ok() {
+                            commands.trigger(ev);
+                        }
+                    }
+                    Err(e) => {
+                        let error = DialogueError::Structure(e.to_string());
+                        out.fail(&mut commands, npc, request, error);
+                    }
+                }
+            }
+            Progress::Failed(error) => out.fail(&mut commands, npc, request, error),
+        }
+    }
+}

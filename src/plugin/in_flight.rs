@@ -1,0 +1,180 @@
+//! The table of requests in flight: waiting for their assets, at the worker, and the
+//! worker's reports sorted by kind for the systems that turn them into messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::*;
+
+use super::line::RequestLine;
+use super::model::{DialogueModel, ModelState};
+use super::npc::DialogueContext;
+use super::request::{DialogueError, DialogueSettings, RequestId};
+use super::worker::{Command, Job};
+use super::worker_link::WorkerLink;
+use crate::action::ActionSpec;
+use crate::engine::{CancelToken, Generation};
+use crate::story::SceneStream;
+
+/// A request between its sending and its result.
+pub(crate) struct Active {
+    /// The NPC, or the story entity for scenes.
+    pub(crate) entity: Entity,
+    pub(crate) cancel: CancelToken,
+    pub(crate) kind: ActiveKind,
+}
+
+/// What the result of a request turns into.
+pub(crate) enum ActiveKind {
+    /// A line; the player's line it answers goes into the history with it.
+    Line { player_line: Option<String> },
+    /// A narrator scene.
+    Scene(Box<PendingScene>),
+    /// An NPC's decision among actions.
+    Action(Vec<ActionSpec>),
+}
+
+/// A scene being written.
+pub(crate) struct PendingScene {
+    /// How many choices the story asks for.
+    pub(crate) choices: usize,
+    /// Pulls the scene text out of the JSON as it streams.
+    pub(crate) stream: SceneStream,
+    /// Draws so far (a scene whose choices repeat is drawn again).
+    pub(crate) attempts: u32,
+    /// The job, to send again for another draw.
+    pub(crate) job: Job,
+}
+
+/// Requests waiting for their assets, and requests at the worker.
+#[derive(Resource, Default)]
+pub(crate) struct InFlight {
+    next_id: u64,
+    /// Lines whose persona or template is still loading.
+    pub(crate) waiting_lines: Vec<(RequestId, RequestLine)>,
+    pub(crate) active: HashMap<RequestId, Active>,
+}
+
+impl InFlight {
+    pub(crate) fn next_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    /// Stops everything `entity` asked for: waiting and active lines, scenes and decisions.
+    pub(crate) fn cancel_entity(&mut self, entity: Entity) {
+        self.waiting_lines.retain(|(_, r)| r.npc != entity);
+        self.active.retain(|_, a| {
+            if a.entity == entity {
+                a.cancel.cancel();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The oldest line of `npc` still at the worker, if any.
+    pub(crate) fn line_of(&self, npc: Entity) -> Option<RequestId> {
+        self.active
+            .iter()
+            .filter(|(_, a)| a.entity == npc && matches!(a.kind, ActiveKind::Line { .. }))
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// The oldest decision of `npc` still at the worker, if any.
+    pub(crate) fn decision_of(&self, npc: Entity) -> Option<RequestId> {
+        self.active
+            .iter()
+            .filter(|(_, a)| a.entity == npc && matches!(a.kind, ActiveKind::Action(_)))
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// The oldest scene of `story` still at the worker, if any.
+    pub(crate) fn scene_of(&self, story: Entity) -> Option<RequestId> {
+        self.active
+            .iter()
+            .filter(|(_, a)| a.entity == story && matches!(a.kind, ActiveKind::Scene(_)))
+            .map(|(id, _)| *id)
+            .min()
+    }
+}
+
+/// What the worker said about one request.
+pub(crate) enum Progress {
+    /// It started computing; the prompt as the model sees it.
+    Started(Arc<str>),
+    /// More output.
+    Delta(String),
+    /// Done: every alternative, the first first. The request has left the table.
+    Done(Active, Vec<Generation>),
+    /// Failed. The request has left the table.
+    Failed(DialogueError),
+}
+
+/// The worker's reports of one frame, sorted by what they are about, for the systems that
+/// deliver lines, scenes and decisions.
+#[derive(Resource, Default)]
+pub(crate) struct Inbox {
+    pub(crate) lines: Vec<(RequestId, Entity, Progress)>,
+    pub(crate) scenes: Vec<(RequestId, Entity, Progress)>,
+    pub(crate) actions: Vec<(RequestId, Entity, Progress)>,
+}
+
+impl Inbox {
+    /// Where reports about a request of this kind go.
+    pub(crate) fn bucket(&mut self, kind: &ActiveKind) -> &mut Vec<(RequestId, Entity, Progress)> {
+        match kind {
+            ActiveKind::Line { .. } => &mut self.lines,
+            ActiveKind::Scene(_) => &mut self.scenes,
+            ActiveKind::Action(_) => &mut self.actions,
+        }
+    }
+}
+
+/// Sends jobs to the worker and keeps them in the table until their result.
+#[derive(SystemParam)]
+pub(crate) struct Dispatcher<'w> {
+    link: ResMut<'w, WorkerLink>,
+    pub(crate) in_flight: ResMut<'w, InFlight>,
+}
+
+impl Dispatcher<'_> {
+    /// Sends `job` for `entity`; its result turns into what `kind` says.
+    pub(crate) fn send(&mut self, job: Job, entity: Entity, kind: ActiveKind) {
+        let active = Active {
+            entity,
+            cancel: job.cancel.clone(),
+            kind,
+        };
+        self.in_flight.active.insert(job.id, active);
+        self.link.send(Command::Generate(job));
+    }
+
+    /// Sends a command that is not a request.
+    pub(crate) fn command(&mut self, command: Command) {
+        self.link.send(command);
+    }
+}
+
+/// What every prompt needs besides its assets: the world's facts, the settings, and whether
+/// a model is there to serve it.
+#[derive(SystemParam)]
+pub(crate) struct RequestEnv<'w> {
+    pub(crate) world: Res<'w, DialogueContext>,
+    pub(crate) settings: Res<'w, DialogueSettings>,
+    pub(crate) model: Res<'w, DialogueModel>,
+}
+
+impl RequestEnv<'_> {
+    /// Why no request can be served now, if the model failed to load.
+    pub(crate) fn unavailable(&self) -> Option<DialogueError> {
+        match &self.model.state {
+            ModelState::Failed(reason) => Some(DialogueError::ModelUnavailable(reason.clone())),
+            _ => None,
+        }
+    }
+}

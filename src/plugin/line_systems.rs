@@ -1,0 +1,227 @@
+//! The systems behind lines: requests become prompts and go to the worker (`PostUpdate`);
+//! the worker's reports become [`LineStarted`], [`LineDelta`], [`LineFinished`] and
+//! [`LineFailed`], and finished lines join the NPC's history (`PreUpdate`).
+
+use bevy::prelude::*;
+
+use super::action::Deciding;
+use super::assets::DialogueAssets;
+use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
+use super::line::{
+    CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
+    fail_line,
+};
+use super::narrator::Narrating;
+use super::npc::{DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
+use super::request::{DialogueError, RequestId};
+use super::worker::{Command, Job, Output};
+use crate::engine::{CancelToken, ChatMessage, GenerateParams};
+use crate::persona::Persona;
+
+/// `PostUpdate`: [`CancelLine`] messages. Scenes and decisions of the entity stop too.
+pub(crate) fn cancel_lines(
+    mut commands: Commands,
+    mut in_flight: ResMut<InFlight>,
+    mut cancels: MessageReader<CancelLine>,
+) {
+    for cancel in cancels.read() {
+        in_flight.cancel_entity(cancel.npc);
+        if let Ok(mut e) = commands.get_entity(cancel.npc) {
+            e.try_remove::<(Speaking, Narrating, Deciding)>();
+        }
+    }
+}
+
+/// `PostUpdate`: new [`RequestLine`]s join the waiting list.
+pub(crate) fn queue_lines(
+    mut in_flight: ResMut<InFlight>,
+    mut requests: MessageReader<RequestLine>,
+) {
+    for request in requests.read() {
+        let id = in_flight.next_id();
+        in_flight.waiting_lines.push((id, request.clone()));
+    }
+}
+
+/// The NPC data a line's prompt is built from.
+type NpcData<'a> = (
+    &'a Npc,
+    &'a DialogueHistory,
+    &'a NpcContext,
+    Option<&'a DialogueOverrides>,
+);
+
+/// `PostUpdate`: requests whose persona and template are loaded become prompts and go to the
+/// worker; requests that cannot be served fail at once.
+pub(crate) fn dispatch_lines(
+    mut commands: Commands,
+    mut dispatcher: Dispatcher,
+    mut failed: MessageWriter<LineFailed>,
+    npcs: Query<NpcData>,
+    assets: DialogueAssets,
+    env: RequestEnv,
+) {
+    let waiting = std::mem::take(&mut dispatcher.in_flight.waiting_lines);
+    for (id, request) in waiting {
+        match line_job(id, &request, &npcs, &assets, &env) {
+            Ok(Some(job)) => {
+                let kind = ActiveKind::Line {
+                    player_line: request.player_line.clone(),
+                };
+                dispatcher.send(job, request.npc, kind);
+                commands
+                    .entity(request.npc)
+                    .try_insert(Speaking { request: id });
+            }
+            Ok(None) => dispatcher.in_flight.waiting_lines.push((id, request)),
+            Err(error) => fail_line(&mut commands, &mut failed, request.npc, id, error),
+        }
+    }
+}
+
+/// The job for a line, `None` while its assets load.
+fn line_job(
+    id: RequestId,
+    request: &RequestLine,
+    npcs: &Query<NpcData>,
+    assets: &DialogueAssets,
+    env: &RequestEnv,
+) -> Result<Option<Job>, DialogueError> {
+    if let Some(error) = env.unavailable() {
+        return Err(error);
+    }
+    let (npc, history, npc_facts, overrides) = npcs
+        .get(request.npc)
+        .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
+    let Some(persona) = assets
+        .persona(&npc.persona)
+        .or_fail(DialogueError::Persona)?
+    else {
+        return Ok(None);
+    };
+    let template = assets.prompt(npc.prompt.as_ref(), &assets.builtin.npc);
+    let Some(template) = template.or_fail(DialogueError::Template)? else {
+        return Ok(None);
+    };
+    let messages = template
+        .npc_messages(
+            persona,
+            &env.world.facts,
+            &npc_facts.facts,
+            &history.turns,
+            request.player_line.as_deref(),
+        )
+        .map_err(|e| DialogueError::Template(e.to_string()))?;
+    let params = line_params(&env.settings.defaults, persona, overrides, request)?;
+    Ok(Some(Job {
+        id,
+        slot: request.npc.to_bits(),
+        messages,
+        params,
+        priority: request.priority,
+        cancel: CancelToken::new(),
+        output: Output::Text,
+    }))
+}
+
+/// The plugin's defaults under the persona's, the NPC's and the request's settings.
+fn line_params(
+    defaults: &GenerateParams,
+    persona: &Persona,
+    overrides: Option<&DialogueOverrides>,
+    request: &RequestLine,
+) -> Result<GenerateParams, DialogueError> {
+    let mut params = defaults.clone();
+    let layers = [
+        (persona.sampling.clone(), persona.max_tokens),
+        overrides.map_or((None, None), |o| (o.sampling.clone(), o.max_tokens)),
+        (request.sampling.clone(), request.max_tokens),
+    ];
+    for (sampling, max_tokens) in layers {
+        if let Some(s) = sampling {
+            params.sampling = s;
+        }
+        if let Some(m) = max_tokens {
+            params.max_tokens = m;
+        }
+    }
+    params.stop.extend(persona.stop.iter().cloned());
+    params
+        .validate()
+        .map_err(|e| DialogueError::InvalidRequest(e.to_string()))?;
+    Ok(params)
+}
+
+/// `PreUpdate`, after the reports: lines become messages, entity events and history.
+pub(crate) fn deliver_lines(
+    mut commands: Commands,
+    mut inbox: ResMut<Inbox>,
+    in_flight: Res<InFlight>,
+    mut histories: Query<&mut DialogueHistory>,
+    mut out: LineWriters,
+) {
+    for (request, npc, progress) in std::mem::take(&mut inbox.lines) {
+        match progress {
+            Progress::Started(prompt) => {
+                let ev = LineStarted {
+                    npc,
+                    request,
+                    prompt,
+                };
+                out.started.write(ev.clone());
+                commands.trigger(ev);
+            }
+            Progress::Delta(text) => {
+                let ev = LineDelta { npc, request, text };
+                out.delta.write(ev.clone());
+                commands.trigger(ev);
+            }
+            Progress::Done(active, mut generations) => {
+                let generation = generations.swap_remove(0);
+                if let Ok(mut history) = histories.get_mut(npc) {
+                    if let ActiveKind::Line {
+                        player_line: Some(line),
+                    } = active.kind
+                    {
+                        history.turns.push(ChatMessage::user(line));
+                    }
+                    if !generation.text.is_empty() {
+                        let said = ChatMessage::assistant(generation.text.clone());
+                        history.turns.push(said);
+                    }
+                }
+                still_speaking(&mut commands, &in_flight, npc);
+                let ev = LineFinished {
+                    npc,
+                    request,
+                    text: generation.text,
+                    stop_reason: generation.stop_reason,
+                    stats: generation.stats,
+                };
+                out.finished.write(ev.clone());
+                commands.trigger(ev);
+            }
+            Progress::Failed(error) => {
+                still_speaking(&mut commands, &in_flight, npc);
+                fail_line(&mut commands, &mut out.failed, npc, request, error);
+            }
+        }
+    }
+}
+
+/// After a line ends: [`Speaking`] names the NPC's next line at the worker, or goes.
+fn still_speaking(commands: &mut Commands, in_flight: &InFlight, npc: Entity) {
+    let Ok(mut entity) = commands.get_entity(npc) else {
+        return;
+    };
+    match in_flight.line_of(npc) {
+        Some(request) => entity.try_insert(Speaking { request }),
+        None => entity.try_remove::<Speaking>(),
+    };
+}
+
+/// An NPC lost its [`Npc`] component (or was despawned): stop its lines, free its cache.
+pub(crate) fn on_npc_removed(removed: On<Remove, Npc>, mut dispatcher: Dispatcher) {
+    dispatcher.in_flight.cancel_entity(removed.entity);
+    dispatcher.command(Command::ForgetSlot(removed.entity.to_bits()));
+}

@@ -1,0 +1,74 @@
+//! What every request shares: its id, its priority, the settings it runs under, and the errors
+//! it can end with.
+
+use bevy::prelude::*;
+
+use crate::engine::GenerateParams;
+
+/// Identifies one request (a line, a scene, a decision) from request to result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
+#[reflect(Clone, Debug, PartialEq, Hash)]
+pub struct RequestId(pub u64);
+
+/// Which request the worker serves first when several wait. The NPC the player talks to
+/// should not wait behind background chatter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
+pub enum Priority {
+    /// Ambient barks and chatter nobody waits for.
+    Background,
+    /// The default.
+    #[default]
+    Normal,
+    /// The conversation the player is in.
+    Player,
+}
+
+/// Settings that can change while the game runs.
+#[derive(Resource, Clone, Debug, Reflect)]
+#[reflect(Resource, Clone, Debug)]
+pub struct DialogueSettings {
+    /// Generation settings under the persona's, the NPC's and the request's.
+    pub defaults: GenerateParams,
+}
+
+/// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialogueError {
+    /// No model is loaded (missing or broken file); the message says how to get one.
+    #[error("no model is loaded: {0}")]
+    ModelUnavailable(String),
+    /// The entity is gone or has no [`Npc`](super::Npc) component.
+    #[error("{0} is not an NPC (despawned, or no Npc component)")]
+    NpcNotFound(Entity),
+    /// The entity is gone or has no [`Narrator`](super::Narrator) component.
+    #[error("{0} is not a story (despawned, or no Narrator component)")]
+    NotANarrator(Entity),
+    /// The persona asset failed to load (the message names the file, line and field).
+    #[error("persona: {0}")]
+    Persona(String),
+    /// The prompt template failed to load or render.
+    #[error("{0}")]
+    Template(String),
+    /// The persona and the newest turn alone are longer than the context.
+    #[error("prompt is {tokens} tokens but the context holds {n_ctx}, even without history")]
+    ContextOverflow {
+        /// Prompt length.
+        tokens: usize,
+        /// Context size.
+        n_ctx: usize,
+    },
+    /// A parameter of the request, persona or overrides is out of range.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Inference failed (the engine's error message).
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// Structured output (a scene, an action) could not be produced or was refused: a bad
+    /// choice index, an invalid story asset, output cut off by the length limit.
+    #[error("{0}")]
+    Structure(String),
+    /// The inference worker crashed on this line; it was restarted.
+    #[error("the inference worker crashed ({0}); it has been restarted")]
+    WorkerCrashed(String),
+}

@@ -1,0 +1,14 @@
+//! The engine alone, with the real default model: one test binary (every test binary links
+//! candle), a module per concept. Builds and runs without the `bevy` feature.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_models;
+mod cancel_and_context;
+mod chat_template;
+mod fuzz_regressions;
+mod generation;
+mod kernels;
+mod story;
+mod tokenizer_vs_llamacpp;

@@ -1,0 +1,242 @@
+//! The one harness of the plugin tests: headless apps over a scratch copy of `assets/`, a log
+//! of everything the plugin sent, and bounded waits.
+//!
+//! Tests run in parallel threads of one binary. Each app holds a shared lock for its life;
+//! a test that counts the process's worker threads takes it exclusively
+//! ([`exclusive`]), so it sees only its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use std::time::{Duration, Instant};
+
+pub use bevy::prelude::*;
+pub use bevy_llm_dialogue::prelude::*;
+
+pub use crate::common::{model_path, scratch_dir};
+
+/// Everything the plugin sent, in order of arrival.
+#[derive(Resource, Default)]
+pub struct Log {
+    pub started: Vec<LineStarted>,
+    pub deltas: Vec<LineDelta>,
+    pub finished: Vec<LineFinished>,
+    pub failed: Vec<LineFailed>,
+    pub loaded: usize,
+    pub model_failed: Vec<String>,
+    pub loading: Vec<f32>,
+    /// Entity events seen by a global observer (`LineFinished` on the NPC).
+    pub observed_finished: Vec<(Entity, RequestId)>,
+    /// The slowest `app.update()`, to report.
+    pub slowest_update: Duration,
+    pub scene_deltas: Vec<SceneDelta>,
+    pub scenes: Vec<SceneFinished>,
+    pub scene_failures: Vec<SceneFailed>,
+    pub actions: Vec<ActionFinished>,
+    pub action_failures: Vec<ActionFailed>,
+}
+
+impl Log {
+    pub fn finished_for(&self, npc: Entity) -> Vec<&LineFinished> {
+        self.finished.iter().filter(|l| l.npc == npc).collect()
+    }
+    pub fn results_for(&self, npc: Entity) -> usize {
+        self.finished.iter().filter(|l| l.npc == npc).count()
+            + self.failed.iter().filter(|l| l.npc == npc).count()
+    }
+}
+
+/// One reader per message the plugin sends.
+#[derive(bevy::ecs::system::SystemParam)]
+struct Readers<'w, 's> {
+    started: MessageReader<'w, 's, LineStarted>,
+    deltas: MessageReader<'w, 's, LineDelta>,
+    finished: MessageReader<'w, 's, LineFinished>,
+    failed: MessageReader<'w, 's, LineFailed>,
+    loaded: MessageReader<'w, 's, ModelLoaded>,
+    model_failed: MessageReader<'w, 's, ModelFailed>,
+    loading: MessageReader<'w, 's, ModelLoading>,
+    scene_deltas: MessageReader<'w, 's, SceneDelta>,
+    scenes: MessageReader<'w, 's, SceneFinished>,
+    scene_failures: MessageReader<'w, 's, SceneFailed>,
+    actions: MessageReader<'w, 's, ActionFinished>,
+    action_failures: MessageReader<'w, 's, ActionFailed>,
+}
+
+fn record(mut log: ResMut<Log>, mut r: Readers) {
+    log.started.extend(r.started.read().cloned());
+    log.deltas.extend(r.deltas.read().cloned());
+    log.finished.extend(r.finished.read().cloned());
+    log.failed.extend(r.failed.read().cloned());
+    log.loaded += r.loaded.read().count();
+    log.model_failed
+        .extend(r.model_failed.read().map(|m| m.error.clone()));
+    log.loading.extend(r.loading.read().map(|m| m.fraction));
+    log.scene_deltas.extend(r.scene_deltas.read().cloned());
+    log.scenes.extend(r.scenes.read().cloned());
+    log.scene_failures.extend(r.scene_failures.read().cloned());
+    log.actions.extend(r.actions.read().cloned());
+    log.action_failures
+        .extend(r.action_failures.read().cloned());
+}
+
+/// A scratch asset folder holding a copy of the crate's personas and prompts.
+pub fn scratch_assets(test: &str) -> PathBuf {
+    let dir = scratch_dir(&format!("plugin-assets-{test}"));
+    for sub in ["personas", "prompts", "stories"] {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets")
+            .join(sub);
+        let to = dir.join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// The plugin as tests use it: the real model, short lines, fixed seeds.
+pub fn plugin() -> LlmDialoguePlugin {
+    let mut plugin = LlmDialoguePlugin {
+        model: Some(model_path()),
+        ..default()
+    };
+    plugin.defaults.max_tokens = 24;
+    plugin.defaults.sampling = SamplingParams::default().with_seed(7);
+    plugin
+}
+
+/// A headless app with the plugin, not yet finished: add plugins, then [`ready`] it.
+pub fn base_app(assets: &Path, plugin: LlmDialoguePlugin) -> App {
+    // Taken before the plugin is added: adding it starts the worker thread.
+    let shared = (!ALONE.get()).then(|| APPS.read().unwrap_or_else(|e| e.into_inner()));
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: assets.display().to_string(),
+            watch_for_changes_override: Some(false),
+            ..default()
+        },
+        plugin,
+    ));
+    if let Some(shared) = shared {
+        app.insert_non_send(Shared(shared));
+    }
+    app
+}
+
+/// Finishes building an app, as `App::run` would.
+pub fn ready(app: &mut App) {
+    app.finish();
+    app.cleanup();
+}
+
+/// Apps alive in this test binary hold it shared; [`exclusive`] holds it alone.
+static APPS: RwLock<()> = RwLock::new(());
+
+/// Held by every app of the harness for its life.
+struct Shared(#[expect(dead_code, reason = "held, never read")] RwLockReadGuard<'static, ()>);
+
+thread_local! {
+    /// Whether this test thread holds [`APPS`] alone (its own apps then take no share).
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This test alone has apps, until dropped.
+pub struct Alone(#[expect(dead_code, reason = "held, never read")] RwLockWriteGuard<'static, ()>);
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.set(false);
+    }
+}
+
+/// Waits until no other test has an app, and keeps it so until dropped. It polls rather
+/// than queueing as a writer: a queued writer would block a test that opens a second app
+/// while its first is alive.
+pub fn exclusive() -> Alone {
+    let guard = loop {
+        match APPS.try_write() {
+            Ok(guard) => break guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+        }
+    };
+    ALONE.set(true);
+    Alone(guard)
+}
+
+/// A headless app with the plugin that logs everything it sends.
+pub fn app(assets: &Path, plugin: LlmDialoguePlugin) -> App {
+    let mut app = base_app(assets, plugin);
+    app.init_resource::<Log>()
+        .add_systems(Last, record)
+        .add_observer(|line: On<LineFinished>, mut log: ResMut<Log>| {
+            log.observed_finished
+                .push((line.event_target(), line.request));
+        });
+    ready(&mut app);
+    app
+}
+
+/// Runs frames until `done` holds, failing the test after `timeout`.
+pub fn update_until(app: &mut App, timeout: Duration, what: &str, done: impl Fn(&Log) -> bool) {
+    let start = Instant::now();
+    loop {
+        let frame = Instant::now();
+        app.update();
+        let took = frame.elapsed();
+        let mut log = app.world_mut().resource_mut::<Log>();
+        log.slowest_update = log.slowest_update.max(took);
+        if done(&log) {
+            return;
+        }
+        let log = app.world().resource::<Log>();
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}; failed lines: {:?}; model errors: {:?}",
+            log.failed
+                .iter()
+                .map(|f| f.error.to_string())
+                .collect::<Vec<_>>(),
+            log.model_failed
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs frames for a while, whatever happens.
+pub fn update_for(app: &mut App, time: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < time {
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn spawn_npc(app: &mut App, persona: &str) -> Entity {
+    let handle = app
+        .world()
+        .resource::<AssetServer>()
+        .load(persona.to_owned());
+    app.world_mut().spawn(Npc::new(handle)).id()
+}
+
+pub fn request(app: &mut App, request: RequestLine) {
+    app.world_mut().write_message(request);
+}
+
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// After a failed load: `LoadModel` with the real file, then `npc` answers.
+pub fn recover_with_the_real_model(app: &mut App, npc: Entity) {
+    app.world_mut()
+        .write_message(LoadModel { path: model_path() });
+    update_until(app, LONG, "ModelLoaded", |log| log.loaded == 1);
+    request(app, RequestLine::new(npc).saying("Hello now?"));
+    update_until(app, LONG, "a line", |log| log.finished.len() == 1);
+}

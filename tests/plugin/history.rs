@@ -1,0 +1,119 @@
+//! Conversation history: save and load, and the context budget.
+
+use crate::harness::*;
+
+#[test]
+fn a_saved_history_continues_the_conversation_in_a_new_app() {
+    let assets = scratch_assets("save-load");
+    let saved = {
+        let mut app = app(&assets, plugin());
+        let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+        app.world_mut()
+            .resource_mut::<DialogueContext>()
+            .set("player_name", "Ada");
+        request(
+            &mut app,
+            RequestLine::new(mira).saying("My name is Ada. Remember it."),
+        );
+        update_until(&mut app, LONG, "the first line", |log| {
+            log.results_for(mira) == 1
+        });
+        let history = app.world().get::<DialogueHistory>(mira).unwrap();
+        let context = app.world().resource::<DialogueContext>();
+        ron::to_string(&(history, context)).unwrap()
+    };
+
+    let (history, context): (DialogueHistory, DialogueContext) = ron::from_str(&saved).unwrap();
+    assert_eq!(history.turns.len(), 2);
+    let mut app = app(&assets, plugin());
+    app.insert_resource(context);
+    let persona = app
+        .world()
+        .resource::<AssetServer>()
+        .load("personas/mira.persona.ron");
+    let mira = app
+        .world_mut()
+        .spawn((Npc::new(persona), history.clone()))
+        .id();
+    request(&mut app, RequestLine::new(mira).saying("What is my name?"));
+    update_until(&mut app, LONG, "the resumed line", |log| {
+        log.results_for(mira) == 1
+    });
+
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    let prompt = &log.started[0].prompt;
+    assert!(prompt.contains("My name is Ada. Remember it."));
+    assert!(prompt.contains(&history.turns[1].content));
+    assert!(prompt.contains("player name: Ada"));
+    assert_eq!(
+        app.world()
+            .get::<DialogueHistory>(mira)
+            .unwrap()
+            .turns
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn old_turns_give_way_to_the_context_budget_but_the_persona_stays() {
+    let assets = scratch_assets("budget");
+    let mut app = app(
+        &assets,
+        LlmDialoguePlugin {
+            n_ctx: Some(512),
+            ..plugin()
+        },
+    );
+    let persona = app
+        .world()
+        .resource::<AssetServer>()
+        .load("personas/mira.persona.ron");
+    let mut turns = Vec::new();
+    for i in 0..20 {
+        turns.push(ChatMessage::user(format!(
+            "Question number {i}: tell me about the weather today."
+        )));
+        turns.push(ChatMessage::assistant(format!(
+            "Answer number {i}: it is grey and cold, friend."
+        )));
+    }
+    let mira = app
+        .world_mut()
+        .spawn((Npc::new(persona), DialogueHistory { turns }))
+        .id();
+    request(&mut app, RequestLine::new(mira).saying("And tomorrow?"));
+    update_until(&mut app, LONG, "the line", |log| log.results_for(mira) == 1);
+    {
+        let log = app.world().resource::<Log>();
+        assert_eq!(log.finished.len(), 1, "{:?}", log.failed);
+        let prompt = &log.started[0].prompt;
+        assert!(prompt.contains("You are Mira"), "the persona is pinned");
+        assert!(
+            prompt.contains("Question number 19"),
+            "the newest turns stay"
+        );
+        assert!(
+            !prompt.contains("Question number 0:"),
+            "the oldest turns go"
+        );
+        assert!(log.finished[0].stats.prompt_tokens + 24 <= 512);
+    }
+
+    // A player line that cannot fit even alone fails with a clear error.
+    let huge = "word ".repeat(1000);
+    request(&mut app, RequestLine::new(mira).saying(huge));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 2
+    });
+    let log = app.world().resource::<Log>();
+    assert!(
+        matches!(
+            log.failed[0].error,
+            DialogueError::ContextOverflow { n_ctx: 512, .. }
+        ),
+        "{:?}",
+        log.failed[0].error
+    );
+}

@@ -1,0 +1,19 @@
+//! The Bevy plugin in headless apps (`MinimalPlugins` + `AssetPlugin`) with the real model:
+//! one test binary (every test binary links candle and Bevy), a module per concept, one
+//! harness.
+
+#![cfg(feature = "bevy")]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod actions;
+mod assets;
+mod cancel;
+mod history;
+mod lines;
+mod model;
+mod narrator;
+mod shutdown;
+mod text_adventure;

@@ -1,0 +1,213 @@
+//! The model and the worker: missing and broken files, a worker that panics, huge input.
+
+use crate::harness::*;
+
+#[test]
+fn a_missing_model_fails_requests_with_how_to_fetch_it_and_does_not_panic() {
+    let assets = scratch_assets("missing-model");
+    let mut app = app(
+        &assets,
+        LlmDialoguePlugin {
+            model: Some(assets.join("models/nope.gguf")),
+            ..plugin()
+        },
+    );
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "ModelFailed", |log| {
+        !log.model_failed.is_empty()
+    });
+    request(&mut app, RequestLine::new(mira).saying("Hello?"));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+
+    let log = app.world().resource::<Log>();
+    assert!(
+        log.model_failed[0].contains("nope.gguf"),
+        "{}",
+        log.model_failed[0]
+    );
+    assert!(log.model_failed[0].contains("scripts/fetch-model"));
+    assert!(matches!(
+        log.failed[0].error,
+        DialogueError::ModelUnavailable(_)
+    ));
+    assert!(
+        log.failed[0]
+            .error
+            .to_string()
+            .contains("scripts/fetch-model")
+    );
+    assert!(matches!(
+        app.world().resource::<DialogueModel>().state,
+        ModelState::Failed(_)
+    ));
+
+    // Loading the right file later recovers.
+    recover_with_the_real_model(&mut app, mira);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_worker_that_panics_mid_line_fails_that_line_restarts_and_serves_the_next() {
+    use bevy_llm_dialogue::plugin::InjectWorkerPanic;
+    let mut app = app(&scratch_assets("panic"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    app.world_mut().write_message(InjectWorkerPanic);
+    request(
+        &mut app,
+        RequestLine::new(mira).saying("Hello?").max_tokens(40),
+    );
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    {
+        let log = app.world().resource::<Log>();
+        assert!(
+            matches!(log.failed[0].error, DialogueError::WorkerCrashed(_)),
+            "{:?}",
+            log.failed[0].error
+        );
+        assert!(
+            log.deltas.len() >= 2,
+            "it failed mid-line, after some deltas"
+        );
+    }
+    request(&mut app, RequestLine::new(mira).saying("Hello again?"));
+    update_until(&mut app, LONG, "the next line", |log| {
+        log.results_for(mira) == 2
+    });
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.finished.len(), 1, "{:?}", log.failed);
+    assert_eq!(
+        log.loaded, 2,
+        "the worker reloaded the model after the crash"
+    );
+    assert!(app.world().get::<Speaking>(mira).is_none());
+}
+
+#[test]
+fn broken_model_files_fail_to_load_with_their_names_and_the_game_goes_on() {
+    let assets = scratch_assets("bad-files");
+    let good = std::fs::read(model_path()).unwrap();
+    let truncated = assets.join("truncated.gguf");
+    std::fs::write(&truncated, &good[..good.len() / 3]).unwrap();
+    let not_gguf = assets.join("notes.gguf");
+    std::fs::write(&not_gguf, "these are my notes, not a model").unwrap();
+    let mut app = app(
+        &assets,
+        LlmDialoguePlugin {
+            model: None,
+            ..plugin()
+        },
+    );
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    for (i, path) in [&truncated, &not_gguf].into_iter().enumerate() {
+        app.world_mut()
+            .write_message(LoadModel { path: path.clone() });
+        update_until(&mut app, LONG, "ModelFailed", |log| {
+            log.model_failed.len() == i + 1
+        });
+        let error = app.world().resource::<Log>().model_failed[i].clone();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(error.contains(name), "{error}");
+        assert!(error.contains("not a valid GGUF"), "{error}");
+    }
+    request(&mut app, RequestLine::new(mira).saying("Hello?"));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    assert!(matches!(
+        app.world().resource::<Log>().failed[0].error,
+        DialogueError::ModelUnavailable(_)
+    ));
+    // The game kept running; the real model loads and serves.
+    recover_with_the_real_model(&mut app, mira);
+}
+
+#[test]
+fn a_hundred_kilobytes_of_player_text_fails_cleanly_without_stalling_frames() {
+    let mut app = app(&scratch_assets("huge-text"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    app.world_mut().resource_mut::<Log>().slowest_update = Duration::ZERO;
+    let huge = "The wolves came at night and the village hid. ".repeat(2200);
+    assert!(huge.len() > 100_000);
+    request(&mut app, RequestLine::new(mira).saying(huge));
+    update_until(&mut app, LONG, "the failed line", |log| {
+        log.results_for(mira) == 1
+    });
+    let log = app.world().resource::<Log>();
+    assert!(
+        matches!(log.failed[0].error, DialogueError::ContextOverflow { .. }),
+        "{:?}",
+        log.failed[0].error
+    );
+    // Tokenizing 100 KB happens on the worker, not in a frame.
+    assert!(
+        log.slowest_update < Duration::from_millis(500),
+        "{:?}",
+        log.slowest_update
+    );
+    request(&mut app, RequestLine::new(mira).saying("Sorry. Hello?"));
+    update_until(&mut app, LONG, "the next line", |log| {
+        log.finished.len() == 1
+    });
+}
+
+#[test]
+fn model_ready_gates_systems_and_public_state_is_reflected() {
+    #[derive(Resource, Default)]
+    struct Greeted(u32);
+    let mut app = base_app(&scratch_assets("ready"), plugin());
+    app.init_resource::<Greeted>().add_systems(
+        Update,
+        (|mut greeted: ResMut<Greeted>| greeted.0 += 1).run_if(model_ready),
+    );
+    ready(&mut app);
+    app.update();
+    assert_eq!(
+        app.world().resource::<Greeted>().0,
+        0,
+        "not before the model"
+    );
+    let start = Instant::now();
+    while !app.world().resource::<DialogueModel>().is_ready() {
+        assert!(start.elapsed() < LONG, "the model did not load");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    app.update();
+    assert!(app.world().resource::<Greeted>().0 >= 1, "once it is ready");
+
+    // Inspectors and scenes see the plugin's components and resources.
+    let registry = app.world().resource::<AppTypeRegistry>().read();
+    let types = [
+        ("Npc", std::any::TypeId::of::<Npc>()),
+        ("DialogueHistory", std::any::TypeId::of::<DialogueHistory>()),
+        ("NpcContext", std::any::TypeId::of::<NpcContext>()),
+        (
+            "DialogueOverrides",
+            std::any::TypeId::of::<DialogueOverrides>(),
+        ),
+        ("Speaking", std::any::TypeId::of::<Speaking>()),
+        ("Narrator", std::any::TypeId::of::<Narrator>()),
+        ("Narrating", std::any::TypeId::of::<Narrating>()),
+        ("Story", std::any::TypeId::of::<Story>()),
+        ("DialogueContext", std::any::TypeId::of::<DialogueContext>()),
+        (
+            "DialogueSettings",
+            std::any::TypeId::of::<DialogueSettings>(),
+        ),
+        ("DialogueModel", std::any::TypeId::of::<DialogueModel>()),
+    ];
+    for (name, id) in types {
+        let registration = registry
+            .get(id)
+            .unwrap_or_else(|| panic!("{name} is not registered"));
+        let reflects = registration.data::<ReflectComponent>().is_some()
+            || registration.data::<ReflectResource>().is_some();
+        assert!(reflects, "{name} reflects as a component or resource");
+    }
+}
