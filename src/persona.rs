@@ -58,6 +58,9 @@ pub struct Persona {
     /// The longest line, in tokens.
     #[serde(default)]
     pub max_tokens: Option<usize>,
+    /// The most sentences in a line (the plugin's default is 3).
+    #[serde(default)]
+    pub max_sentences: Option<usize>,
     /// Strings that end a line early.
     #[serde(default)]
     pub stop: Vec<String>,
@@ -101,6 +104,12 @@ impl Validate for Persona {
                 }
                 other => Invalid::new("sampling", other.to_string()),
             })?;
+        }
+        if self.max_sentences == Some(0) {
+            return Err(Invalid::new(
+                "max_sentences",
+                "is 0; leave it out for the default",
+            ));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Invalid::new("stop", "contains an empty string"));

@@ -23,6 +23,130 @@ pub const DEFAULT_NARRATOR_TEMPLATE: &str = include_str!("../assets/prompts/narr
 /// The prompt for an NPC's choice of action (`assets/prompts/action.jinja`).
 pub const DEFAULT_ACTION_TEMPLATE: &str = include_str!("../assets/prompts/action.jinja");
 
+/// The narrator's turn that asks for the opening scene of a story with this premise.
+pub fn opening_ask(premise: &str) -> String {
+    format!("Begin the story. {premise}")
+}
+
+/// The narrator's turn that asks for the next scene when no choice is known.
+const NEXT_ASK: &str = "What happens next?";
+
+/// The turn that asks for `n` choices after a scene.
+pub fn choices_ask(n: usize) -> String {
+    format!("What can the player do now? Give {n} short actions, one per line.")
+}
+
+/// Choices as the plain list the narrator writes: `- Open the door`, one per line.
+pub fn choice_list(choices: &[String]) -> String {
+    choices
+        .iter()
+        .map(|c| format!("- {c}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A scene of another story, to show the narrator what a scene and its choices look like
+/// when the story has no pinned scene of its own.
+const BUILT_IN_EXAMPLE: (&str, &str, [&str; 3]) = (
+    "A traveller seeks shelter from a storm at a roadside inn.",
+    "Rain drums on the roof of the old inn as you shake the water from your cloak. By the \
+     fire, a hooded stranger watches you, then slides a sealed letter across the table.",
+    [
+        "Open the letter",
+        "Ask the stranger's name",
+        "Leave the inn",
+    ],
+);
+
+/// Example scenes for the narrator: the story's pinned scenes that the playthrough has not
+/// reached (two at most), or the built-in one.
+fn scene_examples(asset: &StoryAsset, story: &Story) -> Vec<(String, String, Vec<String>)> {
+    let reached = |id: &str| story.nodes.iter().any(|n| n.fixed.as_deref() == Some(id));
+    let pinned: Vec<(String, String, Vec<String>)> = asset
+        .nodes
+        .iter()
+        .filter(|n| !reached(&n.id) && !n.choices.is_empty())
+        .take(2)
+        .map(|n| {
+            let choices = n.choices.iter().map(|c| c.text.clone()).collect();
+            (asset.premise.clone(), n.text.clone(), choices)
+        })
+        .collect();
+    if !pinned.is_empty() || !story.nodes.is_empty() {
+        return pinned;
+    }
+    let (premise, text, choices) = BUILT_IN_EXAMPLE;
+    let choices = choices.iter().map(|c| (*c).to_owned()).collect();
+    vec![(premise.to_owned(), text.to_owned(), choices)]
+}
+
+/// How many of a persona's example lines become earlier turns of its conversations.
+pub const MAX_EXAMPLE_TURNS: usize = 3;
+
+/// Words too common to tie a question to a fact.
+const COMMON_WORDS: &[&str] = &[
+    "what",
+    "where",
+    "when",
+    "which",
+    "while",
+    "with",
+    "about",
+    "there",
+    "their",
+    "have",
+    "does",
+    "your",
+    "this",
+    "that",
+    "from",
+    "they",
+    "them",
+    "know",
+    "tell",
+    "much",
+    "many",
+    "some",
+    "here",
+    "would",
+    "could",
+    "should",
+    "anyone",
+    "anything",
+    "something",
+    "been",
+    "were",
+    "will",
+    "just",
+    "like",
+    "good",
+    "the",
+    "and",
+    "how",
+    "who",
+    "why",
+];
+
+/// The content words of `text`, cut to five letters (a crude stem: "floods" and "flood",
+/// "crossing" and "crossings" meet).
+fn stems(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .filter(|w| w.chars().count() >= 4 && !COMMON_WORDS.contains(&w.as_str()))
+        .map(|w| w.chars().take(5).collect())
+        .collect()
+}
+
+/// The persona's facts that share a content word with what the player said.
+pub fn relevant_facts<'a>(knowledge: &'a [String], said: &str) -> Vec<&'a str> {
+    let asked = stems(said);
+    knowledge
+        .iter()
+        .filter(|fact| stems(fact).iter().any(|s| asked.contains(s)))
+        .map(String::as_str)
+        .collect()
+}
+
 /// What the player "says" when an NPC speaks first (a greeting or a bark).
 pub const UNPROMPTED_LINE: &str = "(The player walks up to you. Say something to them.)";
 
@@ -121,35 +245,55 @@ impl PromptTemplate {
             .expect("the built-in template compiles")
     }
 
-    /// The messages for the narrator's next scene. The template sees `story` (the asset),
-    /// `world`, and `path`: the last scenes, each with the `choice` taken in it.
+    /// The messages for the narrator's next scene, as a conversation a chat model knows: the
+    /// template's brief as the system message; then, while the story is young, an example
+    /// exchange (the story's own pinned scenes, or a built-in one); then every scene so far
+    /// as an earlier reply, each followed by its choices as a plain list; last, the player's
+    /// choice as the newest turn. The template sees `story` (the asset), `world`, and `path`:
+    /// the last scenes, each with the `choice` taken in it.
     pub fn narrator_messages(
         &self,
         asset: &StoryAsset,
         story: &Story,
         world: &Facts,
     ) -> Result<Vec<ChatMessage>, PromptError> {
-        let path: Vec<Value> = story
-            .path()
-            .into_iter()
+        let steps = story.path();
+        // The last few scenes are enough context for a small model.
+        let steps = &steps[steps.len().saturating_sub(6)..];
+        let path: Vec<Value> = steps
+            .iter()
             .map(|(node, choice)| {
                 context! { scene => node.text.clone(), choice => choice.map(|c| c.text.clone()) }
             })
             .collect();
-        // The last few scenes are enough context for a small model.
-        let path = &path[path.len().saturating_sub(6)..];
         let system = self.render(context! {
             story => Value::from_serialize(asset),
             world => Value::from_serialize(world),
             path => path,
         })?;
-        Ok(vec![
-            ChatMessage::system(system),
-            ChatMessage::user(format!(
-                "Reply with JSON: the scene, then exactly {} choices.",
-                asset.choices
-            )),
-        ])
+        let mut messages = vec![ChatMessage::system(system)];
+        if steps.len() < 2 {
+            for (premise, text, choices) in scene_examples(asset, story) {
+                messages.push(ChatMessage::user(opening_ask(&premise)));
+                messages.push(ChatMessage::assistant(text));
+                messages.push(ChatMessage::user(choices_ask(choices.len())));
+                messages.push(ChatMessage::assistant(choice_list(&choices)));
+            }
+        }
+        let mut ask = opening_ask(&asset.premise);
+        for (node, choice) in steps {
+            messages.push(ChatMessage::user(ask));
+            messages.push(ChatMessage::assistant(node.text.clone()));
+            let offered: Vec<String> = node.choices.iter().map(|c| c.text.clone()).collect();
+            messages.push(ChatMessage::user(choices_ask(offered.len())));
+            messages.push(ChatMessage::assistant(choice_list(&offered)));
+            ask = match choice {
+                Some(c) => format!("The player chose: {}. What happens next?", c.text),
+                None => NEXT_ASK.to_owned(),
+            };
+        }
+        messages.push(ChatMessage::user(ask));
+        Ok(messages)
     }
 
     /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
@@ -220,9 +364,32 @@ impl PromptTemplate {
             history => Value::from_serialize(history),
             player_line => player_line,
         })?;
-        let mut messages = Vec::with_capacity(history.len() + 2);
+        let mut messages = Vec::with_capacity(history.len() + 4 + 2 * persona.example_lines.len());
         messages.push(ChatMessage::system(system));
+        // A small model keeps a voice it has already spoken in better than one it was told
+        // about: its name and its example lines go in as earlier turns (QUALITY.md).
+        messages.push(ChatMessage::user("Who are you?"));
+        messages.push(ChatMessage::assistant(format!(
+            "I'm {}, {}.",
+            persona.name, persona.description
+        )));
+        for line in persona.example_lines.iter().take(MAX_EXAMPLE_TURNS) {
+            messages.push(ChatMessage::user(UNPROMPTED_LINE));
+            messages.push(ChatMessage::assistant(line.clone()));
+        }
         messages.extend(history.iter().cloned());
+        if let Some(line) = player_line {
+            // Facts the player asks about go next to the question, where a small model
+            // looks, not only at the top of the prompt.
+            let facts = relevant_facts(&persona.knowledge, line);
+            if !facts.is_empty() {
+                messages.push(ChatMessage::system(format!(
+                    "{} knows: {}",
+                    persona.name,
+                    facts.join(" ")
+                )));
+            }
+        }
         messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
         Ok(messages)
     }
@@ -269,7 +436,9 @@ mod tests {
         let msgs = PromptTemplate::default_npc()
             .npc_messages(&mira(), &world, &npc, &[], Some("Hello"))
             .unwrap();
-        assert_eq!(msgs.len(), 2);
+        // System, the self-introduction turn pair, the player's line.
+        assert_eq!(msgs.len(), 4);
+        assert_eq!(msgs[2], ChatMessage::assistant("I'm Mira, the blacksmith."));
         let system = &msgs[0].content;
         for needle in [
             "You are Mira, the blacksmith.",
@@ -279,7 +448,48 @@ mod tests {
         ] {
             assert!(system.contains(needle), "{needle:?} missing from {system}");
         }
-        assert_eq!(msgs[1], ChatMessage::user("Hello"));
+        assert_eq!(msgs[3], ChatMessage::user("Hello"));
+    }
+
+    #[test]
+    fn example_lines_are_turns_and_asked_about_facts_sit_by_the_question() {
+        let mira = Persona::from_ron(
+            r#"(name: "Mira", description: "the blacksmith",
+                example_lines: ["Steel doesn't lie, friend."],
+                knowledge: ["Wolves roam the Old Forest.", "Iron ore is in the ruin."])"#,
+            "mira",
+        )
+        .unwrap();
+        let msgs = PromptTemplate::default_npc()
+            .npc_messages(
+                &mira,
+                &Facts::new(),
+                &Facts::new(),
+                &[],
+                Some("Any wolves about?"),
+            )
+            .unwrap();
+        assert_eq!(
+            msgs[4],
+            ChatMessage::assistant("Steel doesn't lie, friend.")
+        );
+        let [.., facts, newest] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(newest, &ChatMessage::user("Any wolves about?"));
+        assert_eq!(facts.role, crate::engine::Role::System);
+        assert!(
+            facts.content.contains("Wolves roam the Old Forest."),
+            "{facts:?}"
+        );
+        assert!(
+            !facts.content.contains("Iron ore"),
+            "only the facts asked about: {facts:?}"
+        );
+        assert!(
+            !msgs[0].content.contains("Steel doesn't lie"),
+            "not in the system prompt too"
+        );
     }
 
     #[test]

@@ -66,8 +66,8 @@ impl Engine {
     }
 
     /// `n` different continuations of one prompt, computing the prompt once: each
-    /// alternative starts from a copy of the prompt's cache, with seed `seed + i` (seed 0
-    /// when the params have none). Alternatives whose text repeats an earlier one are drawn
+    /// alternative starts from a copy of the prompt's cache, with seed `seed + i` (a fresh
+    /// random base seed when the params have none). Alternatives whose text repeats an earlier one are drawn
     /// again with a new seed, a few times at most, so the results are distinct unless the
     /// model keeps producing the same text. `on_delta` gets the alternative's index.
     /// `session` ends holding the prompt.
@@ -100,7 +100,9 @@ impl Engine {
                 self.logits(session, &prompt[reuse..prompt.len() - 1])?;
             }
         }
-        let base = params.sampling.seed.unwrap_or(0);
+        // Like a single generation, no seed means a fresh draw every time (it was seed 0, so
+        // every playthrough got the same "random" scenes).
+        let base = params.sampling.seed.unwrap_or_else(rand::random);
         let mut results: Vec<Generation> = Vec::with_capacity(n);
         let mut draws = 0u64;
         while results.len() < n {
@@ -289,18 +291,30 @@ impl Engine {
             ..Default::default()
         };
         let no_stops: &[String] = &[];
-        let mut stream = TextStream::new(if matcher.is_some() {
-            no_stops
-        } else {
-            &params.stop
-        });
+        let free = matcher.is_none();
+        let mut stream = TextStream::new(if free { &params.stop } else { no_stops })
+            .with_max_sentences(params.max_sentences.filter(|_| free));
+        let whole_sentences = params.whole_sentences && free;
+        // The last third of the budget (at least 8 tokens) streams whole sentences only.
+        let hold_from = params
+            .max_tokens
+            .saturating_sub((params.max_tokens / 3).max(8));
         let mut generated = Vec::new();
         let finish = |stream: &mut TextStream,
                       generated: Vec<TokenId>,
                       stop_reason,
                       stats,
                       on_delta: &mut (dyn FnMut(&Delta<'_>) + Send)| {
-            let rest = stream.finish();
+            // A text cut by its budget, or one the model ended without ending its sentence.
+            let cut = matches!(
+                stop_reason,
+                StopReason::MaxTokens | StopReason::ContextFull | StopReason::Eos
+            );
+            let rest = if whole_sentences && cut {
+                stream.finish_whole()
+            } else {
+                stream.finish()
+            };
             let n = generated.len();
             if !rest.is_empty() {
                 on_delta(&Delta {
@@ -378,6 +392,9 @@ impl Engine {
             }
             let structure_done = matcher.as_deref().is_some_and(|m| m.is_stopped());
             generated.push(token);
+            if whole_sentences && stats.generated_tokens > hold_from {
+                stream.hold_partial_sentences();
+            }
             let push = stream.push(self.tokenizer.token_bytes(token));
             on_delta(&Delta {
                 text: &push.delta,
@@ -386,6 +403,9 @@ impl Engine {
             });
             if push.stopped {
                 break StopReason::StopString;
+            }
+            if push.sentences_done {
+                break StopReason::SentenceLimit;
             }
             if structure_done {
                 break StopReason::Eos;

@@ -25,6 +25,14 @@ pub struct GenerateParams {
     /// Keep going past end-of-turn tokens until `max_tokens` (benchmarks, like llama.cpp's
     /// `ignore_eos`). Off by default.
     pub ignore_eos: bool,
+    /// End the text after this many sentences (stop reason [`StopReason::SentenceLimit`]).
+    /// `None`: no limit. Ignored under a grammar.
+    pub max_sentences: Option<usize>,
+    /// Never end in the middle of a sentence: in the last third of `max_tokens` only whole
+    /// sentences are streamed, and a text that runs out of tokens (or that the model ends
+    /// without ending its sentence) ends at its last sentence end, or, if nothing shown so far
+    /// ends one, trails off with `…`. Ignored under a grammar. Off by default in the engine; the plugin turns it on for lines and scenes.
+    pub whole_sentences: bool,
 }
 
 impl Default for GenerateParams {
@@ -34,6 +42,8 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            max_sentences: None,
+            whole_sentences: false,
         }
     }
 }
@@ -45,6 +55,12 @@ impl GenerateParams {
             return Err(EngineError::InvalidParameter {
                 name: "max_tokens",
                 reason: format!("{} is outside 1..=65536", self.max_tokens),
+            });
+        }
+        if self.max_sentences == Some(0) {
+            return Err(EngineError::InvalidParameter {
+                name: "max_sentences",
+                reason: "0 sentences leaves nothing to say (use None for no limit)".into(),
             });
         }
         self.sampling.validate()
@@ -59,7 +75,10 @@ pub enum StopReason {
     Eos,
     /// One of the caller's stop strings appeared.
     StopString,
-    /// `max_tokens` were generated.
+    /// [`GenerateParams::max_sentences`] sentences were written.
+    SentenceLimit,
+    /// `max_tokens` were generated (with [`GenerateParams::whole_sentences`], the text still
+    /// ends at a sentence end).
     MaxTokens,
     /// The context window is full.
     ContextFull,

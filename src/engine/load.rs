@@ -14,7 +14,7 @@ use super::generate::Session;
 use super::gguf::GgufHeader;
 use super::grammar;
 use super::model::Model;
-use super::template::{ChatMessage, ChatTemplate, Segment};
+use super::template::{ChatMessage, ChatTemplate, Role, Segment};
 use super::tokenizer::{TokenId, Tokenizer};
 
 /// A loaded model with its tokenizer and chat template.
@@ -145,8 +145,18 @@ impl Engine {
     /// Renders messages with the chat template and tokenizes them, ending where the
     /// assistant's reply begins. Message content is tokenized as plain text: control tokens
     /// typed by a player never become real control tokens.
+    ///
+    /// A chat template that accepts a system message only first (Gemma's raises "roles must
+    /// alternate") gets any later system message folded into the user turn after it.
     pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<TokenId>> {
-        let segments = self.template.render_segments(messages, true)?;
+        let segments = match self.template.render_segments(messages, true) {
+            Ok(segments) => segments,
+            Err(_) if messages.iter().skip(1).any(|m| m.role == Role::System) => {
+                let folded = fold_late_system_messages(messages);
+                self.template.render_segments(&folded, true)?
+            }
+            Err(e) => return Err(e),
+        };
         let mut tokens = Vec::new();
         if let (Some(bos), true) = self.tokenizer.bos() {
             tokens.push(bos);
@@ -165,5 +175,48 @@ impl Engine {
             tokens.remove(0);
         }
         Ok(tokens)
+    }
+}
+
+/// `messages` with every system message after the first folded into the next user turn (or
+/// made a user turn when none follows).
+fn fold_late_system_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    let mut notes: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 && m.role == Role::System {
+            notes.push(&m.content);
+        } else if m.role == Role::User && !notes.is_empty() {
+            let note = std::mem::take(&mut notes).join("\n");
+            out.push(ChatMessage::user(format!("({note})\n{}", m.content)));
+        } else {
+            out.push(m.clone());
+        }
+    }
+    if !notes.is_empty() {
+        out.push(ChatMessage::user(notes.join("\n")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_system_messages_fold_into_the_next_user_turn() {
+        let folded = fold_late_system_messages(&[
+            ChatMessage::system("You are Mira."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello."),
+            ChatMessage::system("Mira knows: wolves."),
+            ChatMessage::user("Wolves?"),
+        ]);
+        assert_eq!(folded.len(), 4);
+        assert_eq!(folded[0], ChatMessage::system("You are Mira."));
+        assert_eq!(
+            folded[3],
+            ChatMessage::user("(Mira knows: wolves.)\nWolves?")
+        );
     }
 }

@@ -1,17 +1,26 @@
 //! Incremental detokenization for streaming: valid UTF-8 only, stop strings never leaked.
 
+use super::sentences::{ends_sentence, sentence_ends};
+
 /// Turns token bytes into text deltas.
 ///
 /// Like llama.cpp's server, it holds back bytes that do not yet form a whole UTF-8 character
 /// and any tail of the text that could be the start of a stop string. It also drops leading
 /// whitespace and holds back trailing whitespace, so a line never starts or ends with blanks.
 /// The deltas it returns always add up to [`TextStream::text`].
+///
+/// With a sentence limit it ends the text after that many sentences; while holding partial
+/// sentences (near the end of a line's budget) it shows only whole sentences, so that
+/// [`TextStream::finish_whole`] can end the text at a sentence end without taking back
+/// anything already shown.
 #[derive(Debug, Default)]
 pub(crate) struct TextStream {
     pending: Vec<u8>,
     text: String,
     emitted: usize,
     stops: Vec<String>,
+    max_sentences: Option<usize>,
+    hold_partial: bool,
 }
 
 /// What one push produced.
@@ -21,6 +30,8 @@ pub(crate) struct Push {
     pub delta: String,
     /// A stop string was completed; the text ends before it.
     pub stopped: bool,
+    /// The sentence limit was reached; the text ends after the last sentence.
+    pub sentences_done: bool,
 }
 
 impl TextStream {
@@ -31,31 +42,69 @@ impl TextStream {
         }
     }
 
+    /// Ends the text after `n` sentences.
+    pub(crate) fn with_max_sentences(mut self, n: Option<usize>) -> Self {
+        self.max_sentences = n.filter(|&n| n > 0);
+        self
+    }
+
+    /// From now on, shows only whole sentences.
+    pub(crate) fn hold_partial_sentences(&mut self) {
+        self.hold_partial = true;
+    }
+
     /// Adds the bytes of one token.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Push {
         self.pending.extend_from_slice(bytes);
         self.drain_utf8();
+        let mut push = Push {
+            delta: String::new(),
+            stopped: false,
+            sentences_done: false,
+        };
         if self.text.is_empty() {
             // Nothing shown yet: leading whitespace is dropped.
-            return Push {
-                delta: String::new(),
-                stopped: false,
-            };
+            return push;
         }
         if let Some(at) = self.find_stop() {
             self.text.truncate(at);
-            let delta = self.flush_to(self.text.trim_end().len());
+            push.delta = self.flush_to(self.text.trim_end().len());
             self.text.truncate(self.emitted);
-            return Push {
-                delta,
-                stopped: true,
-            };
+            push.stopped = true;
+            return push;
         }
-        let safe = self.safe_end();
-        Push {
-            delta: self.flush_to(safe),
-            stopped: false,
+        if let Some(n) = self.max_sentences
+            && let Some(&end) = sentence_ends(&self.text, false).get(n - 1)
+        {
+            let end = end.max(self.emitted);
+            self.text.truncate(end);
+            push.delta = self.flush_to(end);
+            push.sentences_done = true;
+            return push;
         }
+        let mut safe = self.safe_end();
+        if self.hold_partial {
+            let whole = sentence_ends(&self.text, false).last().copied();
+            safe = safe.min(whole.unwrap_or(0)).max(self.emitted);
+        }
+        push.delta = self.flush_to(safe);
+        push
+    }
+
+    /// Ends the stream at the last sentence end: a partial sentence that was held back is
+    /// dropped. If what was already shown ends mid-sentence (no sentence ended while partial
+    /// sentences were held), the text trails off with `…` instead. Returns the last delta.
+    pub(crate) fn finish_whole(&mut self) -> String {
+        self.pending.clear();
+        let whole = sentence_ends(&self.text, true).last().copied().unwrap_or(0);
+        let end = whole.max(self.emitted);
+        self.text.truncate(end);
+        let mut delta = self.finish();
+        if !self.text.is_empty() && !ends_sentence(&self.text) {
+            self.text.push('…');
+            delta.push_str(&self.flush_to(self.text.len()));
+        }
+        delta
     }
 
     /// Ends the stream: returns what was held back, minus trailing whitespace and any
@@ -209,5 +258,45 @@ mod tests {
     fn invalid_bytes_become_replacement_characters() {
         let (_, text, _) = run(&[b"a\xff", b"b"], &[]);
         assert_eq!(text, "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn a_sentence_limit_ends_the_text_after_that_sentence() {
+        let mut s = TextStream::new(&[]).with_max_sentences(Some(2));
+        let mut shown = String::new();
+        let mut done = false;
+        for piece in ["Steel", " bends.", " Fire", " burns!", " And", " then"] {
+            let push = s.push(piece.as_bytes());
+            shown.push_str(&push.delta);
+            if push.sentences_done {
+                done = true;
+                break;
+            }
+        }
+        assert!(done);
+        assert_eq!(shown, "Steel bends. Fire burns!");
+        assert_eq!(s.text(), shown);
+    }
+
+    #[test]
+    fn holding_partial_sentences_lets_the_end_drop_them() {
+        let mut s = TextStream::new(&[]);
+        let mut shown = String::new();
+        shown.push_str(&s.push(b"Steel bends.").delta);
+        s.hold_partial_sentences();
+        for piece in [" Fire", " burns", " and"] {
+            shown.push_str(&s.push(piece.as_bytes()).delta);
+        }
+        assert_eq!(shown, "Steel bends.", "the partial sentence is held back");
+        shown.push_str(&s.finish_whole());
+        assert_eq!(shown, "Steel bends.");
+        assert_eq!(s.text(), shown);
+
+        // Nothing whole to fall back on: what was shown trails off.
+        let mut s = TextStream::new(&[]);
+        let mut shown = s.push(b"Steel and fire and").delta;
+        shown.push_str(&s.finish_whole());
+        assert_eq!(shown, "Steel and fire and…");
+        assert_eq!(s.text(), shown);
     }
 }

@@ -15,7 +15,6 @@ use super::worker::{Command, Job};
 use super::worker_link::WorkerLink;
 use crate::action::ActionSpec;
 use crate::engine::{CancelToken, Generation};
-use crate::story::SceneStream;
 
 /// A request between its sending and its result.
 pub(crate) struct Active {
@@ -39,8 +38,6 @@ pub(crate) enum ActiveKind {
 pub(crate) struct PendingScene {
     /// How many choices the story asks for.
     pub(crate) choices: usize,
-    /// Pulls the scene text out of the JSON as it streams.
-    pub(crate) stream: SceneStream,
     /// Draws so far (a scene whose choices repeat is drawn again).
     pub(crate) attempts: u32,
     /// The job, to send again for another draw.

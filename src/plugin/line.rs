@@ -31,6 +31,8 @@ pub struct RequestLine {
     pub priority: Priority,
     /// Overrides the line length for this request.
     pub max_tokens: Option<usize>,
+    /// Overrides the most sentences for this request.
+    pub max_sentences: Option<usize>,
     /// Overrides sampling for this request.
     pub sampling: Option<SamplingParams>,
 }
@@ -43,6 +45,7 @@ impl RequestLine {
             player_line: None,
             priority: Priority::Normal,
             max_tokens: None,
+            max_sentences: None,
             sampling: None,
         }
     }
@@ -59,6 +62,11 @@ impl RequestLine {
     /// Longest line in tokens.
     pub fn max_tokens(mut self, max_tokens: usize) -> Self {
         self.max_tokens = Some(max_tokens);
+        self
+    }
+    /// Most sentences in this line.
+    pub fn max_sentences(mut self, n: usize) -> Self {
+        self.max_sentences = Some(n);
         self
     }
     /// Sampling for this line only.

@@ -145,6 +145,9 @@ fn line_params(
             params.max_tokens = m;
         }
     }
+    if let Some(n) = request.max_sentences.or(persona.max_sentences) {
+        params.max_sentences = Some(n);
+    }
     params.stop.extend(persona.stop.iter().cloned());
     params
         .validate()

@@ -14,9 +14,9 @@ use super::narrator::{
 };
 use super::request::{DialogueError, Priority, RequestId};
 use super::worker::{Job, Output};
-use crate::engine::{CancelToken, Generation, Grammar};
+use crate::engine::{CancelToken, Generation};
 use crate::prompt::PromptTemplate;
-use crate::story::{FixedNode, Scene, SceneStream, Story, StoryAsset, scene_schema};
+use crate::story::{FixedNode, Scene, Story, StoryAsset};
 
 /// Scene requests waiting for their story or prompt asset.
 #[derive(Resource, Default)]
@@ -148,7 +148,6 @@ pub(crate) fn dispatch_scenes(
             Ok(job) => {
                 let pending = PendingScene {
                     choices: asset.choices,
-                    stream: SceneStream::default(),
                     attempts: 1,
                     job: job.clone(),
                 };
@@ -193,9 +192,8 @@ fn scene_job(
     if let Some(s) = request.sampling.clone().or_else(|| asset.sampling.clone()) {
         params.sampling = s;
     }
-    // Room for the longest scene (about 3 characters a token at worst) and the choices.
-    params.max_tokens = asset.max_scene_chars / 3 + asset.choices * 24 + 32;
-    let grammar = Grammar::json_schema(scene_schema(asset.choices, asset.max_scene_chars));
+    // The prose's budget: about four characters a token. It ends at a sentence end.
+    params.max_tokens = (asset.max_scene_chars / 4).max(16);
     Ok(Job {
         id,
         slot: request.story.to_bits(),
@@ -203,8 +201,8 @@ fn scene_job(
         params,
         priority: Priority::Player,
         cancel: CancelToken::new(),
-        output: Output::Structured {
-            grammar,
+        output: Output::Scene {
+            choices: asset.choices,
             alternatives: request.alternatives,
         },
     })
@@ -247,24 +245,13 @@ pub(crate) fn deliver_scenes(
         match progress {
             Progress::Started(_) => {}
             Progress::Delta(text) => {
-                let Some(ActiveKind::Scene(pending)) = dispatcher
-                    .in_flight
-                    .active
-                    .get_mut(&request)
-                    .map(|a| &mut a.kind)
-                else {
-                    continue;
+                let ev = SceneDelta {
+                    story: entity,
+                    request,
+                    text,
                 };
-                let text = pending.stream.push(&text);
-                if !text.is_empty() {
-                    let ev = SceneDelta {
-                        story: entity,
-                        request,
-                        text,
-                    };
-                    out.delta.write(ev.clone());
-                    commands.trigger(ev);
-                }
+                out.delta.write(ev.clone());
+                commands.trigger(ev);
             }
             Progress::Done(active, generations) => {
                 let ActiveKind::Scene(pending) = active.kind else {
@@ -327,9 +314,12 @@ fn finish_scene(
     generations: &[Generation],
     story: &mut Story,
 ) -> SceneOutcome {
-    let mut scenes = generations
-        .iter()
-        .map(|g| Scene::parse(&g.text, pending.choices));
+    let mut scenes = generations.chunks(2).map(|pair| match pair {
+        [scene, list] => Scene::from_prose(&scene.text, &list.text, pending.choices),
+        _ => Err(crate::story::StoryError::Malformed(
+            "a scene without choices".into(),
+        )),
+    });
     let Some(first) = scenes.next() else {
         return SceneOutcome::Failed(DialogueError::Structure("no scene came back".into()));
     };
@@ -348,11 +338,14 @@ fn finish_scene(
             }))
         }
         Err(e) if pending.attempts < SCENE_ATTEMPTS => {
+            // Not prose (a title, markup) or two choices the same: draw again.
             tracing::debug!("scene rejected ({e}); drawing again");
             pending.attempts += 1;
-            let seed = pending.job.params.sampling.seed.unwrap_or(0);
-            pending.job.params.sampling.seed = Some(seed.wrapping_add(1_000_003));
-            pending.stream = SceneStream::default();
+            // A fixed seed moves on (the same seed would draw the same scene); no seed stays
+            // a fresh draw.
+            if let Some(seed) = &mut pending.job.params.sampling.seed {
+                *seed = seed.wrapping_add(1_000_003);
+            }
             SceneOutcome::Again(Box::new(pending))
         }
         Err(e) => SceneOutcome::Failed(DialogueError::Structure(e.to_string())),

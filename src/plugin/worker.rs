@@ -44,6 +44,9 @@ pub(crate) enum Output {
         grammar: crate::engine::Grammar,
         alternatives: usize,
     },
+    /// `alternatives` scenes as prose, each followed by `choices` choices as a list
+    /// ([`crate::story::write_scenes`]); reported as scene, list, scene, list, ...
+    Scene { choices: usize, alternatives: usize },
 }
 
 pub(crate) enum Command {
@@ -320,6 +323,25 @@ impl Worker {
                         }
                     },
                 ),
+                Output::Scene {
+                    choices,
+                    alternatives,
+                } => crate::story::write_scenes(
+                    engine,
+                    &mut session,
+                    prompt.messages.clone(),
+                    *choices,
+                    &job.params,
+                    *alternatives,
+                    &job.cancel,
+                    send,
+                )
+                .map(|drafts| {
+                    drafts
+                        .into_iter()
+                        .flat_map(|d| [d.scene, d.choices])
+                        .collect()
+                }),
             }
         }));
         match result {

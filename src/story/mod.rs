@@ -1,17 +1,21 @@
 //! Branching stories: a narrator writes scenes and offers the player choices; authors pin
 //! parts of the story in `assets/stories/*.story.ron` and generated scenes fill the rest.
 //!
-//! Plain data, Bevy-free: [`StoryAsset`] is what an author writes, [`Story`] is a playthrough
-//! (the graph of scenes and the choices taken; serializable for save games), and
-//! [`scene_schema`] is the JSON schema the narrator's output is constrained to, so every
-//! scene parses and has exactly the asked number of choices.
+//! Bevy-free: [`StoryAsset`] is what an author writes, [`Story`] is a playthrough (the graph
+//! of scenes and the choices taken; serializable for save games), and [`write_scenes`] writes
+//! the next scene with the engine: prose first, then exactly the asked number of choices as a
+//! constrained list ([`Scene::from_prose`] checks both). [`scene_schema`], [`Scene::parse`]
+//! and [`SceneStream`] are the older JSON form (a scene and its choices in one object), kept
+//! for callers that want one structured output.
 //!
 //! NPC actions, which used to live here, are in [`crate::action`].
 
 mod asset;
+mod narrate;
 mod playthrough;
 mod scene;
 
 pub use asset::{CHOICES, FixedChoice, FixedNode, StoryAsset};
+pub use narrate::{SceneDraft, choice_list_grammar, write_scenes};
 pub use playthrough::{Choice, SceneNode, Story, StoryError};
-pub use scene::{Scene, SceneStream, scene_schema};
+pub use scene::{MIN_SCENE_WORDS, Scene, SceneStream, scene_schema};

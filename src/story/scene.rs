@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use super::playthrough::StoryError;
 
+/// The fewest words a generated scene may have: fewer reads as a title.
+pub const MIN_SCENE_WORDS: usize = 12;
+
 /// A scene as the narrator produced it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scene {
@@ -14,6 +17,30 @@ pub struct Scene {
 }
 
 impl Scene {
+    /// A scene from the narrator's prose and its choice list (`- Open the door` lines).
+    /// Checks that the prose is a scene (whole sentences, at least [`MIN_SCENE_WORDS`]
+    /// words, no markup) and that there are `n` non-empty, pairwise distinct choices.
+    pub fn from_prose(prose: &str, list: &str, n: usize) -> Result<Self, StoryError> {
+        let scene = prose.trim();
+        let words = scene.split_whitespace().count();
+        if words < MIN_SCENE_WORDS || !crate::engine::ends_sentence(scene) {
+            return Err(StoryError::Malformed(format!(
+                "not a scene ({words} words, whole sentences: {}): {scene:?}",
+                crate::engine::ends_sentence(scene)
+            )));
+        }
+        if scene.contains(['{', '}', '<', '>', '_', '|', '`', '#', '\\', '/']) {
+            return Err(StoryError::Malformed(format!("not prose: {scene:?}")));
+        }
+        let choices: Vec<String> = list
+            .lines()
+            .map(|l| l.trim().trim_start_matches('-').trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let json = serde_json::json!({ "scene": scene, "choices": choices });
+        Self::parse(&json.to_string(), n)
+    }
+
     /// Parses the narrator's JSON, trimming text, and checks that there are `n` non-empty,
     /// pairwise distinct choices.
     pub fn parse(json: &str, n: usize) -> Result<Self, StoryError> {

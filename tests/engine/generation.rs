@@ -3,7 +3,7 @@
 use crate::common;
 
 use bevy_llm_dialogue::engine::{
-    CancelToken, ChatMessage, GenerateParams, Generation, SamplingParams, StopReason,
+    CancelToken, ChatMessage, GenerateParams, Generation, SamplingParams, StopReason, ends_sentence,
 };
 
 fn ask(question: &str) -> Vec<ChatMessage> {
@@ -159,4 +159,51 @@ fn stats_add_up() {
     assert!(s.generated_tokens >= 1 && s.generated_tokens <= 12);
     assert!(s.time_to_first_token >= s.prefill_time);
     assert!(s.prefill_tokens_per_second() > 0.0);
+}
+
+#[test]
+fn lines_cut_by_their_budget_end_at_a_sentence_end_and_still_stream_exactly() {
+    let mut engine = common::engine();
+    let messages = ask("Tell me everything about your village and its people.");
+    let (mut cut, mut limited) = (0, 0);
+    for seed in 0..8 {
+        let whole = GenerateParams {
+            whole_sentences: true,
+            ..params(20, seed)
+        };
+        let mut session = engine.new_session();
+        let mut streamed = String::new();
+        let g = engine
+            .chat(&mut session, &messages, &whole, &CancelToken::new(), |d| {
+                streamed.push_str(d.text)
+            })
+            .unwrap();
+        assert_eq!(streamed, g.text, "seed {seed}");
+        if g.stop_reason == StopReason::MaxTokens {
+            cut += 1;
+            assert!(ends_sentence(&g.text), "seed {seed}: {:?}", g.text);
+        }
+
+        // A sentence limit of one ends after the first sentence.
+        let one = GenerateParams {
+            max_sentences: Some(1),
+            ..params(60, seed)
+        };
+        let mut session = engine.new_session();
+        let g = engine
+            .chat(&mut session, &messages, &one, &CancelToken::new(), |_| {})
+            .unwrap();
+        if g.stop_reason == StopReason::SentenceLimit {
+            limited += 1;
+            assert!(ends_sentence(&g.text), "seed {seed}: {:?}", g.text);
+            let inner = g.text[..g.text.len() - 1].trim_end_matches(['.', '!', '?', '…']);
+            assert!(
+                !inner.contains(". ") && !inner.contains("! ") && !inner.contains("? "),
+                "one sentence: {:?}",
+                g.text
+            );
+        }
+    }
+    // A 20-token budget cuts most answers to this question; the limit ends most at one.
+    assert!(cut > 0 && limited > 0, "cut {cut}, limited {limited}");
 }

@@ -1,0 +1,315 @@
+//! The narrative-quality suite: what the player reads, measured. Six personas and six story
+//! premises of its own (`tests/data/quality/`), several seeds each, through the plugin as a
+//! game uses it; the metrics are defined in `metrics.rs` and in `QUALITY.md`.
+//!
+//! `scripts/fetch-model`, then
+//! `cargo run --release --example quality -- "label of this run"`: prints the figures and
+//! adds (or replaces) the row `label` in `QUALITY.md`, with a few sample lines and scenes.
+//! A benchmark, not a test: nothing here fails on a threshold.
+
+mod metrics;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_llm_dialogue::prelude::*;
+use serde::Deserialize;
+
+/// `tests/data/quality/suite.ron`.
+#[derive(Deserialize)]
+struct Suite {
+    seeds: Vec<u64>,
+    personas: Vec<PersonaProbe>,
+    premises: Vec<Premise>,
+}
+
+#[derive(Deserialize)]
+struct PersonaProbe {
+    file: String,
+    never_says: Vec<String>,
+    probes: Vec<Probe>,
+    small_talk: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    ask: String,
+    expect: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Premise {
+    file: String,
+    keywords: Vec<String>,
+}
+
+/// One line the suite got, with what it was asked.
+pub(crate) struct LineSample {
+    pub(crate) persona: String,
+    pub(crate) asked: String,
+    pub(crate) text: String,
+    pub(crate) expect: Option<Vec<String>>,
+    pub(crate) never_says: Vec<String>,
+    pub(crate) seconds: f64,
+    pub(crate) stop: StopReason,
+}
+
+/// One generated scene.
+pub(crate) struct SceneSample {
+    pub(crate) story: String,
+    pub(crate) opening: bool,
+    pub(crate) text: String,
+    pub(crate) choices: Vec<String>,
+    pub(crate) keywords: Vec<String>,
+    pub(crate) n_choices: usize,
+    pub(crate) seconds: f64,
+}
+
+/// Requests that failed, by kind.
+#[derive(Default)]
+pub(crate) struct Failures {
+    pub(crate) lines: Vec<String>,
+    pub(crate) scenes: Vec<String>,
+}
+
+const WAIT: Duration = Duration::from_secs(300);
+
+fn main() {
+    let label = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "unlabelled run".into());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let data = root.join("tests/data/quality");
+    let suite: Suite = ron::from_str(
+        &std::fs::read_to_string(data.join("suite.ron")).expect("tests/data/quality/suite.ron"),
+    )
+    .expect("suite.ron parses");
+    let model = root.join("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "run scripts/fetch-model first");
+
+    let mut app = headless_app(&data, model);
+    wait(&mut app, "the model", |w| {
+        w.resource::<DialogueModel>().is_ready()
+    });
+
+    let started = Instant::now();
+    let mut failures = Failures::default();
+    let lines = run_lines(&mut app, &suite, &mut failures);
+    let scenes = run_scenes(&mut app, &suite, &mut failures);
+    eprintln!("suite ran in {:.0} s", started.elapsed().as_secs_f64());
+
+    let row = report::Row::new(&label, &lines, &scenes, &failures);
+    row.print();
+    report::write(&root.join("QUALITY.md"), &row, &lines, &scenes);
+}
+
+fn headless_app(assets: &Path, model: PathBuf) -> App {
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: assets.display().to_string(),
+            watch_for_changes_override: Some(false),
+            ..default()
+        },
+        LlmDialoguePlugin {
+            model: Some(model),
+            ..default()
+        },
+    ));
+    app.finish();
+    app.cleanup();
+    app
+}
+
+/// Runs frames until `done`, panicking after [`WAIT`].
+fn wait(app: &mut App, what: &str, done: impl Fn(&mut World) -> bool) {
+    let start = Instant::now();
+    while !done(app.world_mut()) {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        app.update();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sets the seed every request starts from.
+fn seed(app: &mut App, seed: u64) {
+    app.world_mut()
+        .resource_mut::<DialogueSettings>()
+        .defaults
+        .sampling
+        .seed = Some(seed);
+}
+
+/// One conversation per persona and seed: small talk, the probes, more small talk.
+fn run_lines(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<LineSample> {
+    let mut samples = Vec::new();
+    for persona in &suite.personas {
+        let handle: Handle<Persona> = app
+            .world()
+            .resource::<AssetServer>()
+            .load(persona.file.clone());
+        for &s in &suite.seeds {
+            seed(app, s);
+            let npc = app.world_mut().spawn(Npc::new(handle.clone())).id();
+            let (first, rest) = persona.small_talk.split_first().expect("small talk");
+            let mut turns: Vec<(String, Option<Vec<String>>)> = vec![(first.clone(), None)];
+            turns.extend(
+                persona
+                    .probes
+                    .iter()
+                    .map(|p| (p.ask.clone(), Some(p.expect.clone()))),
+            );
+            turns.extend(rest.iter().map(|t| (t.clone(), None)));
+            for (asked, expect) in turns {
+                let line = match ask(app, npc, &asked) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        failures.lines.push(e);
+                        continue;
+                    }
+                };
+                let name = app
+                    .world()
+                    .resource::<Assets<Persona>>()
+                    .get(&handle)
+                    .map_or_else(String::new, |p| p.name.clone());
+                samples.push(LineSample {
+                    persona: name,
+                    asked,
+                    text: line.0,
+                    expect,
+                    never_says: persona.never_says.clone(),
+                    seconds: line.1,
+                    stop: line.2,
+                });
+            }
+            app.world_mut().despawn(npc);
+        }
+    }
+    samples
+}
+
+/// One line from `npc`: its text, the seconds it took and why it stopped.
+fn ask(app: &mut App, npc: Entity, said: &str) -> Result<(String, f64, StopReason), String> {
+    app.world_mut()
+        .write_message(RequestLine::new(npc).saying(said));
+    let start = Instant::now();
+    let mut cursor = app
+        .world()
+        .resource::<Messages<LineFinished>>()
+        .get_cursor_current();
+    let mut failures = app
+        .world()
+        .resource::<Messages<LineFailed>>()
+        .get_cursor_current();
+    loop {
+        assert!(start.elapsed() < WAIT, "no line");
+        app.update();
+        let world = app.world();
+        if let Some(f) = failures
+            .read(world.resource::<Messages<LineFailed>>())
+            .find(|f| f.npc == npc)
+        {
+            return Err(f.error.to_string());
+        }
+        if let Some(line) = cursor
+            .read(world.resource::<Messages<LineFinished>>())
+            .find(|l| l.npc == npc)
+        {
+            return Ok((
+                line.text.clone(),
+                start.elapsed().as_secs_f64(),
+                line.stop_reason,
+            ));
+        }
+    }
+}
+
+/// Two generated scenes per premise and seed: the opening (or, after a pinned opening, the
+/// scene after its first choice) and the scene after that one's first choice.
+fn run_scenes(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<SceneSample> {
+    let mut samples = Vec::new();
+    for premise in &suite.premises {
+        let handle: Handle<StoryAsset> = app
+            .world()
+            .resource::<AssetServer>()
+            .load(premise.file.clone());
+        for &s in &suite.seeds {
+            seed(app, s);
+            let story = app.world_mut().spawn(Narrator::new(handle.clone())).id();
+            app.world_mut().write_message(RequestScene::new(story));
+            let mut generated = 0;
+            let mut failed = 0;
+            while generated < 2 && failed < 3 {
+                let scene = match next_scene(app, story) {
+                    Ok(scene) => scene,
+                    Err(e) => {
+                        // The choice stays taken: asking again retries the scene.
+                        failures.scenes.push(e);
+                        failed += 1;
+                        app.world_mut().write_message(RequestScene::new(story));
+                        continue;
+                    }
+                };
+                let n_choices = app
+                    .world()
+                    .resource::<Assets<StoryAsset>>()
+                    .get(&handle)
+                    .map_or(3, |a| a.choices);
+                if let Some(seconds) = scene.1 {
+                    samples.push(SceneSample {
+                        story: premise.file.clone(),
+                        opening: app
+                            .world()
+                            .get::<Story>(story)
+                            .is_some_and(|s| s.nodes.len() == 1),
+                        text: scene.0.text.clone(),
+                        choices: scene.0.choices.clone(),
+                        keywords: premise.keywords.clone(),
+                        n_choices,
+                        seconds,
+                    });
+                    generated += 1;
+                }
+                app.world_mut()
+                    .write_message(ChooseOption { story, index: 0 });
+            }
+            app.world_mut().despawn(story);
+        }
+    }
+    samples
+}
+
+/// The next scene of `story`, and the seconds it took if it was generated.
+fn next_scene(app: &mut App, story: Entity) -> Result<(SceneFinished, Option<f64>), String> {
+    let start = Instant::now();
+    let mut cursor = app
+        .world()
+        .resource::<Messages<SceneFinished>>()
+        .get_cursor_current();
+    let mut failures = app
+        .world()
+        .resource::<Messages<SceneFailed>>()
+        .get_cursor_current();
+    loop {
+        assert!(start.elapsed() < WAIT, "no scene");
+        app.update();
+        let world = app.world();
+        if let Some(f) = failures
+            .read(world.resource::<Messages<SceneFailed>>())
+            .find(|f| f.story == story)
+        {
+            return Err(f.error.to_string());
+        }
+        if let Some(scene) = cursor
+            .read(world.resource::<Messages<SceneFinished>>())
+            .find(|s| s.story == story)
+        {
+            let seconds = scene.request.map(|_| start.elapsed().as_secs_f64());
+            return Ok((scene.clone(), seconds));
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Writing a scene the way a small chat model writes well: the scene as prose first (free
+//! text that ends at a line break, in whole sentences), then its choices as a plain list
+//! under a grammar, one short action per line. Structure stays guaranteed (exactly the asked
+//! number of choices, each a few words); the words are the model's own.
+
+use crate::engine::{
+    CancelToken, ChatMessage, Delta, Engine, EngineError, GenerateParams, Generation, Grammar,
+    Session,
+};
+use crate::prompt::choices_ask;
+
+/// A scene as generated: the prose and the raw choice list.
+/// [`Scene::from_prose`](super::Scene::from_prose) checks and splits them.
+#[derive(Clone, Debug)]
+pub struct SceneDraft {
+    /// The scene's generation (its text is the prose).
+    pub scene: Generation,
+    /// The choice list's generation: `- Open the door` lines.
+    pub choices: Generation,
+}
+
+/// The most sentences in a scene (the brief asks for two or three).
+pub const SCENE_SENTENCES: usize = 3;
+
+/// Tokens for one choice line: a dash, up to eight words, a line break.
+const TOKENS_PER_CHOICE: usize = 20;
+
+/// The grammar of `n` choices: lines `- Word word ...`, each starting with a capital
+/// letter, one to eight words of letters (an apostrophe only before one or two letters:
+/// `stranger's`, `don't`), no closing punctuation.
+pub fn choice_list_grammar(n: usize) -> Grammar {
+    let word = "[A-Za-z][a-z]{0,13}('[a-z]{1,2})?";
+    let line = format!("- [A-Z][a-z]{{1,13}}( {word}){{0,7}}");
+    let n = n.max(1);
+    Grammar::regex(&format!("({line}\\n){{{}}}{line}", n - 1))
+}
+
+/// Writes `alternatives` scenes after `messages` (which end with the player's turn): each
+/// scene's prose shares one prefill and streams (the first alternative only) through
+/// `on_delta`; then each gets its `choices` as a constrained list, asked for as the next
+/// turn. `params` is for the prose (its `stop` gains a line break and it keeps to whole
+/// sentences); the list gets the same sampling and a budget of its own.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "generate_alternatives' arguments plus the choices"
+)]
+pub fn write_scenes(
+    engine: &mut Engine,
+    session: &mut Session,
+    messages: Vec<ChatMessage>,
+    choices: usize,
+    params: &GenerateParams,
+    alternatives: usize,
+    cancel: &CancelToken,
+    mut on_delta: impl FnMut(&Delta<'_>) + Send,
+) -> Result<Vec<SceneDraft>, EngineError> {
+    let prompt = engine.fit_chat(messages, params.max_tokens)?;
+    let mut prose = params.clone();
+    prose.stop.push("\n".into());
+    prose.whole_sentences = true;
+    prose.max_sentences = Some(SCENE_SENTENCES);
+    let scenes = engine.generate_alternatives(
+        session,
+        &prompt.tokens,
+        &prose,
+        None,
+        alternatives,
+        cancel,
+        |i, d| {
+            if i == 0 {
+                on_delta(d);
+            }
+        },
+    )?;
+    let list = GenerateParams {
+        max_tokens: choices * TOKENS_PER_CHOICE + 8,
+        stop: Vec::new(),
+        max_sentences: None,
+        whole_sentences: false,
+        ..params.clone()
+    };
+    let grammar = choice_list_grammar(choices);
+    let mut drafts = Vec::with_capacity(scenes.len());
+    for scene in scenes {
+        let mut turns = prompt.messages.clone();
+        turns.push(ChatMessage::assistant(scene.text.clone()));
+        turns.push(ChatMessage::user(choices_ask(choices)));
+        let tokens = engine.fit_chat(turns, list.max_tokens)?.tokens;
+        let choices =
+            engine.generate_constrained(session, &tokens, &list, &grammar, cancel, |_| {})?;
+        drafts.push(SceneDraft { scene, choices });
+    }
+    Ok(drafts)
+}
