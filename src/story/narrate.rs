@@ -26,10 +26,10 @@ pub const SCENE_SENTENCES: usize = 3;
 const TOKENS_PER_CHOICE: usize = 20;
 
 /// The grammar of `n` choices: lines `- Word word ...`, each starting with a capital
-/// letter, one to eight words of letters (an apostrophe only before one or two letters:
-/// `stranger's`, `don't`), no closing punctuation.
+/// letter, one to eight words of letters (an apostrophe only in English endings:
+/// `stranger's`, `don't`, `you'll`), no closing punctuation.
 pub fn choice_list_grammar(n: usize) -> Grammar {
-    let word = "[A-Za-z][a-z]{0,13}('[a-z]{1,2})?";
+    let word = "[A-Za-z][a-z]{0,13}('(s|t|d|m|ll|re|ve))?";
     let line = format!("- [A-Z][a-z]{{1,13}}( {word}){{0,7}}");
     let n = n.max(1);
     Grammar::regex(&format!("({line}\\n){{{}}}{line}", n - 1))
