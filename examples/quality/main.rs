@@ -192,40 +192,44 @@ fn run_lines(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<LineS
     samples
 }
 
+/// Runs frames until a `D` that `done` accepts or an `F` that `failed` accepts arrives;
+/// returns it with the seconds it took.
+fn first_of<D: Message + Clone, F: Message + Clone>(
+    app: &mut App,
+    done: impl Fn(&D) -> bool,
+    failed: impl Fn(&F) -> bool,
+) -> (Result<D, F>, f64) {
+    let start = Instant::now();
+    let mut dones = app.world().resource::<Messages<D>>().get_cursor_current();
+    let mut fails = app.world().resource::<Messages<F>>().get_cursor_current();
+    loop {
+        assert!(start.elapsed() < WAIT, "no result");
+        app.update();
+        let world = app.world();
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(f) = fails
+            .read(world.resource::<Messages<F>>())
+            .find(|f| failed(f))
+        {
+            return (Err(f.clone()), seconds);
+        }
+        if let Some(d) = dones
+            .read(world.resource::<Messages<D>>())
+            .find(|d| done(d))
+        {
+            return (Ok(d.clone()), seconds);
+        }
+    }
+}
+
 /// One line from `npc`: its text, the seconds it took and why it stopped.
 fn ask(app: &mut App, npc: Entity, said: &str) -> Result<(String, f64, StopReason), String> {
     app.world_mut()
         .write_message(RequestLine::new(npc).saying(said));
-    let start = Instant::now();
-    let mut cursor = app
-        .world()
-        .resource::<Messages<LineFinished>>()
-        .get_cursor_current();
-    let mut failures = app
-        .world()
-        .resource::<Messages<LineFailed>>()
-        .get_cursor_current();
-    loop {
-        assert!(start.elapsed() < WAIT, "no line");
-        app.update();
-        let world = app.world();
-        if let Some(f) = failures
-            .read(world.resource::<Messages<LineFailed>>())
-            .find(|f| f.npc == npc)
-        {
-            return Err(f.error.to_string());
-        }
-        if let Some(line) = cursor
-            .read(world.resource::<Messages<LineFinished>>())
-            .find(|l| l.npc == npc)
-        {
-            return Ok((
-                line.text.clone(),
-                start.elapsed().as_secs_f64(),
-                line.stop_reason,
-            ));
-        }
-    }
+    let (line, seconds) =
+        first_of::<LineFinished, LineFailed>(app, |l| l.npc == npc, |f| f.npc == npc);
+    line.map(|l| (l.text, seconds, l.stop_reason))
+        .map_err(|f| f.error.to_string())
 }
 
 /// Two generated scenes per premise and seed: the opening (or, after a pinned opening, the
@@ -285,31 +289,12 @@ fn run_scenes(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<Scen
 
 /// The next scene of `story`, and the seconds it took if it was generated.
 fn next_scene(app: &mut App, story: Entity) -> Result<(SceneFinished, Option<f64>), String> {
-    let start = Instant::now();
-    let mut cursor = app
-        .world()
-        .resource::<Messages<SceneFinished>>()
-        .get_cursor_current();
-    let mut failures = app
-        .world()
-        .resource::<Messages<SceneFailed>>()
-        .get_cursor_current();
-    loop {
-        assert!(start.elapsed() < WAIT, "no scene");
-        app.update();
-        let world = app.world();
-        if let Some(f) = failures
-            .read(world.resource::<Messages<SceneFailed>>())
-            .find(|f| f.story == story)
-        {
-            return Err(f.error.to_string());
-        }
-        if let Some(scene) = cursor
-            .read(world.resource::<Messages<SceneFinished>>())
-            .find(|s| s.story == story)
-        {
-            let seconds = scene.request.map(|_| start.elapsed().as_secs_f64());
-            return Ok((scene.clone(), seconds));
-        }
-    }
+    let (scene, seconds) =
+        first_of::<SceneFinished, SceneFailed>(app, |s| s.story == story, |f| f.story == story);
+    scene
+        .map(|s| {
+            let generated = s.request.map(|_| seconds);
+            (s, generated)
+        })
+        .map_err(|f| f.error.to_string())
 }

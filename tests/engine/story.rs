@@ -292,40 +292,14 @@ fn alternatives_without_a_seed_draw_fresh_text_every_time() {
         ..GenerateParams::default()
     };
     assert_eq!(unseeded.sampling.seed, None);
-    let texts: Vec<String> = (0..3)
-        .map(|_| {
-            let mut session = engine.new_session();
-            engine
-                .generate_alternatives(
-                    &mut session,
-                    &prompt,
-                    &unseeded,
-                    None,
-                    1,
-                    &CancelToken::new(),
-                    |_, _| {},
-                )
-                .unwrap()
-                .remove(0)
-                .text
-        })
-        .collect();
-    assert!(
-        texts[0] != texts[1] || texts[1] != texts[2],
-        "three unseeded draws were identical: {texts:?}"
-    );
-    // A seed still reproduces.
-    let seeded = GenerateParams {
-        sampling: SamplingParams::default().with_seed(5),
-        ..unseeded
-    };
-    let draw = |engine: &mut bevy_llm_dialogue::engine::Engine| {
+    // One alternative in a fresh session.
+    let mut draw = |params: &GenerateParams| {
         let mut session = engine.new_session();
         engine
             .generate_alternatives(
                 &mut session,
                 &prompt,
-                &seeded,
+                params,
                 None,
                 1,
                 &CancelToken::new(),
@@ -335,5 +309,15 @@ fn alternatives_without_a_seed_draw_fresh_text_every_time() {
             .remove(0)
             .text
     };
-    assert_eq!(draw(&mut engine), draw(&mut engine));
+    let texts: Vec<String> = (0..3).map(|_| draw(&unseeded)).collect();
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three unseeded draws were identical: {texts:?}"
+    );
+    // A seed still reproduces.
+    let seeded = GenerateParams {
+        sampling: SamplingParams::default().with_seed(5),
+        ..unseeded
+    };
+    assert_eq!(draw(&seeded), draw(&seeded));
 }

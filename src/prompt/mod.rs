@@ -1,0 +1,16 @@
+//! Prompt templates: how a persona, the game's state and the conversation so far become the
+//! chat messages the model sees. Templates are Jinja (minijinja), stored as assets in
+//! `assets/prompts/*.jinja`, so writers can change them without touching code.
+
+mod facts;
+mod narrator;
+mod npc;
+mod template;
+
+pub use facts::Facts;
+pub use narrator::{choice_list, choices_ask, opening_ask};
+pub use npc::{MAX_EXAMPLE_TURNS, UNPROMPTED_LINE, relevant_facts};
+pub use template::{
+    DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PromptError,
+    PromptTemplate,
+};

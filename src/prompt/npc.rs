@@ -1,0 +1,221 @@
+//! An NPC's conversation: the persona's brief, its voice as earlier turns, the history, and
+//! the facts the player asks about next to the question.
+
+use minijinja::{Value, context};
+
+use super::facts::Facts;
+use super::template::{PromptError, PromptTemplate};
+use crate::engine::ChatMessage;
+use crate::persona::Persona;
+
+/// How many of a persona's example lines become earlier turns of its conversations.
+pub const MAX_EXAMPLE_TURNS: usize = 3;
+
+/// Words too common to tie a question to a fact.
+const COMMON_WORDS: &[&str] = &[
+    "what",
+    "where",
+    "when",
+    "which",
+    "while",
+    "with",
+    "about",
+    "there",
+    "their",
+    "have",
+    "does",
+    "your",
+    "this",
+    "that",
+    "from",
+    "they",
+    "them",
+    "know",
+    "tell",
+    "much",
+    "many",
+    "some",
+    "here",
+    "would",
+    "could",
+    "should",
+    "anyone",
+    "anything",
+    "something",
+    "been",
+    "were",
+    "will",
+    "just",
+    "like",
+    "good",
+    "the",
+    "and",
+    "how",
+    "who",
+    "why",
+];
+
+/// The content words of `text`, cut to five letters (a crude stem: "floods" and "flood",
+/// "crossing" and "crossings" meet).
+fn stems(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .filter(|w| w.chars().count() >= 4 && !COMMON_WORDS.contains(&w.as_str()))
+        .map(|w| w.chars().take(5).collect())
+        .collect()
+}
+
+/// The persona's facts that share a content word with what the player said.
+pub fn relevant_facts<'a>(knowledge: &'a [String], said: &str) -> Vec<&'a str> {
+    let asked = stems(said);
+    knowledge
+        .iter()
+        .filter(|fact| stems(fact).iter().any(|s| asked.contains(s)))
+        .map(String::as_str)
+        .collect()
+}
+
+/// What the player "says" when an NPC speaks first (a greeting or a bark).
+pub const UNPROMPTED_LINE: &str = "(The player walks up to you. Say something to them.)";
+
+impl PromptTemplate {
+    /// The messages for one NPC line: the rendered template as the system message, then the
+    /// conversation so far, then the player's line (or [`UNPROMPTED_LINE`]).
+    ///
+    /// The template sees `persona`, `world`, `npc`, `player_line` (or none) and `history`.
+    pub fn npc_messages(
+        &self,
+        persona: &Persona,
+        world: &Facts,
+        npc: &Facts,
+        history: &[ChatMessage],
+        player_line: Option<&str>,
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let system = self.render(context! {
+            persona => Value::from_serialize(persona),
+            world => Value::from_serialize(world),
+            npc => Value::from_serialize(npc),
+            history => Value::from_serialize(history),
+            player_line => player_line,
+        })?;
+        let mut messages = Vec::with_capacity(history.len() + 4 + 2 * persona.example_lines.len());
+        messages.push(ChatMessage::system(system));
+        // A small model keeps a voice it has already spoken in better than one it was told
+        // about: its name and its example lines go in as earlier turns (QUALITY.md).
+        messages.push(ChatMessage::user("Who are you?"));
+        messages.push(ChatMessage::assistant(format!(
+            "I'm {}, {}.",
+            persona.name, persona.description
+        )));
+        for line in persona.example_lines.iter().take(MAX_EXAMPLE_TURNS) {
+            messages.push(ChatMessage::user(UNPROMPTED_LINE));
+            messages.push(ChatMessage::assistant(line.clone()));
+        }
+        messages.extend(history.iter().cloned());
+        if let Some(line) = player_line {
+            // Facts the player asks about go next to the question, where a small model
+            // looks, not only at the top of the prompt.
+            let facts = relevant_facts(&persona.knowledge, line);
+            if !facts.is_empty() {
+                messages.push(ChatMessage::system(format!(
+                    "{} knows: {}",
+                    persona.name,
+                    facts.join(" ")
+                )));
+            }
+        }
+        messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
+        Ok(messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mira() -> Persona {
+        Persona::from_ron(
+            r#"(name: "Mira", description: "the blacksmith", knowledge: ["Wolves roam."])"#,
+            "mira",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn default_template_uses_persona_world_and_npc_facts() {
+        let mut world = Facts::new();
+        world.insert("time_of_day".into(), "evening".into());
+        let mut npc = Facts::new();
+        npc.insert("mood".into(), "tired".into());
+        let msgs = PromptTemplate::default_npc()
+            .npc_messages(&mira(), &world, &npc, &[], Some("Hello"))
+            .unwrap();
+        // System, the self-introduction turn pair, the player's line.
+        assert_eq!(msgs.len(), 4);
+        assert_eq!(msgs[2], ChatMessage::assistant("I'm Mira, the blacksmith."));
+        let system = &msgs[0].content;
+        for needle in [
+            "You are Mira, the blacksmith.",
+            "- Wolves roam.",
+            "time of day: evening",
+            "mood: tired",
+        ] {
+            assert!(system.contains(needle), "{needle:?} missing from {system}");
+        }
+        assert_eq!(msgs[3], ChatMessage::user("Hello"));
+    }
+
+    #[test]
+    fn example_lines_are_turns_and_asked_about_facts_sit_by_the_question() {
+        let mira = Persona::from_ron(
+            r#"(name: "Mira", description: "the blacksmith",
+                example_lines: ["Steel doesn't lie, friend."],
+                knowledge: ["Wolves roam the Old Forest.", "Iron ore is in the ruin."])"#,
+            "mira",
+        )
+        .unwrap();
+        let msgs = PromptTemplate::default_npc()
+            .npc_messages(
+                &mira,
+                &Facts::new(),
+                &Facts::new(),
+                &[],
+                Some("Any wolves about?"),
+            )
+            .unwrap();
+        assert_eq!(
+            msgs[4],
+            ChatMessage::assistant("Steel doesn't lie, friend.")
+        );
+        let [.., facts, newest] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(newest, &ChatMessage::user("Any wolves about?"));
+        assert_eq!(facts.role, crate::engine::Role::System);
+        assert!(
+            facts.content.contains("Wolves roam the Old Forest."),
+            "{facts:?}"
+        );
+        assert!(
+            !facts.content.contains("Iron ore"),
+            "only the facts asked about: {facts:?}"
+        );
+        assert!(
+            !msgs[0].content.contains("Steel doesn't lie"),
+            "not in the system prompt too"
+        );
+    }
+
+    #[test]
+    fn undefined_variables_and_syntax_errors_are_errors() {
+        let t = PromptTemplate::new("bad.jinja", "Hi {{ persona.nickname }}").unwrap();
+        let err = t
+            .npc_messages(&mira(), &Facts::new(), &Facts::new(), &[], None)
+            .unwrap_err();
+        assert_eq!(err.template, "bad.jinja");
+        assert!(err.message.contains("undefined"), "{err}");
+        assert!(err.message.contains("persona.nickname"), "{err}");
+        let err = PromptTemplate::new("broken.jinja", "line one\n{% if %}").unwrap_err();
+        assert!(err.message.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,140 @@
+//! A compiled prompt template and its errors.
+
+use minijinja::{Environment, UndefinedBehavior, Value, context};
+
+use super::facts::Facts;
+use crate::action::ActionSpec;
+use crate::engine::ChatMessage;
+use crate::persona::Persona;
+
+/// The NPC prompt used when an NPC names no template of its own (`assets/prompts/npc.jinja`).
+pub const DEFAULT_NPC_TEMPLATE: &str = include_str!("../../assets/prompts/npc.jinja");
+
+/// The narrator's prompt unless a story names its own (`assets/prompts/narrator.jinja`).
+pub const DEFAULT_NARRATOR_TEMPLATE: &str = include_str!("../../assets/prompts/narrator.jinja");
+
+/// The prompt for an NPC's choice of action (`assets/prompts/action.jinja`).
+pub const DEFAULT_ACTION_TEMPLATE: &str = include_str!("../../assets/prompts/action.jinja");
+
+/// A template error: syntax, an undefined variable, a failing filter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("prompt template {template}: {message}")]
+pub struct PromptError {
+    /// The template's name (its asset path).
+    pub template: String,
+    /// What went wrong, with the line where minijinja knows it.
+    pub message: String,
+}
+
+/// A compiled prompt template. Undefined variables are errors, not empty strings, so a typo
+/// in a template fails loudly instead of silently dropping a fact.
+#[derive(Debug)]
+#[cfg_attr(feature = "bevy", derive(bevy::asset::Asset, bevy::reflect::TypePath))]
+pub struct PromptTemplate {
+    name: String,
+    source: String,
+    env: Environment<'static>,
+}
+
+/// Bounds the work one render may do.
+const FUEL: u64 = 1_000_000;
+
+impl PromptTemplate {
+    /// Compiles a template; `name` is used in error messages.
+    pub fn new(name: &str, source: &str) -> Result<Self, PromptError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_template_owned("prompt", source.to_owned())
+            .map_err(|e| error(name, source, &e))?;
+        Ok(Self {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            env,
+        })
+    }
+
+    /// The built-in narrator template.
+    pub fn default_narrator() -> Self {
+        Self::new("narrator.jinja (built in)", DEFAULT_NARRATOR_TEMPLATE)
+            .expect("the built-in template compiles")
+    }
+
+    /// The built-in NPC action template.
+    pub fn default_action() -> Self {
+        Self::new("action.jinja (built in)", DEFAULT_ACTION_TEMPLATE)
+            .expect("the built-in template compiles")
+    }
+
+    /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
+    /// `actions`; the situation (or the player's last line) is the user turn.
+    pub fn action_messages(
+        &self,
+        persona: &Persona,
+        world: &Facts,
+        npc: &Facts,
+        actions: &[ActionSpec],
+        situation: &str,
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let system = self.render(context! {
+            persona => Value::from_serialize(persona),
+            world => Value::from_serialize(world),
+            npc => Value::from_serialize(npc),
+            actions => Value::from_serialize(actions),
+        })?;
+        Ok(vec![
+            ChatMessage::system(system),
+            ChatMessage::user(situation),
+        ])
+    }
+
+    /// The built-in NPC template.
+    pub fn default_npc() -> Self {
+        Self::new("npc.jinja (built in)", DEFAULT_NPC_TEMPLATE)
+            .expect("the built-in template compiles")
+    }
+
+    /// The template's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The template's source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders the template with arbitrary variables.
+    pub fn render(&self, vars: Value) -> Result<String, PromptError> {
+        let tmpl = self
+            .env
+            .get_template("prompt")
+            .map_err(|e| error(&self.name, &self.source, &e))?;
+        tmpl.render(vars)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| error(&self.name, &self.source, &e))
+    }
+}
+
+/// "undefined value `npc.mood` at line 1": the kind, the detail, the offending source text
+/// and the line, without minijinja's internal template name.
+fn error(name: &str, source: &str, e: &minijinja::Error) -> PromptError {
+    let mut message = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    if let Some(snippet) = e.range().and_then(|r| source.get(r)) {
+        message.push_str(&format!(" `{}`", snippet.trim()));
+    }
+    if let Some(line) = e.line() {
+        message.push_str(&format!(" at line {line}"));
+    }
+    PromptError {
+        template: name.to_owned(),
+        message,
+    }
+}
