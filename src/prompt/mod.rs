@@ -8,7 +8,7 @@ mod npc;
 mod template;
 
 pub use facts::Facts;
-pub use narrator::{choice_list, choices_ask, opening_ask};
+pub use narrator::{choice_list, opening_ask};
 pub use npc::{MAX_EXAMPLE_TURNS, UNPROMPTED_LINE, relevant_facts};
 pub use template::{
     DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PromptError,

@@ -6,7 +6,7 @@ use minijinja::{Value, context};
 use super::facts::Facts;
 use super::template::{PromptError, PromptTemplate};
 use crate::engine::ChatMessage;
-use crate::story::{Story, StoryAsset};
+use crate::story::{Story, StoryAsset, choices_ask};
 
 /// The narrator's turn that asks for the opening scene of a story with this premise.
 pub fn opening_ask(premise: &str) -> String {
@@ -15,11 +15,6 @@ pub fn opening_ask(premise: &str) -> String {
 
 /// The narrator's turn that asks for the next scene when no choice is known.
 const NEXT_ASK: &str = "What happens next?";
-
-/// The turn that asks for `n` choices after a scene.
-pub fn choices_ask(n: usize) -> String {
-    format!("What can the player do now? Give {n} short actions, one per line.")
-}
 
 /// Choices as the plain list the narrator writes: `- Open the door`, one per line.
 pub fn choice_list(choices: &[String]) -> String {

@@ -7,7 +7,11 @@ use crate::engine::{
     CancelToken, ChatMessage, Delta, Engine, EngineError, GenerateParams, Generation, Grammar,
     Session,
 };
-use crate::prompt::choices_ask;
+
+/// The turn that asks for `n` choices after a scene.
+pub fn choices_ask(n: usize) -> String {
+    format!("What can the player do now? Give {n} short actions, one per line.")
+}
 
 /// A scene as generated: the prose and the raw choice list.
 /// [`Scene::from_prose`](super::Scene::from_prose) checks and splits them.
