@@ -73,8 +73,14 @@ impl TextStream {
             push.stopped = true;
             return push;
         }
+        // One scan of the sentence ends serves both the limit and the holding back.
+        let ends = if self.max_sentences.is_some() || self.hold_partial {
+            sentence_ends(&self.text, false)
+        } else {
+            Vec::new()
+        };
         if let Some(n) = self.max_sentences
-            && let Some(&end) = sentence_ends(&self.text, false).get(n - 1)
+            && let Some(&end) = ends.get(n - 1)
         {
             let end = end.max(self.emitted);
             self.text.truncate(end);
@@ -84,8 +90,8 @@ impl TextStream {
         }
         let mut safe = self.safe_end();
         if self.hold_partial {
-            let whole = sentence_ends(&self.text, false).last().copied();
-            safe = safe.min(whole.unwrap_or(0)).max(self.emitted);
+            let whole = ends.last().copied().unwrap_or(0);
+            safe = safe.min(whole).max(self.emitted);
         }
         push.delta = self.flush_to(safe);
         push

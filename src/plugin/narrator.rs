@@ -172,6 +172,11 @@ impl SceneWriters<'_> {
         }
     }
 
+    /// The entity asked about is not a story.
+    pub(crate) fn not_a_narrator(&mut self, commands: &mut Commands, entity: Entity) {
+        self.fail(commands, entity, None, DialogueError::NotANarrator(entity));
+    }
+
     /// Sends a [`SceneFinished`] as a message and as an entity event.
     pub(crate) fn finish(&mut self, commands: &mut Commands, ev: SceneFinished) {
         self.finished.write(ev.clone());

@@ -59,12 +59,7 @@ pub(crate) fn take_choices(
     for choose in chooses.read() {
         let entity = choose.story;
         let Ok((narrator, mut story)) = stories.get_mut(entity) else {
-            out.fail(
-                &mut commands,
-                entity,
-                None,
-                DialogueError::NotANarrator(entity),
-            );
+            out.not_a_narrator(&mut commands, entity);
             continue;
         };
         let goto = match story.choose(choose.index) {
@@ -106,12 +101,7 @@ pub(crate) fn dispatch_scenes(
     for request in requests.take() {
         let entity = request.story;
         let Ok((narrator, mut story)) = stories.get_mut(entity) else {
-            out.fail(
-                &mut commands,
-                entity,
-                None,
-                DialogueError::NotANarrator(entity),
-            );
+            out.not_a_narrator(&mut commands, entity);
             continue;
         };
         let asset = match assets.story(&narrator.story) {

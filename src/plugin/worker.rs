@@ -329,7 +329,7 @@ impl Worker {
                 } => crate::story::write_scenes(
                     engine,
                     &mut session,
-                    prompt.messages.clone(),
+                    &prompt,
                     *choices,
                     &job.params,
                     *alternatives,

@@ -4,8 +4,8 @@
 //! number of choices, each a few words); the words are the model's own.
 
 use crate::engine::{
-    CancelToken, ChatMessage, Delta, Engine, EngineError, GenerateParams, Generation, Grammar,
-    Session,
+    CancelToken, ChatMessage, Delta, Engine, EngineError, FittedPrompt, GenerateParams, Generation,
+    Grammar, Session,
 };
 
 /// The turn that asks for `n` choices after a scene.
@@ -39,7 +39,8 @@ pub fn choice_list_grammar(n: usize) -> Grammar {
     Grammar::regex(&format!("({line}\\n){{{}}}{line}", n - 1))
 }
 
-/// Writes `alternatives` scenes after `messages` (which end with the player's turn): each
+/// Writes `alternatives` scenes after `prompt` (a conversation that ends with the player's
+/// turn, fitted to the context by [`Engine::fit_chat`]): each
 /// scene's prose shares one prefill and streams (the first alternative only) through
 /// `on_delta`; then each gets its `choices` as a constrained list, asked for as the next
 /// turn. `params` is for the prose (its `stop` gains a line break and it keeps to whole
@@ -51,14 +52,13 @@ pub fn choice_list_grammar(n: usize) -> Grammar {
 pub fn write_scenes(
     engine: &mut Engine,
     session: &mut Session,
-    messages: Vec<ChatMessage>,
+    prompt: &FittedPrompt,
     choices: usize,
     params: &GenerateParams,
     alternatives: usize,
     cancel: &CancelToken,
     mut on_delta: impl FnMut(&Delta<'_>) + Send,
 ) -> Result<Vec<SceneDraft>, EngineError> {
-    let prompt = engine.fit_chat(messages, params.max_tokens)?;
     let mut prose = params.clone();
     prose.stop.push("\n".into());
     prose.whole_sentences = true;

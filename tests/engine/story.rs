@@ -58,6 +58,7 @@ fn twelve_seeds_of_narrator_scenes_are_prose_then_exactly_the_asked_choices() {
             .content
             .contains(&gate.choices[0].text)
     );
+    let prompt = engine.fit_chat(messages, 100).unwrap();
     let mut session = engine.new_session();
     let mut rejected = 0;
     for seed in 0..12 {
@@ -65,7 +66,7 @@ fn twelve_seeds_of_narrator_scenes_are_prose_then_exactly_the_asked_choices() {
         let drafts = write_scenes(
             &mut engine,
             &mut session,
-            messages.clone(),
+            &prompt,
             asset.choices,
             &params(seed, asset.max_scene_chars / 4),
             1,
