@@ -12,6 +12,7 @@ pub mod persona;
 pub mod plugin;
 pub mod prompt;
 pub mod ron_file;
+pub mod score;
 pub mod story;
 
 /// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.

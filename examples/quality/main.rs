@@ -5,6 +5,7 @@
 //! `scripts/fetch-model`, then
 //! `cargo run --release --example quality -- "label of this run"`: prints the figures and
 //! adds (or replaces) the row `label` in `QUALITY.md`, with a few sample lines and scenes.
+//! `QUALITY_BEST_OF=3` runs it with [`DialogueSettings::best_of`] at 3 (lines and scenes).
 //! A benchmark, not a test: nothing here fails on a threshold.
 
 mod metrics;
@@ -90,6 +91,12 @@ fn main() {
     assert!(model.exists(), "run scripts/fetch-model first");
 
     let mut app = headless_app(&data, model);
+    if let Some(n) = std::env::var("QUALITY_BEST_OF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        app.world_mut().resource_mut::<DialogueSettings>().best_of = n;
+    }
     wait(&mut app, "the model", |w| {
         w.resource::<DialogueModel>().is_ready()
     });

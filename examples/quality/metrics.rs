@@ -1,5 +1,9 @@
 //! What the suite counts. Each metric is a plain function of the text, so that its definition
-//! is the code (and [`DEFINITIONS`] says the same in words for `QUALITY.md`).
+//! is the code (and [`DEFINITIONS`] says the same in words for `QUALITY.md`). The checks that
+//! best-of-n also scores by live in the library's `score` module, so that both count the
+//! same thing.
+
+use bevy_llm_dialogue::score;
 
 /// The metrics in words, as `QUALITY.md` prints them.
 pub(crate) const DEFINITIONS: &[(&str, &str)] = &[
@@ -54,46 +58,14 @@ pub(crate) fn mid_sentence(text: &str) -> bool {
     !bevy_llm_dialogue::engine::ends_sentence(text)
 }
 
-/// Chat roles, markup or AI talk in a line.
+/// Chat roles, markup or AI talk in a line ([`score::leaks`]).
 pub(crate) fn leaks(text: &str) -> bool {
-    let lower = text.to_lowercase();
-    [
-        "user:",
-        "assistant:",
-        "system:",
-        "<|",
-        "|>",
-        "im_start",
-        "im_end",
-    ]
-    .iter()
-    .chain(&["as an ai", "language model", "i'm an ai", "i am an ai"])
-    .any(|m| lower.contains(m))
+    score::leaks(text)
 }
 
-/// The other name an NPC gives itself, if any.
+/// The other name an NPC gives itself, if any ([`score::other_name`]).
 pub(crate) fn wrong_name(text: &str, name: &str) -> Option<String> {
-    let lower = text.to_lowercase();
-    let own = name.to_lowercase();
-    for intro in ["my name is ", "i am ", "i'm ", "call me ", "name's "] {
-        let mut from = 0;
-        while let Some(at) = lower[from..].find(intro) {
-            let start = from + at + intro.len();
-            from = start;
-            let word: String = text[start..]
-                .chars()
-                .take_while(|c| c.is_alphabetic() || *c == '-')
-                .collect();
-            let capitalised = word.chars().next().is_some_and(char::is_uppercase);
-            let common = [
-                "I", "A", "An", "The", "Not", "Just", "No", "Here", "Sure", "Sorry",
-            ];
-            if capitalised && !common.contains(&word.as_str()) && word.to_lowercase() != own {
-                return Some(word);
-            }
-        }
-    }
-    None
+    score::other_name(text, name)
 }
 
 /// Whether an answer uses one of the expected words.
@@ -113,25 +85,14 @@ pub(crate) fn breaks_rule(text: &str, never_says: &[String]) -> bool {
         .any(|w| words.iter().any(|x| *x == w.to_lowercase()))
 }
 
-/// Whether a scene is something other than prose: paths, code, markup, run-together words.
+/// Whether a scene is something other than prose ([`score::not_prose`]).
 pub(crate) fn not_prose(text: &str) -> bool {
-    let symbols = text.chars().any(|c| "/\\{}[]<>_#|`".contains(c));
-    let camel = text
-        .as_bytes()
-        .windows(2)
-        .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
-    let long_word = text
-        .split_whitespace()
-        .any(|w| w.chars().filter(|c| c.is_alphabetic()).count() > 20);
-    let lower = text.to_lowercase();
-    symbols || camel || long_word || lower.contains("http") || lower.contains(".json")
+    score::not_prose(text)
 }
 
-/// Whether a scene reads as a title rather than a scene.
+/// Whether a scene reads as a title rather than a scene ([`score::title_like`]).
 pub(crate) fn title_like(text: &str) -> bool {
-    let words = text.split_whitespace().count();
-    let has_sentence = text.contains(['.', '!', '?', '…']);
-    words < 12 || !has_sentence
+    score::title_like(text)
 }
 
 /// Whether a scene mentions one of the premise's keywords.

@@ -227,7 +227,12 @@ impl Engine {
                 .model
                 .forward(tokens, pos, &mut session.cache, &engine.device)
         });
-        session.tokens.extend_from_slice(tokens);
+        // A failed forward leaves the cache in an unknown state: the session forgets it all
+        // rather than claim tokens it may not hold.
+        match &result {
+            Ok(_) => session.tokens.extend_from_slice(tokens),
+            Err(_) => session.clear(),
+        }
         result
     }
 
@@ -249,17 +254,7 @@ impl Engine {
                     engine
                         .model
                         .forward(&pair[..1], i, &mut session.cache, &engine.device)?;
-                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let log_sum = logits
-                    .iter()
-                    .map(|&v| f64::from(v - max).exp())
-                    .sum::<f64>()
-                    .ln();
-                let target = logits
-                    .get(pair[1] as usize)
-                    .copied()
-                    .unwrap_or(f32::NEG_INFINITY);
-                nll += log_sum - f64::from(target - max);
+                nll -= log_probability(&logits, pair[1]);
             }
             Ok((nll / (tokens.len() - 1) as f64).exp())
         })
@@ -355,7 +350,11 @@ impl Engine {
         stats.prefill_time = started.elapsed();
 
         let mut first_token_at = None;
+        // The raw scores, kept for the sampled token's log-probability (sampling rewrites them).
+        let mut raw = Vec::with_capacity(logits.len());
         let stop_reason = loop {
+            raw.clear();
+            raw.extend_from_slice(&logits);
             let token = match matcher.as_deref_mut() {
                 None => {
                     let _span = tracing::trace_span!("sample").entered();
@@ -383,6 +382,7 @@ impl Engine {
                 }
             };
             stats.generated_tokens += 1;
+            stats.logprob += log_probability(&raw, token);
             if stats.generated_tokens == 1 {
                 stats.time_to_first_token = started.elapsed();
                 first_token_at = Some(Instant::now());
@@ -439,5 +439,39 @@ impl Engine {
         };
         stats.decode_time = first_token_at.map_or(Duration::ZERO, |t| t.elapsed());
         Ok(finish(&mut stream, generated, stop_reason, stats, on_delta))
+    }
+}
+
+/// The natural-log probability of `token` under the softmax of `logits`; non-finite scores
+/// count as impossible.
+fn log_probability(logits: &[f32], token: TokenId) -> f64 {
+    let max = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let Some(&chosen) = logits.get(token as usize).filter(|l| l.is_finite()) else {
+        return f64::NEG_INFINITY;
+    };
+    let log_sum = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&v| f64::from(v - max).exp())
+        .sum::<f64>()
+        .ln();
+    f64::from(chosen - max) - log_sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_probability;
+
+    #[test]
+    fn log_probability_is_a_log_softmax() {
+        let logits = [0.0f32, 2.0_f32.ln(), f32::NAN];
+        // Probabilities 1/3 and 2/3; the NaN counts as impossible.
+        assert!((log_probability(&logits, 0) - (1.0f64 / 3.0).ln()).abs() < 1e-6);
+        assert!((log_probability(&logits, 1) - (2.0f64 / 3.0).ln()).abs() < 1e-6);
+        assert_eq!(log_probability(&logits, 2), f64::NEG_INFINITY);
+        assert_eq!(log_probability(&logits, 9), f64::NEG_INFINITY);
     }
 }

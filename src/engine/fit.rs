@@ -23,37 +23,61 @@ impl Engine {
     /// and the newest turn are never dropped; when they alone leave less room, the prompt is
     /// kept as long as it fits at all, and [`EngineError::ContextOverflow`] is returned when
     /// it does not.
-    pub fn fit_chat(
-        &self,
-        mut messages: Vec<ChatMessage>,
-        max_tokens: usize,
-    ) -> Result<FittedPrompt> {
+    ///
+    /// How many turns to drop is found by bisection: a long history costs a few renders, not
+    /// one per dropped turn.
+    pub fn fit_chat(&self, messages: Vec<ChatMessage>, max_tokens: usize) -> Result<FittedPrompt> {
         let n_ctx = self.info().n_ctx;
+        let room = max_tokens.min(n_ctx / 2);
         let pinned = usize::from(messages.first().is_some_and(|m| m.role == Role::System));
-        loop {
-            let tokens = self.chat_tokens(&messages)?;
-            let fits = tokens.len() + max_tokens.min(n_ctx / 2) <= n_ctx;
-            if fits {
-                return Ok(FittedPrompt { messages, tokens });
+        let droppable = messages.len().saturating_sub(pinned + 1);
+        // The prompt without the `k` oldest turns; a history left starting with the NPC's
+        // reply to a dropped question loses that reply too.
+        let without = |k: usize| -> Result<FittedPrompt> {
+            let mut start = pinned + k;
+            if k > 0 && start + 1 < messages.len() && messages[start].role == Role::Assistant {
+                start += 1;
             }
-            if messages.len() > pinned + 1 {
-                // Drop the oldest turn; if that leaves the history starting with the NPC's
-                // reply to a dropped question, drop that too.
-                messages.remove(pinned);
-                if messages.len() > pinned + 1 && messages[pinned].role == Role::Assistant {
-                    messages.remove(pinned);
-                }
-                continue;
-            }
-            if tokens.len() < n_ctx {
-                // No history left to drop; generate what fits.
-                return Ok(FittedPrompt { messages, tokens });
+            let kept: Vec<ChatMessage> = messages[..pinned]
+                .iter()
+                .chain(&messages[start..])
+                .cloned()
+                .collect();
+            let tokens = self.chat_tokens(&kept)?;
+            Ok(FittedPrompt {
+                messages: kept,
+                tokens,
+            })
+        };
+        let fits = |p: &FittedPrompt| p.tokens.len() + room <= n_ctx;
+        let all = without(0)?;
+        if fits(&all) {
+            return Ok(all);
+        }
+        let least = without(droppable)?;
+        if !fits(&least) {
+            // No history left to drop; generate what fits.
+            if least.tokens.len() < n_ctx {
+                return Ok(least);
             }
             return Err(EngineError::ContextOverflow {
-                tokens: tokens.len(),
+                tokens: least.tokens.len(),
                 n_ctx,
             });
         }
+        // The fewest turns to drop: `hi` fits, `lo` does not.
+        let (mut lo, mut hi, mut best) = (0, droppable, least);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let p = without(mid)?;
+            if fits(&p) {
+                hi = mid;
+                best = p;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(best)
     }
 }
 

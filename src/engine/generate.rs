@@ -103,6 +103,10 @@ pub struct GenerationStats {
     pub decode_time: Duration,
     /// Time spent computing grammar masks (constrained generation only).
     pub constraint_time: Duration,
+    /// The sum of the natural-log probabilities the model gave each sampled token (the one
+    /// that ended the turn included), from its raw scores: before temperature, repetition
+    /// penalty, top-k/top-p or a grammar's mask. Closer to zero means the model was surer.
+    pub logprob: f64,
 }
 
 impl GenerationStats {
@@ -119,6 +123,15 @@ impl GenerationStats {
     /// Tokens generated per second after the first.
     pub fn decode_tokens_per_second(&self) -> f64 {
         per_second(self.generated_tokens.saturating_sub(1), self.decode_time)
+    }
+
+    /// [`logprob`](Self::logprob) per sampled token; 0 when nothing was sampled.
+    pub fn mean_logprob(&self) -> f64 {
+        if self.generated_tokens == 0 {
+            0.0
+        } else {
+            self.logprob / self.generated_tokens as f64
+        }
     }
 }
 

@@ -32,19 +32,43 @@ impl GgufHeader {
         reader
             .seek(std::io::SeekFrom::Start(0))
             .map_err(|e| invalid(e.to_string()))?;
-        let content = Content::read(reader).map_err(|e| invalid(e.to_string()))?;
+        // candle's parser divides by `general.alignment` (a 0 panics) and multiplies
+        // dimensions: a panic there is a bad file, not a crash.
+        let content =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(reader)))
+                .map_err(|_| {
+                    invalid("the header is inconsistent (the parser gave up on it)".into())
+                })?
+                .map_err(|e| invalid(e.to_string()))?;
+        if let Some(alignment) = content.metadata.get("general.alignment")
+            && alignment
+                .to_u32()
+                .is_ok_and(|a| a == 0 || !a.is_power_of_two())
+        {
+            return Err(invalid("general.alignment must be a power of two".into()));
+        }
         let file_len = reader
             .seek(std::io::SeekFrom::End(0))
             .map_err(|e| invalid(e.to_string()))?;
         for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
+            let dims = info.shape.dims();
+            // Checked: a product of hostile dimensions overflows (and panics in candle).
+            let elems = dims
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "tensor `{name}` has dimensions {dims:?}: a zero, or too many elements"
+                    ))
+                })?;
             let block = info.ggml_dtype.block_size();
             if elems % block != 0 {
                 return Err(invalid(format!(
                     "tensor `{name}` has {elems} elements, not a multiple of its block size {block}"
                 )));
             }
-            let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+            let bytes = ((elems / block) as u64).saturating_mul(info.ggml_dtype.type_size() as u64);
             let end = content
                 .tensor_data_offset
                 .saturating_add(info.offset)

@@ -13,6 +13,7 @@ use super::error::{EngineError, Result};
 use super::generate::Session;
 use super::gguf::GgufHeader;
 use super::grammar;
+use super::limits;
 use super::model::Model;
 use super::template::{ChatMessage, ChatTemplate, Role, Segment};
 use super::tokenizer::{TokenId, Tokenizer};
@@ -34,10 +35,7 @@ impl Engine {
     /// Loads a GGUF model file.
     pub fn load(path: impl AsRef<Path>, config: EngineConfig) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| EngineError::ModelNotFound {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file = open_model_file(path)?;
         Self::from_reader(BufReader::new(file), &path.display().to_string(), config)
     }
 
@@ -60,6 +58,7 @@ impl Engine {
                 architecture,
             });
         }
+        limits::check(&header, &architecture)?;
         let model_name = header.opt_string("general.name").map(str::to_owned);
         let mut tokenizer = Tokenizer::from_gguf(&header)?;
         if let Some(json) = &config.tokenizer_json {
@@ -67,11 +66,8 @@ impl Engine {
         }
         let token_text = |id: Option<TokenId>| {
             id.and_then(|i| {
-                header
-                    .string_array("tokenizer.ggml.tokens")
-                    .ok()?
-                    .into_iter()
-                    .nth(i as usize)
+                let tokens = header.get("tokenizer.ggml.tokens")?.to_vec().ok()?;
+                tokens.get(i as usize)?.to_string().ok().cloned()
             })
             .unwrap_or_default()
         };
@@ -86,8 +82,12 @@ impl Engine {
             None => ChatTemplate::chatml(),
         };
         let device = config.backend.device()?;
-        let (model, train_context) = Model::load(header, &mut reader, &device, config.cpu_kernels)?;
+        let train_context = header
+            .opt_usize(&format!("{architecture}.context_length"))?
+            .unwrap_or(2048);
         let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
+        // Tables and caches are sized for the context in use, not the one the file claims.
+        let model = Model::load(header, &mut reader, &device, config.cpu_kernels, n_ctx)?;
         let pool = match config.threads {
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -176,6 +176,23 @@ impl Engine {
         }
         Ok(tokens)
     }
+}
+
+/// Opens a model file, refusing anything that is not a regular file first: opening a FIFO
+/// (or a device) named by a mod would block the thread forever.
+pub fn open_model_file(path: &Path) -> Result<File> {
+    let not_found = |source| EngineError::ModelNotFound {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(not_found)?;
+    if !meta.is_file() {
+        return Err(not_found(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    File::open(path).map_err(not_found)
 }
 
 /// `messages` with every system message after the first folded into the next user turn (or

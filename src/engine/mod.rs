@@ -26,6 +26,7 @@ mod generate;
 mod gguf;
 mod grammar;
 mod kernels;
+pub mod limits;
 mod load;
 mod model;
 mod progress;
@@ -43,7 +44,7 @@ pub use generate::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
 };
 pub use grammar::Grammar;
-pub use load::Engine;
+pub use load::{Engine, open_model_file};
 pub use progress::ProgressReader;
 pub use sampling::{Sampler, SamplingParams};
 pub use sentences::ends_sentence;

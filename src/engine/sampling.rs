@@ -144,12 +144,14 @@ impl Sampler {
 
         let cands = &mut self.candidates;
         cands.clear();
+        // A `+inf` score is a certainty, not an error: it becomes the largest finite score
+        // (it was dropped with the NaNs).
         cands.extend(
             logits
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.is_finite())
-                .map(|(i, &l)| (i as TokenId, l)),
+                .filter(|(_, l)| !l.is_nan() && **l != f32::NEG_INFINITY)
+                .map(|(i, &l)| (i as TokenId, l.min(f32::MAX))),
         );
         if cands.is_empty() {
             // Every token is masked or NaN: fall back to the raw argmax.
@@ -226,6 +228,20 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
         assert_eq!(s.sample(&mut logits(), &[], None), 1);
+    }
+
+    #[test]
+    fn an_infinite_score_is_a_certainty_not_dropped() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        }
+        .with_seed(3);
+        let mut s = Sampler::new(params).unwrap();
+        for _ in 0..20 {
+            let mut l = vec![5.0, f32::INFINITY, 4.0, f32::NAN];
+            assert_eq!(s.sample(&mut l, &[], None), 1);
+        }
     }
 
     #[test]

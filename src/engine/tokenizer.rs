@@ -135,7 +135,7 @@ impl Tokenizer {
                 let scores = header
                     .opt_f32_array("tokenizer.ggml.scores")?
                     .ok_or_else(|| tok_err("SentencePiece vocabulary without scores"))?;
-                let merges = merges_from_scores(&tokens, &types, &scores, &vocab);
+                let merges = merges_from_scores(&tokens, &types, &scores, &vocab)?;
                 let mut builder = BPE::builder()
                     .vocab_and_merges(vocab.clone(), merges)
                     .byte_fallback(true)
@@ -253,13 +253,21 @@ impl Tokenizer {
 
     /// Encodes text written by a player, an author or any other untrusted source. Control
     /// tokens spelled out in `text` are tokenized as the plain characters they are made of.
+    /// Checked after encoding too (a `tokenizer_json` with its own added tokens could differ):
+    /// a control token in the result is an error, never a smuggled chat turn.
     pub fn encode(&self, text: &str) -> Result<Vec<TokenId>> {
-        Ok(self
+        let ids = self
             .plain
             .encode_fast(text, false)
             .map_err(tok_err)?
             .get_ids()
-            .to_vec())
+            .to_vec();
+        if let Some(&id) = ids.iter().find(|&&id| self.is_control(id)) {
+            return Err(tok_err(format!(
+                "plain text encoded to control token {id}; refusing it"
+            )));
+        }
+        Ok(ids)
     }
 
     /// Encodes chat-template markup, where control tokens such as `<|im_start|>` are real.
@@ -359,13 +367,15 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
 }
 
 /// SentencePiece BPE ranks merges by the score of the merged piece; rebuild the merge list
-/// in that order (as `transformers`' SentencePiece converter does).
+/// in that order (as `transformers`' SentencePiece converter does). A vocabulary that
+/// would give more than [`MAX_MERGES`](super::limits::MAX_MERGES) merges (`a`, `aa`, `aaa`,
+/// ... gives one per split) is refused.
 fn merges_from_scores(
     tokens: &[String],
     types: &[i32],
     scores: &[f32],
     vocab: &tokenizers::models::bpe::Vocab,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>> {
     let mut merges: Vec<(f32, TokenId, TokenId, TokenId)> = Vec::new();
     for (id, token) in tokens.iter().enumerate() {
         if types[id] != 1 {
@@ -378,12 +388,18 @@ fn merges_from_scores(
                 merges.push((score, id as TokenId, l, r));
             }
         }
+        if merges.len() > super::limits::MAX_MERGES {
+            return Err(tok_err(format!(
+                "the vocabulary gives over {} merges",
+                super::limits::MAX_MERGES
+            )));
+        }
     }
     merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
-    merges
+    Ok(merges
         .into_iter()
         .map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
-        .collect()
+        .collect())
 }
 
 /// The bytes a vocabulary entry stands for when it is detokenized.

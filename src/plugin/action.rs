@@ -151,7 +151,11 @@ pub(crate) fn dispatch_actions(
     let mut todo = std::mem::take(&mut requests.waiting.0);
     for request in requests.requests.read() {
         let id = dispatcher.in_flight.next_id();
-        todo.push((id, request.clone()));
+        let others = todo.iter().filter(|(_, r)| r.npc == request.npc).count();
+        match dispatcher.in_flight.admit(request.npc, todo.len(), others) {
+            Ok(()) => todo.push((id, request.clone())),
+            Err(error) => out.fail(&mut commands, request.npc, id, error),
+        }
     }
     for (id, request) in todo {
         match action_job(id, &request, &npcs, &assets, &env) {

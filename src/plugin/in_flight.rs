@@ -10,7 +10,9 @@ use bevy::prelude::*;
 use super::line::RequestLine;
 use super::model::{DialogueModel, ModelState};
 use super::npc::DialogueContext;
-use super::request::{DialogueError, DialogueSettings, RequestId};
+use super::request::{
+    DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, RequestId,
+};
 use super::worker::{Command, Job};
 use super::worker_link::WorkerLink;
 use crate::action::ActionSpec;
@@ -57,6 +59,35 @@ impl InFlight {
     pub(crate) fn next_id(&mut self) -> RequestId {
         self.next_id += 1;
         RequestId(self.next_id)
+    }
+
+    /// Whether one more request of `entity` may queue, with `also_waiting` requests waiting
+    /// elsewhere (`others` of them the entity's).
+    pub(crate) fn admit(
+        &self,
+        entity: Entity,
+        also_waiting: usize,
+        others: usize,
+    ) -> Result<(), DialogueError> {
+        let total = self.waiting_lines.len() + self.active.len() + also_waiting;
+        if total >= MAX_PENDING {
+            return Err(DialogueError::QueueFull(format!(
+                "{total} requests are waiting (the limit is {MAX_PENDING})"
+            )));
+        }
+        let mine = others
+            + self
+                .waiting_lines
+                .iter()
+                .filter(|(_, r)| r.npc == entity)
+                .count()
+            + self.active.values().filter(|a| a.entity == entity).count();
+        if mine >= MAX_PENDING_PER_ENTITY {
+            return Err(DialogueError::QueueFull(format!(
+                "{entity} has {mine} requests waiting (the limit is {MAX_PENDING_PER_ENTITY} per entity)"
+            )));
+        }
+        Ok(())
     }
 
     /// Stops everything `entity` asked for: waiting and active lines, scenes and decisions.

@@ -35,6 +35,10 @@ pub struct RequestLine {
     pub max_sentences: Option<usize>,
     /// Overrides sampling for this request.
     pub sampling: Option<SamplingParams>,
+    /// Draws to keep the best of (1..=8); `None` uses [`DialogueSettings::best_of`].
+    ///
+    /// [`DialogueSettings::best_of`]: super::DialogueSettings::best_of
+    pub best_of: Option<usize>,
 }
 
 impl RequestLine {
@@ -47,6 +51,7 @@ impl RequestLine {
             max_tokens: None,
             max_sentences: None,
             sampling: None,
+            best_of: None,
         }
     }
     /// The player's line the NPC answers.
@@ -72,6 +77,15 @@ impl RequestLine {
     /// Sampling for this line only.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
+        self
+    }
+    /// Draws `n` lines from one prompt computation and keeps the best by
+    /// [`score::line_score`](crate::score::line_score) (no trailing off, no chat markup, no
+    /// other name for the speaker; then the one the model was surest of). The line arrives
+    /// in one [`LineDelta`] when chosen instead of streaming, and takes about `n` times as
+    /// long to compute.
+    pub fn best_of(mut self, n: usize) -> Self {
+        self.best_of = Some(n);
         self
     }
 }

@@ -15,8 +15,9 @@ use super::narrator::Narrating;
 use super::npc::{DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
 use super::request::{DialogueError, RequestId};
 use super::worker::{Command, Job, Output};
-use crate::engine::{CancelToken, ChatMessage, GenerateParams};
+use crate::engine::{CancelToken, GenerateParams};
 use crate::persona::Persona;
+use crate::prompt::MAX_TURN_BYTES;
 
 /// `PostUpdate`: [`CancelLine`] messages. Scenes and decisions of the entity stop too.
 pub(crate) fn cancel_lines(
@@ -33,13 +34,21 @@ pub(crate) fn cancel_lines(
 }
 
 /// `PostUpdate`: new [`RequestLine`]s join the waiting list.
+/// Past [`MAX_PENDING_PER_ENTITY`](super::MAX_PENDING_PER_ENTITY) for the NPC or
+/// [`MAX_PENDING`](super::MAX_PENDING) in all, a request fails at once with
+/// [`DialogueError::QueueFull`].
 pub(crate) fn queue_lines(
+    mut commands: Commands,
     mut in_flight: ResMut<InFlight>,
     mut requests: MessageReader<RequestLine>,
+    mut failed: MessageWriter<LineFailed>,
 ) {
     for request in requests.read() {
         let id = in_flight.next_id();
-        in_flight.waiting_lines.push((id, request.clone()));
+        match in_flight.admit(request.npc, 0, 0) {
+            Ok(()) => in_flight.waiting_lines.push((id, request.clone())),
+            Err(error) => fail_line(&mut commands, &mut failed, request.npc, id, error),
+        }
     }
 }
 
@@ -90,6 +99,14 @@ fn line_job(
     if let Some(error) = env.unavailable() {
         return Err(error);
     }
+    if let Some(line) = &request.player_line
+        && line.len() > MAX_TURN_BYTES
+    {
+        return Err(DialogueError::InvalidRequest(format!(
+            "the player's line is {} bytes; the limit is {MAX_TURN_BYTES}",
+            line.len()
+        )));
+    }
     let (npc, history, npc_facts, overrides) = npcs
         .get(request.npc)
         .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
@@ -113,6 +130,12 @@ fn line_job(
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     let params = line_params(&env.settings.defaults, persona, overrides, request)?;
+    let best_of = request.best_of.unwrap_or(env.settings.best_of);
+    if !(1..=8).contains(&best_of) {
+        return Err(DialogueError::InvalidRequest(format!(
+            "best_of {best_of} is outside 1..=8"
+        )));
+    }
     Ok(Some(Job {
         id,
         slot: request.npc.to_bits(),
@@ -120,7 +143,10 @@ fn line_job(
         params,
         priority: request.priority,
         cancel: CancelToken::new(),
-        output: Output::Text,
+        output: Output::Text {
+            best_of,
+            speaker: persona.name.clone(),
+        },
     }))
 }
 
@@ -182,16 +208,11 @@ pub(crate) fn deliver_lines(
             Progress::Done(active, mut generations) => {
                 let generation = generations.swap_remove(0);
                 if let Ok(mut history) = histories.get_mut(npc) {
-                    if let ActiveKind::Line {
-                        player_line: Some(line),
-                    } = active.kind
-                    {
-                        history.turns.push(ChatMessage::user(line));
-                    }
-                    if !generation.text.is_empty() {
-                        let said = ChatMessage::assistant(generation.text.clone());
-                        history.turns.push(said);
-                    }
+                    let player_line = match active.kind {
+                        ActiveKind::Line { player_line } => player_line,
+                        _ => None,
+                    };
+                    history.push_exchange(player_line, generation.text.clone());
                 }
                 still_speaking(&mut commands, &in_flight, npc);
                 let ev = LineFinished {

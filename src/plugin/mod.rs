@@ -36,7 +36,9 @@ pub use narrator::{
     ChooseOption, Narrating, Narrator, RequestScene, SceneDelta, SceneFailed, SceneFinished,
 };
 pub use npc::{DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
-pub use request::{DialogueError, DialogueSettings, Priority, RequestId};
+pub use request::{
+    DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, Priority, RequestId,
+};
 pub use worker::{WorkerStatus, running_workers};
 #[cfg(feature = "fault-injection")]
 pub use worker_link::InjectWorkerPanic;
@@ -181,6 +183,7 @@ impl Plugin for LlmDialoguePlugin {
             .add_message::<ActionFailed>()
             .insert_resource(DialogueSettings {
                 defaults: self.defaults.clone(),
+                best_of: 1,
             })
             .init_resource::<DialogueContext>()
             .init_resource::<DialogueModel>()

@@ -62,6 +62,17 @@ pub(crate) fn take_choices(
             out.not_a_narrator(&mut commands, entity);
             continue;
         };
+        // A story from a save or a mod is checked before it is used; a bad one is left as
+        // it was (nothing is lost) and the game hears why.
+        if let Err(e) = story.validate() {
+            out.fail(
+                &mut commands,
+                entity,
+                None,
+                DialogueError::Structure(e.to_string()),
+            );
+            continue;
+        }
         let goto = match story.choose(choose.index) {
             Ok(choice) => choice.goto.clone(),
             Err(e) => {
@@ -104,6 +115,15 @@ pub(crate) fn dispatch_scenes(
             out.not_a_narrator(&mut commands, entity);
             continue;
         };
+        if let Err(e) = story.validate() {
+            out.fail(
+                &mut commands,
+                entity,
+                None,
+                DialogueError::Structure(e.to_string()),
+            );
+            continue;
+        }
         let asset = match assets.story(&narrator.story) {
             Ready::Yes(a) => a,
             Ready::NotYet => {
@@ -175,6 +195,13 @@ fn scene_job(
             request.alternatives
         )));
     }
+    let best_of = request.best_of.unwrap_or(env.settings.best_of);
+    if !(1..=8).contains(&best_of) || request.alternatives * best_of > 16 {
+        return Err(DialogueError::InvalidRequest(format!(
+            "best_of {best_of} with {} alternatives: best_of must be in 1..=8 and the product 16 at most",
+            request.alternatives
+        )));
+    }
     let messages = template
         .narrator_messages(asset, story, &env.world.facts)
         .map_err(|e| DialogueError::Template(e.to_string()))?;
@@ -194,6 +221,7 @@ fn scene_job(
         output: Output::Scene {
             choices: asset.choices,
             alternatives: request.alternatives,
+            best_of,
         },
     })
 }

@@ -52,6 +52,27 @@ pub struct DialogueHistory {
     pub turns: Vec<ChatMessage>,
 }
 
+impl DialogueHistory {
+    /// The most turns kept: past it, the oldest are dropped as new ones arrive. Prompts use
+    /// the newest [`MAX_HISTORY_TURNS`](crate::prompt::MAX_HISTORY_TURNS) at most.
+    pub const MAX_TURNS: usize = 256;
+
+    /// Appends an exchange (the player's line, if any, and the NPC's reply) and drops the
+    /// oldest turns past [`MAX_TURNS`](Self::MAX_TURNS). An empty reply adds nothing: a
+    /// player turn without an answer would make strict chat templates refuse every later line.
+    pub fn push_exchange(&mut self, player_line: Option<String>, reply: String) {
+        if reply.is_empty() {
+            return;
+        }
+        if let Some(line) = player_line {
+            self.turns.push(ChatMessage::user(line));
+        }
+        self.turns.push(ChatMessage::assistant(reply));
+        let excess = self.turns.len().saturating_sub(Self::MAX_TURNS);
+        self.turns.drain(..excess);
+    }
+}
+
 /// Present while the NPC is speaking (from [`LineStarted`](super::LineStarted) to the end).
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
 #[reflect(Component, Clone, Debug, PartialEq)]
@@ -99,4 +120,23 @@ pub struct DialogueOverrides {
     pub sampling: Option<SamplingParams>,
     /// Longest line in tokens.
     pub max_tokens: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchanges_are_whole_and_the_history_is_bounded() {
+        let mut history = DialogueHistory::default();
+        history.push_exchange(Some("Hello?".into()), String::new());
+        assert!(history.turns.is_empty(), "no player turn without a reply");
+        history.push_exchange(None, "Welcome.".into());
+        assert_eq!(history.turns, [ChatMessage::assistant("Welcome.")]);
+        for i in 0..DialogueHistory::MAX_TURNS {
+            history.push_exchange(Some(format!("q{i}")), "a".into());
+        }
+        assert_eq!(history.turns.len(), DialogueHistory::MAX_TURNS);
+        assert_eq!(history.turns.last(), Some(&ChatMessage::assistant("a")));
+    }
 }

@@ -9,7 +9,7 @@ use super::in_flight::{InFlight, Inbox, Progress};
 use super::model::{DialogueModel, ModelFailed, ModelLoaded, ModelLoading, ModelState};
 use super::request::DialogueError;
 use super::worker::Report;
-use super::worker_link::WorkerLink;
+use super::worker_link::{MAX_RESTARTS, WorkerLink};
 
 /// The writers of model notifications.
 #[derive(SystemParam)]
@@ -44,8 +44,16 @@ pub(crate) fn receive_reports(
                         .bucket(&a.kind)
                         .push((id, entity, Progress::Failed(error)));
                 }
-                link.restart();
-                model.state = ModelState::Loading(0.0);
+                if link.restart() {
+                    model.state = ModelState::Loading(0.0);
+                } else if !matches!(model.state, ModelState::Failed(_)) {
+                    let error = format!(
+                        "the inference worker stopped {MAX_RESTARTS} times within a minute; load a model to try again"
+                    );
+                    tracing::error!("{error}");
+                    model.state = ModelState::Failed(error.clone());
+                    out.failed.write(ModelFailed { error });
+                }
                 break;
             }
         };

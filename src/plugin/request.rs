@@ -23,12 +23,23 @@ pub enum Priority {
     Player,
 }
 
+/// The most lines and decisions one entity may have waiting or at the worker; more fail with
+/// [`DialogueError::QueueFull`].
+pub const MAX_PENDING_PER_ENTITY: usize = 8;
+
+/// The most lines and decisions waiting or at the worker in all.
+pub const MAX_PENDING: usize = 256;
+
 /// Settings that can change while the game runs.
 #[derive(Resource, Clone, Debug, Reflect)]
 #[reflect(Resource, Clone, Debug)]
 pub struct DialogueSettings {
     /// Generation settings under the persona's, the NPC's and the request's.
     pub defaults: GenerateParams,
+    /// Draws per line and per scene (1..=8) when the request does not say: the best by
+    /// [`crate::score::line_score`] / [`crate::score::scene_score`] is kept and arrives in
+    /// one piece instead of streaming. 1 (the default) streams the only draw.
+    pub best_of: usize,
 }
 
 /// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.
@@ -68,6 +79,10 @@ pub enum DialogueError {
     /// choice index, an invalid story asset, output cut off by the length limit.
     #[error("{0}")]
     Structure(String),
+    /// Too many requests are waiting: [`MAX_PENDING_PER_ENTITY`] for one entity or
+    /// [`MAX_PENDING`] in all. Nothing was queued; ask again once results arrive.
+    #[error("queue full: {0}")]
+    QueueFull(String),
     /// The inference worker crashed on this line; it was restarted.
     #[error("the inference worker crashed ({0}); it has been restarted")]
     WorkerCrashed(String),

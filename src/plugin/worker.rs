@@ -15,9 +15,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::request::{DialogueError, Priority, RequestId};
 use crate::engine::{
-    CancelToken, ChatMessage, Engine, EngineConfig, EngineError, GenerateParams, Generation,
+    CancelToken, ChatMessage, Delta, Engine, EngineConfig, EngineError, GenerateParams, Generation,
     ModelInfo, ProgressReader, SessionSlots,
 };
+use crate::score;
 
 /// A line (or a scene, or a decision) to generate.
 #[derive(Clone)]
@@ -37,16 +38,22 @@ pub(crate) struct Job {
 /// What kind of text a job produces.
 #[derive(Clone)]
 pub(crate) enum Output {
-    /// A free-text line.
-    Text,
+    /// A free-text line; with `best_of` above 1, the best of that many draws by
+    /// [`crate::score::line_score`] for `speaker`, sent whole once chosen.
+    Text { best_of: usize, speaker: String },
     /// `alternatives` outputs that follow the grammar, sharing the prompt's prefill.
     Structured {
         grammar: crate::engine::Grammar,
         alternatives: usize,
     },
-    /// `alternatives` scenes as prose, each followed by `choices` choices as a list
-    /// ([`crate::story::write_scenes`]); reported as scene, list, scene, list, ...
-    Scene { choices: usize, alternatives: usize },
+    /// `alternatives` scenes as prose (the best of `best_of` draws each), each followed by
+    /// `choices` choices as a list ([`crate::story::write_scenes`]); reported as scene, list,
+    /// scene, list, ...
+    Scene {
+        choices: usize,
+        alternatives: usize,
+        best_of: usize,
+    },
 }
 
 pub(crate) enum Command {
@@ -112,13 +119,28 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("llm-dialogue-worker".into())
         .spawn(move || {
-            RUNNING.fetch_add(1, Ordering::SeqCst);
+            let _running = Running::start();
             Worker::new(config, reports).run(commands);
-            RUNNING.fetch_sub(1, Ordering::SeqCst);
         })
 }
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a worker thread in [`RUNNING`] for as long as it lives, panics included.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// How many inference worker threads are running in this process (one per app with the
 /// plugin; it drops to zero when the apps are gone).
@@ -136,8 +158,22 @@ struct Worker {
     queue: Vec<(u64, Job)>,
     slots: SessionSlots,
     clock: u64,
+    /// Jobs that panicked in a row (the model is reloaded after each, up to [`MAX_CRASHES`]).
+    crashes: u32,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
+}
+
+/// Panics in a row after which the worker stops reloading the model and reports it failed.
+const MAX_CRASHES: u32 = 3;
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 impl Worker {
@@ -151,6 +187,7 @@ impl Worker {
             load_error: Some("the model has not been loaded".into()),
             queue: Vec::new(),
             clock: 0,
+            crashes: 0,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
@@ -212,27 +249,31 @@ impl Worker {
     }
 
     fn load(&mut self, path: PathBuf) {
+        self.crashes = 0;
         let _span = tracing::info_span!("load_model", path = %path.display()).entered();
         self.engine = None;
         self.model_path = Some(path.clone());
         self.slots.clear();
         self.report(Report::Loading(0.0));
-        let result = std::fs::File::open(&path)
-            .map_err(|source| EngineError::ModelNotFound {
-                path: path.clone(),
-                source,
+        let result = crate::engine::open_model_file(&path).and_then(|file| {
+            let reports = self.reports.clone();
+            let reader = ProgressReader::new(std::io::BufReader::new(file), move |f| {
+                let _ = reports.send(Report::Loading(f));
+            })?;
+            let name = path.display().to_string();
+            let config = self.config.engine.clone();
+            // A hostile file that makes a dependency panic fails the load; it must not
+            // kill the thread (which would restart and load the same file forever).
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                Engine::from_reader(reader, &name, config)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(EngineError::InvalidGguf {
+                    file: name.clone(),
+                    reason: format!("it crashed the loader: {}", panic_message(panic.as_ref())),
+                })
             })
-            .and_then(|file| {
-                let reports = self.reports.clone();
-                let reader = ProgressReader::new(std::io::BufReader::new(file), move |f| {
-                    let _ = reports.send(Report::Loading(f));
-                })?;
-                Engine::from_reader(
-                    reader,
-                    &path.display().to_string(),
-                    self.config.engine.clone(),
-                )
-            });
+        });
         match result {
             Ok(engine) => {
                 self.load_error = None;
@@ -260,25 +301,6 @@ impl Worker {
             });
             return;
         };
-        let prompt = match engine.fit_chat(job.messages, job.params.max_tokens) {
-            Ok(p) => p,
-            Err(e) => {
-                self.report(Report::Failed {
-                    id: job.id,
-                    error: engine_error(e),
-                });
-                return;
-            }
-        };
-        let shown = engine
-            .template()
-            .render(&prompt.messages, true)
-            .unwrap_or_default();
-        let _ = self.reports.send(Report::Started {
-            id: job.id,
-            prompt: shown.into(),
-        });
-
         let mut session = self.slots.take(job.slot, engine);
 
         #[cfg(feature = "fault-injection")]
@@ -287,7 +309,18 @@ impl Worker {
         let id = job.id;
         let cancel = job.cancel.clone();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let send = |d: &crate::engine::Delta<'_>| {
+            // Fitting and rendering run under the guard too: a hostile chat template must
+            // not take the worker down.
+            let prompt = engine.fit_chat(job.messages, job.params.max_tokens)?;
+            let shown = engine
+                .template()
+                .render(&prompt.messages, true)
+                .unwrap_or_default();
+            let _ = reports.send(Report::Started {
+                id,
+                prompt: shown.into(),
+            });
+            let send = |d: &Delta<'_>| {
                 #[cfg(feature = "fault-injection")]
                 if inject && d.generated >= 3 {
                     panic!("injected fault");
@@ -304,9 +337,27 @@ impl Worker {
                 }
             };
             match &job.output {
-                Output::Text => engine
+                Output::Text { best_of: 1, .. } => engine
                     .generate(&mut session, &prompt.tokens, &job.params, &job.cancel, send)
                     .map(|g| vec![g]),
+                Output::Text { best_of, speaker } => score::best_line(
+                    engine,
+                    &mut session,
+                    &prompt.tokens,
+                    &job.params,
+                    *best_of,
+                    speaker,
+                    &job.cancel,
+                )
+                .map(|g| {
+                    // Sent whole once chosen: the draws cannot stream.
+                    send(&Delta {
+                        text: &g.text,
+                        token: None,
+                        generated: g.stats.generated_tokens,
+                    });
+                    vec![g]
+                }),
                 Output::Structured {
                     grammar,
                     alternatives,
@@ -326,13 +377,17 @@ impl Worker {
                 Output::Scene {
                     choices,
                     alternatives,
+                    best_of,
                 } => crate::story::write_scenes(
                     engine,
                     &mut session,
                     &prompt,
-                    *choices,
+                    &crate::story::SceneShape {
+                        choices: *choices,
+                        alternatives: *alternatives,
+                        best_of: *best_of,
+                    },
                     &job.params,
-                    *alternatives,
                     &job.cancel,
                     send,
                 )
@@ -346,6 +401,7 @@ impl Worker {
         }));
         match result {
             Ok(Ok(generations)) => {
+                self.crashes = 0;
                 self.slots.put(job.slot, session);
                 if !job.cancel.is_cancelled() {
                     self.report(Report::Finished { id, generations });
@@ -360,16 +416,25 @@ impl Worker {
                 });
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
+                let what = panic_message(panic.as_ref());
                 tracing::error!("inference worker panicked: {what}; restarting it");
                 self.report(Report::Failed {
                     id,
-                    error: DialogueError::WorkerCrashed(what),
+                    error: DialogueError::WorkerCrashed(what.clone()),
                 });
+                self.crashes += 1;
+                if self.crashes >= MAX_CRASHES {
+                    // The same model keeps crashing: reloading it forever would only spin.
+                    let reason = format!(
+                        "the model crashed the worker {MAX_CRASHES} times in a row (last: {what}); load another model"
+                    );
+                    tracing::error!("{reason}");
+                    self.engine = None;
+                    self.slots.clear();
+                    self.load_error = Some(reason.clone());
+                    self.report(Report::LoadFailed(reason));
+                    return;
+                }
                 // The engine may be half-way through anything: start again from the file,
                 // as a fresh worker would. Queued lines wait for the reload.
                 if let Some(path) = self.model_path.clone() {

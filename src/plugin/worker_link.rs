@@ -28,7 +28,14 @@ pub(crate) struct WorkerLink {
     /// Whether a load was asked for that has not been announced yet.
     pub(crate) announce_load: bool,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// When the worker was last restarted, newest last (at most [`MAX_RESTARTS`]).
+    restarts: Vec<std::time::Instant>,
 }
+
+/// Restarts of the worker within [`RESTART_WINDOW`] after which it is left stopped: a model
+/// or input that kills it every time would otherwise restart it forever.
+pub(crate) const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Drop for WorkerLink {
     /// The app is closing: hang up, and give the worker a moment to stop. It notices at the
@@ -63,6 +70,7 @@ impl WorkerLink {
             model: None,
             announce_load: false,
             thread,
+            restarts: Vec::new(),
         };
         if let Some(path) = model {
             link.load(path);
@@ -71,20 +79,32 @@ impl WorkerLink {
     }
 
     pub(crate) fn load(&mut self, path: PathBuf) {
+        // A new model gets a new restart budget.
+        self.restarts.clear();
         self.model = Some(path.clone());
         self.announce_load = true;
         self.send(Command::Load(path));
     }
 
     pub(crate) fn send(&mut self, cmd: Command) {
-        if let Err(crossbeam_channel::SendError(cmd)) = self.commands.send(cmd) {
+        if let Err(crossbeam_channel::SendError(cmd)) = self.commands.send(cmd)
             // The worker is gone (it only stops when its channel closes or it crashed).
-            self.restart();
+            && self.restart()
+        {
             let _ = self.commands.send(cmd);
         }
     }
 
-    pub(crate) fn restart(&mut self) {
+    /// Starts a new worker (reloading the model) unless [`MAX_RESTARTS`] restarts happened
+    /// within the last minute; returns whether it did.
+    pub(crate) fn restart(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.restarts
+            .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if self.restarts.len() >= MAX_RESTARTS {
+            return false;
+        }
+        self.restarts.push(now);
         tracing::warn!("restarting the inference worker");
         let (commands, reports, thread) = start(&self.spec);
         self.commands = commands;
@@ -94,6 +114,7 @@ impl WorkerLink {
             self.announce_load = true;
             let _ = self.commands.send(Command::Load(path));
         }
+        true
     }
 
     /// Test hook: the worker panics on its next line.

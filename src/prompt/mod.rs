@@ -9,8 +9,11 @@ mod template;
 
 pub use facts::Facts;
 pub use narrator::{choice_list, opening_ask};
-pub use npc::{MAX_EXAMPLE_TURNS, UNPROMPTED_LINE, relevant_facts};
+pub use npc::{
+    MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, UNPROMPTED_LINE, conversation,
+    relevant_facts,
+};
 pub use template::{
-    DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PromptError,
-    PromptTemplate,
+    DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PROMPT_TEMPLATE_FUEL,
+    PromptError, PromptTemplate,
 };

@@ -1,6 +1,7 @@
 //! The narrator's conversation: the story so far as chat turns, with example scenes while the
 //! story is young.
 
+use minijinja::value::Serde;
 use minijinja::{Value, context};
 
 use super::facts::Facts;
@@ -83,8 +84,8 @@ impl PromptTemplate {
             })
             .collect();
         let system = self.render(context! {
-            story => Value::from_serialize(asset),
-            world => Value::from_serialize(world),
+            story => Value::from(Serde(asset)),
+            world => Value::from(Serde(world)),
             path => path,
         })?;
         let mut messages = vec![ChatMessage::system(system)];

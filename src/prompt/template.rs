@@ -1,5 +1,7 @@
 //! A compiled prompt template and its errors.
 
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 
 use super::facts::Facts;
@@ -36,17 +38,23 @@ pub struct PromptTemplate {
     env: Environment<'static>,
 }
 
-/// Bounds the work one render may do.
-const FUEL: u64 = 1_000_000;
+/// The work and memory one render of a prompt template (a mod's file) may use: a fuel per
+/// instruction and per 64 bytes created, so at most about 6 MB and a few milliseconds, since
+/// prompts render on the main thread. The built-in templates use a few thousand.
+pub const PROMPT_TEMPLATE_FUEL: u64 = 100_000;
 
 impl PromptTemplate {
     /// Compiles a template; `name` is used in error messages.
     pub fn new(name: &str, source: &str) -> Result<Self, PromptError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_fuel(Some(FUEL));
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| error(name, source, &e))?;
+        env.set_syntax(syntax);
+        env.set_fuel(Some(PROMPT_TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_template_owned("prompt", source.to_owned())
             .map_err(|e| error(name, source, &e))?;
@@ -80,10 +88,10 @@ impl PromptTemplate {
         situation: &str,
     ) -> Result<Vec<ChatMessage>, PromptError> {
         let system = self.render(context! {
-            persona => Value::from_serialize(persona),
-            world => Value::from_serialize(world),
-            npc => Value::from_serialize(npc),
-            actions => Value::from_serialize(actions),
+            persona => Value::from(Serde(persona)),
+            world => Value::from(Serde(world)),
+            npc => Value::from(Serde(npc)),
+            actions => Value::from(Serde(actions)),
         })?;
         Ok(vec![
             ChatMessage::system(system),

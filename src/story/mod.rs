@@ -16,6 +16,8 @@ mod playthrough;
 mod scene;
 
 pub use asset::{CHOICES, FixedChoice, FixedNode, StoryAsset};
-pub use narrate::{SceneDraft, choice_list_grammar, choices_ask, write_scenes};
-pub use playthrough::{Choice, SceneNode, Story, StoryError};
+pub use narrate::{SceneDraft, SceneShape, choice_list_grammar, choices_ask, write_scenes};
+pub use playthrough::{
+    Choice, MAX_SAVED_CHOICES, MAX_SCENE_BYTES, MAX_SCENES, SceneNode, Story, StoryError,
+};
 pub use scene::{MIN_SCENE_WORDS, Scene, SceneStream, scene_schema};

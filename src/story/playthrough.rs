@@ -69,7 +69,18 @@ pub enum StoryError {
     /// A `goto` names a scene the story asset does not have (the asset changed).
     #[error("scene `{0}` is not in the story asset")]
     MissingScene(String),
+    /// A saved playthrough that cannot be a real one: indices out of range, a `from` that
+    /// does not point back, or over the size limits ([`Story::validate`]).
+    #[error("the saved story is invalid: {0}")]
+    Invalid(String),
 }
+
+/// The most scenes a playthrough holds ([`Story::validate`]).
+pub const MAX_SCENES: usize = 10_000;
+/// The most choices a saved scene offers.
+pub const MAX_SAVED_CHOICES: usize = 16;
+/// The most bytes of text in one saved scene or choice.
+pub const MAX_SCENE_BYTES: usize = 16 * 1024;
 
 impl Story {
     /// The scene the player is at.
@@ -77,14 +88,81 @@ impl Story {
         self.current.and_then(|i| self.nodes.get(i))
     }
 
+    /// Checks a playthrough that came from outside (a save file, a scene, reflection)
+    /// before the plugin uses it: every index in range, every `from` earlier than its scene
+    /// and pointing back at a real choice, every `next` matching its scene's `from`, and the
+    /// size limits [`MAX_SCENES`], [`MAX_SAVED_CHOICES`] and [`MAX_SCENE_BYTES`]. The
+    /// plugin checks before every scene; a story it refuses fails with a clear error and is
+    /// left as it was.
+    pub fn validate(&self) -> Result<(), StoryError> {
+        let bad = |what: String| Err(StoryError::Invalid(what));
+        let n = self.nodes.len();
+        if n > MAX_SCENES {
+            return bad(format!("{n} scenes (the limit is {MAX_SCENES})"));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.choices.len() > MAX_SAVED_CHOICES {
+                return bad(format!(
+                    "scene {i} offers {} choices (the limit is {MAX_SAVED_CHOICES})",
+                    node.choices.len()
+                ));
+            }
+            let texts = std::iter::once(&node.text).chain(node.choices.iter().map(|c| &c.text));
+            if texts.into_iter().any(|t| t.len() > MAX_SCENE_BYTES) {
+                return bad(format!("scene {i} has a text over {MAX_SCENE_BYTES} bytes"));
+            }
+            match node.from {
+                None if i != 0 => return bad(format!("scene {i} does not say where it came from")),
+                Some((s, c)) if s >= i || c >= self.nodes[s].choices.len() => {
+                    return bad(format!(
+                        "scene {i} comes from ({s}, {c}), which is not an earlier scene's choice"
+                    ));
+                }
+                _ => {}
+            }
+            for (c, choice) in node.choices.iter().enumerate() {
+                if let Some(next) = choice.next
+                    && self.nodes.get(next).and_then(|x| x.from) != Some((i, c))
+                {
+                    return bad(format!(
+                        "choice {c} of scene {i} leads to scene {next}, which does not come from it"
+                    ));
+                }
+            }
+        }
+        if let Some(current) = self.current
+            && current >= n
+        {
+            return bad(format!(
+                "the current scene {current} does not exist ({n} scenes)"
+            ));
+        }
+        if self.current.is_none() && n > 0 {
+            return bad("scenes but no current scene".into());
+        }
+        if let Some((s, c)) = self.pending
+            && (Some(s) != self.current || c >= self.nodes[s].choices.len())
+        {
+            return bad(format!(
+                "the pending choice ({s}, {c}) is not a choice of the current scene"
+            ));
+        }
+        Ok(())
+    }
+
     /// The path from the opening to the current scene, each scene with the choice taken in
-    /// it (for the current scene, the pending choice if one was taken).
+    /// it (for the current scene, the pending choice if one was taken). On a story that
+    /// [`validate`](Self::validate) refuses it stops at the first broken link instead of
+    /// looping or panicking.
     pub fn path(&self) -> Vec<(&SceneNode, Option<&Choice>)> {
         let mut indices = Vec::new();
-        let mut at = self.current;
-        while let Some(i) = at {
+        let mut at = self.current.filter(|&i| i < self.nodes.len());
+        // A valid `from` always points earlier, so a walk longer than the story is a cycle.
+        while let Some(i) = at
+            && indices.len() < self.nodes.len()
+        {
             indices.push(i);
-            at = self.nodes[i].from.map(|(s, _)| s);
+            at = self.nodes[i].from.map(|(s, _)| s).filter(|&s| s < i);
         }
         indices.reverse();
         indices
@@ -123,8 +201,10 @@ impl Story {
             from,
             fixed,
         });
-        if let Some((s, c)) = from {
-            self.nodes[s].choices[c].next = Some(index);
+        if let Some((s, c)) = from
+            && let Some(choice) = self.nodes.get_mut(s).and_then(|n| n.choices.get_mut(c))
+        {
+            choice.next = Some(index);
         }
         self.current = Some(index);
         index
@@ -134,7 +214,10 @@ impl Story {
     /// next (pinned or generated).
     pub fn choose(&mut self, index: usize) -> Result<&Choice, StoryError> {
         let current = self.current.ok_or(StoryError::NotStarted)?;
-        let available = self.nodes[current].choices.len();
+        let node = self.nodes.get(current).ok_or_else(|| {
+            StoryError::Invalid(format!("the current scene {current} does not exist"))
+        })?;
+        let available = node.choices.len();
         if index >= available {
             return Err(StoryError::NoSuchChoice { index, available });
         }
@@ -181,5 +264,53 @@ mod tests {
         assert_eq!(path[0].1.unwrap().text, "Leave");
         assert!(path[1].1.is_none());
         assert_eq!(story.nodes[0].choices[1].next, Some(1));
+        assert_eq!(story.validate(), Ok(()));
+    }
+
+    #[test]
+    fn hostile_saves_are_refused_and_never_hang_or_panic() {
+        let node = |from| SceneNode {
+            text: "A gate.".into(),
+            choices: vec![Choice {
+                text: "Enter".into(),
+                goto: None,
+                next: None,
+            }],
+            from,
+            fixed: None,
+        };
+        // A `from` cycle: 0 <- 1 <- 0. `path` looped forever on it.
+        let cycle = Story {
+            nodes: vec![node(Some((1, 0))), node(Some((0, 0)))],
+            current: Some(1),
+            pending: None,
+        };
+        let out_of_range = Story {
+            nodes: vec![node(None)],
+            current: Some(7),
+            pending: Some((7, 3)),
+        };
+        let bad_from = Story {
+            nodes: vec![node(None), node(Some((0, 9)))],
+            current: Some(1),
+            pending: None,
+        };
+        for story in [cycle, out_of_range, bad_from] {
+            assert!(
+                matches!(story.validate(), Err(StoryError::Invalid(_))),
+                "{story:?}"
+            );
+            // Panic-free and finite anyway.
+            let _ = story.path();
+            let mut s = story.clone();
+            let _ = s.choose(0);
+            s.push_scene("Next.".into(), vec![], None);
+        }
+        let huge = Story {
+            nodes: vec![node(None); MAX_SCENES + 1],
+            current: Some(0),
+            pending: None,
+        };
+        assert!(huge.validate().unwrap_err().to_string().contains("limit"));
     }
 }

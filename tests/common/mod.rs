@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod gguf_writer;
+
 use std::path::PathBuf;
 
 use bevy_llm_dialogue::engine::{Engine, EngineConfig};

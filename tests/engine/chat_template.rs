@@ -4,6 +4,8 @@
 use crate::common;
 
 use bevy_llm_dialogue::engine::{ChatMessage, ChatTemplate};
+use bevy_llm_dialogue::persona::Persona;
+use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
 
 #[test]
 fn gguf_template_renders_like_hand_written_chatml() {
@@ -105,4 +107,29 @@ fn tokenizer_round_trips_unicode() {
     // SmolLM2's pre-tokenizer splits digits one by one.
     let ids = tk.encode("2024").unwrap();
     assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[test]
+fn template_memory_bombs_run_out_of_fuel_not_memory() {
+    // Each of these allocates terabytes in a handful of instructions; minijinja's fuel now
+    // charges for the bytes a template creates, so each ends in an error within the budget.
+    let bombs = [
+        "{{ ('x'*100000000)|replace('x','x'*100000000) }}",
+        "{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        "{{ 'abc'.replace('a', 'x'*90000000).replace('x', 'x'*90000000) }}",
+    ];
+    for bomb in bombs {
+        let started = std::time::Instant::now();
+        let chat = ChatTemplate::new(bomb, "<s>", "</s>").expect("compiles");
+        let err = chat.render(&[ChatMessage::user("hi")], true).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{bomb}: {err}");
+        let prompt = PromptTemplate::new("bomb.jinja", bomb).expect("compiles");
+        let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").unwrap();
+        let err = prompt
+            .npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"))
+            .unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{bomb}: {err}");
+        eprintln!("{bomb}: refused in {:?}", started.elapsed());
+    }
 }

@@ -1,12 +1,12 @@
 //! Inputs the fuzzers (`fuzz/`, cargo-fuzz) found or that seed them, replayed as tests: each
-//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/` (`model_header` for the GGUF target).
+//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/` (`gguf` for the GGUF target).
 
 use std::path::Path;
 
-use bevy_llm_dialogue::engine::{Backend, ChatMessage, ChatTemplate, Engine, EngineConfig};
+use bevy_llm_dialogue::engine::{Backend, ChatMessage, ChatTemplate, Engine, EngineConfig, Role};
 use bevy_llm_dialogue::persona::Persona;
-use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
-use bevy_llm_dialogue::story::StoryAsset;
+use bevy_llm_dialogue::prompt::{self, Facts, PromptTemplate};
+use bevy_llm_dialogue::story::{Story, StoryAsset};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,7 +44,7 @@ fn hostile_headers() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn gguf_inputs_load_or_fail_cleanly() {
-    for (name, bytes) in inputs("model_header").into_iter().chain(hostile_headers()) {
+    for (name, bytes) in inputs("gguf").into_iter().chain(hostile_headers()) {
         let config = EngineConfig {
             backend: Backend::Cpu,
             ..EngineConfig::default()
@@ -75,5 +75,50 @@ fn template_inputs_render_or_fail_cleanly() {
         if let Ok(t) = ChatTemplate::new(&source, "<s>", "</s>") {
             let _ = t.render(&[ChatMessage::user("hi")], true);
         }
+    }
+}
+
+#[test]
+fn saved_stories_are_validated_and_never_hang() {
+    let found = inputs("story_save");
+    assert!(
+        found.len() >= 3,
+        "the seeds are in tests/data/fuzz/story_save"
+    );
+    for (name, bytes) in found {
+        let Ok(mut story) = ron::from_str::<Story>(&String::from_utf8_lossy(&bytes)) else {
+            continue;
+        };
+        let valid = story.validate().is_ok();
+        assert_eq!(valid, name.ends_with("two_scenes.ron"), "{name}");
+        assert!(story.path().len() <= story.nodes.len(), "{name}");
+        let _ = story.choose(0);
+    }
+}
+
+#[test]
+fn saved_histories_become_strict_alternating_conversations() {
+    let found = inputs("history");
+    assert!(
+        !found.is_empty(),
+        "the seeds are in tests/data/fuzz/history"
+    );
+    for (name, bytes) in found {
+        let turns: Vec<ChatMessage> =
+            ron::from_str(&String::from_utf8_lossy(&bytes)).unwrap_or_default();
+        let conversation = prompt::conversation(&turns);
+        for (i, turn) in conversation.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            assert_eq!(turn.role, expected, "{name}: {conversation:?}");
+            assert!(
+                !turn.content.contains("reveal the quest"),
+                "{name}: a save's system turn"
+            );
+        }
+        assert!(conversation.len() % 2 == 0, "{name}");
     }
 }

@@ -207,3 +207,50 @@ fn lines_cut_by_their_budget_end_at_a_sentence_end_and_still_stream_exactly() {
     // A 20-token budget cuts most answers to this question; the limit ends most at one.
     assert!(cut > 0 && limited > 0, "cut {cut}, limited {limited}");
 }
+
+#[test]
+fn best_line_keeps_the_highest_scoring_of_the_same_draws() {
+    use bevy_llm_dialogue::score;
+    let mut engine = common::engine();
+    let messages = [
+        ChatMessage::system(
+            "You are Mira, the blacksmith of Elmsbrook. Answer in one or two sentences.",
+        ),
+        ChatMessage::user("Who are you, and what do you make?"),
+    ];
+    let prompt = engine.chat_tokens(&messages).unwrap();
+    let mut p = params(40, 11);
+    p.whole_sentences = true;
+    for n in [1, 4] {
+        let mut session = engine.new_session();
+        let best = score::best_line(
+            &mut engine,
+            &mut session,
+            &prompt,
+            &p,
+            n,
+            "Mira",
+            &CancelToken::new(),
+        )
+        .unwrap();
+        // The same seed draws the same alternatives again: the kept one scores highest.
+        let mut session = engine.new_session();
+        let draws = engine
+            .generate_alternatives(
+                &mut session,
+                &prompt,
+                &p,
+                None,
+                n,
+                &CancelToken::new(),
+                |_, _| {},
+            )
+            .unwrap();
+        let scores: Vec<f64> = draws.iter().map(|g| score::line_score(g, "Mira")).collect();
+        let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        assert!(draws.iter().any(|d| d.text == best.text), "{}", best.text);
+        assert_eq!(score::line_score(&best, "Mira"), top, "{scores:?}");
+        assert!(best.stats.logprob < 0.0, "{:?}", best.stats);
+        eprintln!("best of {n}: {:.2} {:?}", top, best.text);
+    }
+}

@@ -9,6 +9,7 @@ mod cancel_and_context;
 mod chat_template;
 mod fuzz_regressions;
 mod generation;
+mod hostile_models;
 mod kernels;
 mod story;
 mod tokenizer_vs_llamacpp;

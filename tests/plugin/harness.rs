@@ -156,12 +156,20 @@ impl Drop for Alone {
 /// Waits until no other test has an app, and keeps it so until dropped. It polls rather
 /// than queueing as a writer: a queued writer would block a test that opens a second app
 /// while its first is alive.
+///
+/// It gives up after [`LONG`]: an app that a failed test leaked would otherwise hang the run
+/// instead of failing it.
 pub fn exclusive() -> Alone {
+    let start = Instant::now();
     let guard = loop {
         match APPS.try_write() {
             Ok(guard) => break guard,
             Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
+                assert!(
+                    start.elapsed() < LONG,
+                    "another test's app is still alive after {LONG:?} (did a test fail and leak it?)"
+                );
                 std::thread::sleep(Duration::from_millis(1))
             }
         }
@@ -234,9 +242,15 @@ pub const LONG: Duration = Duration::from_secs(120);
 
 /// After a failed load: `LoadModel` with the real file, then `npc` answers.
 pub fn recover_with_the_real_model(app: &mut App, npc: Entity) {
+    let (loaded, finished) = {
+        let log = app.world().resource::<Log>();
+        (log.loaded, log.finished.len())
+    };
     app.world_mut()
         .write_message(LoadModel { path: model_path() });
-    update_until(app, LONG, "ModelLoaded", |log| log.loaded == 1);
+    update_until(app, LONG, "ModelLoaded", |log| log.loaded == loaded + 1);
     request(app, RequestLine::new(npc).saying("Hello now?"));
-    update_until(app, LONG, "a line", |log| log.finished.len() == 1);
+    update_until(app, LONG, "a line", |log| {
+        log.finished.len() == finished + 1
+    });
 }

@@ -137,3 +137,40 @@ fn the_player_conversation_goes_before_background_chatter() {
         .collect();
     assert_eq!(order, vec![busy, player, background]);
 }
+
+#[test]
+fn best_of_sends_the_chosen_line_whole_and_refuses_out_of_range() {
+    let mut app = app(&scratch_assets("best_of"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    request(
+        &mut app,
+        RequestLine::new(mira)
+            .saying("Who are you, and what do you make?")
+            .best_of(4),
+    );
+    update_until(&mut app, LONG, "the best of four", |log| {
+        log.results_for(mira) > 0
+    });
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    let line = log.finished_for(mira)[0];
+    // One delta, once chosen: the draws cannot stream.
+    let deltas: Vec<&str> = log
+        .deltas
+        .iter()
+        .filter(|d| d.request == line.request)
+        .map(|d| d.text.as_str())
+        .collect();
+    assert_eq!(deltas, [line.text.as_str()]);
+    assert!(line.stats.logprob < 0.0 && line.stats.logprob.is_finite());
+
+    // Out of range is refused with a clear error before any compute.
+    request(&mut app, RequestLine::new(mira).saying("Hi.").best_of(9));
+    update_until(&mut app, LONG, "the refusal", |log| !log.failed.is_empty());
+    let log = app.world().resource::<Log>();
+    assert!(
+        log.failed[0].error.to_string().contains("best_of 9"),
+        "{}",
+        log.failed[0].error
+    );
+}

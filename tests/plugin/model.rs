@@ -87,6 +87,37 @@ fn a_worker_that_panics_mid_line_fails_that_line_restarts_and_serves_the_next() 
     assert!(app.world().get::<Speaking>(mira).is_none());
 }
 
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_worker_that_panics_three_times_in_a_row_gives_up_on_the_model() {
+    use bevy_llm_dialogue::plugin::InjectWorkerPanic;
+    let mut app = app(&scratch_assets("panic-budget"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    for i in 1..=3 {
+        app.world_mut().write_message(InjectWorkerPanic);
+        request(
+            &mut app,
+            RequestLine::new(mira).saying("Hello?").max_tokens(40),
+        );
+        update_until(&mut app, LONG, "the failed line", |log| {
+            log.results_for(mira) == i
+        });
+    }
+    update_until(&mut app, LONG, "ModelFailed", |log| {
+        !log.model_failed.is_empty()
+    });
+    let log = app.world().resource::<Log>();
+    assert!(
+        log.model_failed[0].contains("3 times in a row"),
+        "{:?}",
+        log.model_failed
+    );
+    assert_eq!(log.loaded, 3, "reloaded after the first two crashes only");
+    // A new LoadModel starts over.
+    recover_with_the_real_model(&mut app, mira);
+}
+
 #[test]
 fn broken_model_files_fail_to_load_with_their_names_and_the_game_goes_on() {
     let assets = scratch_assets("bad-files");
@@ -127,7 +158,7 @@ fn broken_model_files_fail_to_load_with_their_names_and_the_game_goes_on() {
 }
 
 #[test]
-fn a_hundred_kilobytes_of_player_text_fails_cleanly_without_stalling_frames() {
+fn a_hundred_kilobytes_of_player_text_is_refused_without_stalling_frames() {
     let mut app = app(&scratch_assets("huge-text"), plugin());
     let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
     update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
@@ -140,11 +171,11 @@ fn a_hundred_kilobytes_of_player_text_fails_cleanly_without_stalling_frames() {
     });
     let log = app.world().resource::<Log>();
     assert!(
-        matches!(log.failed[0].error, DialogueError::ContextOverflow { .. }),
+        matches!(&log.failed[0].error, DialogueError::InvalidRequest(m) if m.contains("2048")),
         "{:?}",
         log.failed[0].error
     );
-    // Tokenizing 100 KB happens on the worker, not in a frame.
+    // Refused by its length before any rendering or tokenizing.
     assert!(
         log.slowest_update < Duration::from_millis(500),
         "{:?}",
@@ -210,4 +241,84 @@ fn model_ready_gates_systems_and_public_state_is_reflected() {
             || registration.data::<ReflectResource>().is_some();
         assert!(reflects, "{name} reflects as a component or resource");
     }
+}
+
+#[test]
+fn a_model_file_that_makes_the_loader_panic_fails_once_and_does_not_restart_forever() {
+    // `general.alignment = 0` made candle divide by zero: the worker thread died, restarted
+    // and loaded the same file again, forever.
+    let assets = scratch_assets("loader-panic");
+    let hostile = assets.join("alignment_zero.gguf");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fuzz/gguf/alignment_zero.gguf"),
+        &hostile,
+    )
+    .unwrap();
+    let mut app = app(
+        &assets,
+        LlmDialoguePlugin {
+            model: None,
+            ..plugin()
+        },
+    );
+    app.world_mut().write_message(LoadModel { path: hostile });
+    update_until(&mut app, LONG, "ModelFailed", |log| {
+        !log.model_failed.is_empty()
+    });
+    update_for(&mut app, Duration::from_millis(300));
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.model_failed.len(), 1, "{:?}", log.model_failed);
+    assert!(
+        log.model_failed[0].contains("not a valid GGUF"),
+        "{:?}",
+        log.model_failed
+    );
+    assert!(matches!(
+        app.world().resource::<DialogueModel>().state,
+        ModelState::Failed(_)
+    ));
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    recover_with_the_real_model(&mut app, mira);
+}
+
+#[test]
+fn more_than_eight_lines_for_one_npc_fail_with_queue_full_and_the_rest_are_answered() {
+    let mut app = app(&scratch_assets("flood"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
+    for i in 0..12 {
+        request(
+            &mut app,
+            RequestLine::new(mira)
+                .saying(format!("Question {i}?"))
+                .max_tokens(4),
+        );
+    }
+    update_until(&mut app, LONG, "twelve results", |log| {
+        log.results_for(mira) == 12
+    });
+    let log = app.world().resource::<Log>();
+    let full: Vec<_> = log
+        .failed
+        .iter()
+        .filter(|f| matches!(f.error, DialogueError::QueueFull(_)))
+        .collect();
+    assert_eq!(
+        full.len(),
+        12 - bevy_llm_dialogue::plugin::MAX_PENDING_PER_ENTITY,
+        "{:?}",
+        log.failed
+    );
+    assert_eq!(
+        log.finished.len(),
+        bevy_llm_dialogue::plugin::MAX_PENDING_PER_ENTITY,
+        "{:?}",
+        log.failed
+    );
+    assert!(
+        full[0].error.to_string().contains("limit"),
+        "{}",
+        full[0].error
+    );
 }

@@ -105,3 +105,45 @@ fn a_story_opens_pinned_streams_generated_scenes_refuses_bad_choices_and_resumes
     assert_eq!(resumed.nodes[..2], expected[..]);
     assert_eq!(resumed.nodes[2].from, Some((1, 1)));
 }
+
+#[test]
+fn a_hostile_saved_story_is_refused_and_left_as_it_was() {
+    let assets = scratch_assets("hostile-save");
+    let mut app = app(&assets, plugin());
+    let handle = app
+        .world()
+        .resource::<AssetServer>()
+        .load("stories/silver_key.story.ron");
+    // A `from` cycle: `Story::path` looped forever on it, on the main thread.
+    let save = "(nodes: [
+        (text: \"A gate.\", choices: [(text: \"Enter\", goto: None, next: None)], from: Some((1, 0)), fixed: None),
+        (text: \"A hall.\", choices: [(text: \"Back\", goto: None, next: None)], from: Some((0, 0)), fixed: None),
+    ], current: Some(1), pending: None)";
+    let saved: Story = ron::from_str(save).unwrap();
+    let story = app
+        .world_mut()
+        .spawn((Narrator::new(handle), saved.clone()))
+        .id();
+    app.world_mut()
+        .write_message(ChooseOption { story, index: 0 });
+    update_until(&mut app, LONG, "the refusal", |log| {
+        !log.scene_failures.is_empty()
+    });
+    app.world_mut().write_message(RequestScene::new(story));
+    update_until(&mut app, LONG, "the second refusal", |log| {
+        log.scene_failures.len() == 2
+    });
+    let log = app.world().resource::<Log>();
+    for failure in &log.scene_failures {
+        assert!(
+            failure.error.to_string().contains("saved story is invalid"),
+            "{}",
+            failure.error
+        );
+    }
+    assert_eq!(
+        app.world().get::<Story>(story),
+        Some(&saved),
+        "nothing lost"
+    );
+}

@@ -21,11 +21,14 @@ pub(crate) struct LlamaConfig {
     pub(crate) head_dim: usize,
     pub(crate) rms_eps: f32,
     pub(crate) rope_base: f32,
+    /// Positions the rotary tables and caches hold: the context in use, not the file's.
     pub(crate) context_length: usize,
 }
 
 impl LlamaConfig {
-    fn from_header(h: &GgufHeader, arch: &str) -> Result<Self> {
+    /// The hyper-parameters (checked against [`limits`](super::super::limits) already), for
+    /// `n_ctx` positions.
+    fn from_header(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let n_embd = h.usize(&key("embedding_length"))?;
         let n_head = h.usize(&key("attention.head_count"))?;
@@ -54,7 +57,7 @@ impl LlamaConfig {
                 .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5),
             rope_base: h.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            context_length: h.opt_usize(&key("context_length"))?.unwrap_or(2048),
+            context_length: n_ctx,
         })
     }
 }
@@ -201,7 +204,13 @@ impl KvCache {
         if needed <= self.capacity {
             return Ok(());
         }
-        let capacity = needed.next_multiple_of(KV_BLOCK).max(self.capacity * 2);
+        // Doubling amortises growth, but never past the context: the cache holds at most
+        // `n_ctx` positions (a 4,096-token context was growing to 8,192).
+        let capacity = needed
+            .next_multiple_of(KV_BLOCK)
+            .max(self.capacity * 2)
+            .min(cfg.context_length.next_multiple_of(KV_BLOCK))
+            .max(needed);
         let shape = (1, cfg.n_kv_head, capacity, cfg.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {
             let t = Tensor::zeros(shape, DType::F32, device)?;
@@ -226,9 +235,9 @@ impl KvCache {
 }
 
 impl LlamaWeights {
-    pub(crate) fn load(src: &mut TensorSource<'_>, arch: &str) -> Result<Self> {
+    pub(crate) fn load(src: &mut TensorSource<'_>, arch: &str, n_ctx: usize) -> Result<Self> {
         let header = src.header;
-        let config = LlamaConfig::from_header(header, arch)?;
+        let config = LlamaConfig::from_header(header, arch, n_ctx)?;
         let device = src.device.clone();
         let embd_q: Arc<QTensor> = Arc::new(src.qtensor("token_embd.weight")?);
         let packed_embd = match src.packed {

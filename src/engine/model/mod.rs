@@ -5,6 +5,7 @@ mod source;
 
 use std::io::{Read, Seek};
 
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{
     quantized_gemma3, quantized_phi3, quantized_qwen2, quantized_qwen3,
@@ -55,17 +56,23 @@ pub(crate) enum CacheState {
 }
 
 impl Model {
-    /// Loads the architecture named by `general.architecture`.
+    /// Loads the architecture named by `general.architecture`, with position tables and
+    /// caches for `n_ctx` tokens. The header has passed [`super::limits::check`].
     pub(crate) fn load<R: Read + Seek>(
-        header: GgufHeader,
+        mut header: GgufHeader,
         reader: &mut R,
         device: &Device,
         kernels: CpuKernels,
-    ) -> Result<(Self, usize)> {
+        n_ctx: usize,
+    ) -> Result<Self> {
         let arch = header.string("general.architecture")?.to_owned();
         let file = header.file.clone();
-        let ctx = |key: &str| header.opt_usize(&format!("{arch}.{key}"));
-        let context_length = ctx("context_length")?.unwrap_or(2048);
+        // candle-transformers' loaders size their rotary tables and caches by the context the
+        // file claims (a hostile file claims billions): they see the context in use instead.
+        header.content.metadata.insert(
+            format!("{arch}.context_length"),
+            gguf_file::Value::U32(u32::try_from(n_ctx).unwrap_or(u32::MAX)),
+        );
         let wrap = |e: candle_core::Error| EngineError::InvalidGguf {
             file: file.clone(),
             reason: e.to_string(),
@@ -83,7 +90,7 @@ impl Model {
                         CpuKernels::Candle => None,
                     },
                 };
-                Model::Llama(llama::LlamaWeights::load(&mut src, &arch)?)
+                Model::Llama(llama::LlamaWeights::load(&mut src, &arch, n_ctx)?)
             }
             "gemma3" => Model::Gemma3(Box::new(
                 quantized_gemma3::ModelWeights::from_gguf(header.content, reader, device)
@@ -108,7 +115,7 @@ impl Model {
                 });
             }
         };
-        Ok((model, context_length))
+        Ok(model)
     }
 
     pub(crate) fn new_cache(&self) -> CacheState {

@@ -1,0 +1,112 @@
+//! Writing GGUF files byte by byte, for tests and fuzz targets that need files a normal
+//! writer would refuse to make (zero dimensions, hostile metadata). Shared by
+//! `tests/engine/hostile_models.rs` and `fuzz/fuzz_targets/gguf_hparams.rs`.
+
+#![allow(dead_code, reason = "each user needs a different subset")]
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Value;
+
+/// One tensor's entry in the table: name, shape as (rows, columns) like candle's, the GGML
+/// type code, and its offset in the data section.
+pub struct TensorEntry {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub dtype: u32,
+    pub offset: u64,
+}
+
+/// The GGML type code of `dtype`.
+pub fn dtype_code(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        other => panic!("no code for {other:?} here"),
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn type_code(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.extend(x.to_le_bytes()),
+        Value::U16(x) => out.extend(x.to_le_bytes()),
+        Value::I16(x) => out.extend(x.to_le_bytes()),
+        Value::U32(x) => out.extend(x.to_le_bytes()),
+        Value::I32(x) => out.extend(x.to_le_bytes()),
+        Value::F32(x) => out.extend(x.to_le_bytes()),
+        Value::Bool(x) => out.push(u8::from(*x)),
+        Value::String(s) => put_string(out, s),
+        Value::U64(x) => out.extend(x.to_le_bytes()),
+        Value::I64(x) => out.extend(x.to_le_bytes()),
+        Value::F64(x) => out.extend(x.to_le_bytes()),
+        Value::Array(items) => {
+            let ty = items.first().map_or(8, type_code);
+            out.extend(ty.to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(out, item);
+            }
+        }
+    }
+}
+
+/// A GGUF v3 file: `meta`, the tensor table, padding to 32 bytes, then `data`.
+pub fn write_gguf(meta: &[(String, Value)], tensors: &[TensorEntry], data: &[u8]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        put_string(&mut out, key);
+        out.extend(type_code(value).to_le_bytes());
+        put_value(&mut out, value);
+    }
+    for t in tensors {
+        put_string(&mut out, &t.name);
+        out.extend((t.dims.len() as u32).to_le_bytes());
+        // GGUF lists the fastest-moving dimension (columns) first.
+        for d in t.dims.iter().rev() {
+            out.extend((*d as u64).to_le_bytes());
+        }
+        out.extend(t.dtype.to_le_bytes());
+        out.extend(t.offset.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    out.extend(data);
+    out
+}
