@@ -225,7 +225,12 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         self.clock += 1;
         match cmd {
-            Command::Load(path) => self.load(path),
+            Command::Load(path) => {
+                // A model the game asks for gets a fresh crash budget; reloads after a crash
+                // do not.
+                self.crashes = 0;
+                self.load(path);
+            }
             Command::Generate(job) => self.queue.push((self.clock, job)),
             Command::ForgetSlot(slot) => {
                 if self.slots.forget(slot) {
@@ -249,7 +254,6 @@ impl Worker {
     }
 
     fn load(&mut self, path: PathBuf) {
-        self.crashes = 0;
         let _span = tracing::info_span!("load_model", path = %path.display()).entered();
         self.engine = None;
         self.model_path = Some(path.clone());
