@@ -1,10 +1,11 @@
 //! Judging generated text: the checks the quality suite counts, and the score that
-//! best-of-n keeps the best draw by.
+//! [`best_line`] (`RequestLine::best_of`) keeps the best draw by.
 //!
-//! Each check is a plain function of the text, so its definition is the code. A draw's
+//! Each check is a plain function of the text, so its definition is the code. A line's
 //! score is its mean token log-probability ([`GenerationStats::mean_logprob`]) minus
 //! [`FLAW_PENALTY`] for each flaw it has: any draw without flaws beats any draw with one, and
-//! among equals the one the model was surer of wins.
+//! among equals the one the model was surer of wins. [`scene_flaws`] is the same check for a
+//! scene's prose, for a game that wants to ask again.
 //!
 //! ```
 //! use bevy_llm_dialogue::score;
@@ -131,12 +132,6 @@ pub fn scene_flaws(text: &str) -> usize {
 /// [`FLAW_PENALTY`] per [`line_flaws`]. Higher is better.
 pub fn line_score(generation: &Generation, speaker: &str) -> f64 {
     generation.stats.mean_logprob() - FLAW_PENALTY * line_flaws(&generation.text, speaker) as f64
-}
-
-/// The score best-of-n ranks a scene's prose by: mean token log-probability minus
-/// [`FLAW_PENALTY`] per [`scene_flaws`]. Higher is better.
-pub fn scene_score(generation: &Generation) -> f64 {
-    generation.stats.mean_logprob() - FLAW_PENALTY * scene_flaws(&generation.text) as f64
 }
 
 /// The indices of `scores` from best to worst (stable: equal scores keep their order; a

@@ -5,7 +5,7 @@
 //! `scripts/fetch-model`, then
 //! `cargo run --release --example quality -- "label of this run"`: prints the figures and
 //! adds (or replaces) the row `label` in `QUALITY.md`, with a few sample lines and scenes.
-//! `QUALITY_BEST_OF=3` runs it with [`DialogueSettings::best_of`] at 3 (lines and scenes).
+//! `QUALITY_BEST_OF=3` runs it with [`DialogueSettings::best_of`] at 3.
 //! A benchmark, not a test: nothing here fails on a threshold.
 
 mod metrics;

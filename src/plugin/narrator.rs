@@ -50,11 +50,6 @@ pub struct RequestScene {
     pub alternatives: usize,
     /// Sampling for this scene only.
     pub sampling: Option<SamplingParams>,
-    /// Prose drafts per scene to keep the best of (1..=8, and `alternatives * best_of` at
-    /// most 16); `None` uses [`DialogueSettings::best_of`].
-    ///
-    /// [`DialogueSettings::best_of`]: super::DialogueSettings::best_of
-    pub best_of: Option<usize>,
 }
 
 impl RequestScene {
@@ -64,7 +59,6 @@ impl RequestScene {
             story,
             alternatives: 1,
             sampling: None,
-            best_of: None,
         }
     }
     /// Writes `n` alternatives.
@@ -75,14 +69,6 @@ impl RequestScene {
     /// Sampling for this scene.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
-        self
-    }
-    /// Draws `n` proses per scene from one prompt computation and keeps the best by
-    /// [`score::scene_score`](crate::score::scene_score) (prose, not a title, not trailing
-    /// off; then the one the model was surest of). The scene arrives in one [`SceneDelta`]
-    /// when chosen instead of streaming.
-    pub fn best_of(mut self, n: usize) -> Self {
-        self.best_of = Some(n);
         self
     }
 }

@@ -124,6 +124,14 @@ pub(crate) fn dispatch_scenes(
             );
             continue;
         }
+        // One scene at a time per story: a flood of requests must not render a prompt each.
+        if dispatcher.in_flight.scene_of(entity).is_some() {
+            let error = DialogueError::QueueFull(
+                "the narrator is already writing a scene for this story".into(),
+            );
+            out.fail(&mut commands, entity, None, error);
+            continue;
+        }
         let asset = match assets.story(&narrator.story) {
             Ready::Yes(a) => a,
             Ready::NotYet => {
@@ -195,13 +203,6 @@ fn scene_job(
             request.alternatives
         )));
     }
-    let best_of = request.best_of.unwrap_or(env.settings.best_of);
-    if !(1..=8).contains(&best_of) || request.alternatives * best_of > 16 {
-        return Err(DialogueError::InvalidRequest(format!(
-            "best_of {best_of} with {} alternatives: best_of must be in 1..=8 and the product 16 at most",
-            request.alternatives
-        )));
-    }
     let messages = template
         .narrator_messages(asset, story, &env.world.facts)
         .map_err(|e| DialogueError::Template(e.to_string()))?;
@@ -221,7 +222,6 @@ fn scene_job(
         output: Output::Scene {
             choices: asset.choices,
             alternatives: request.alternatives,
-            best_of,
         },
     })
 }

@@ -36,9 +36,10 @@ pub const MAX_PENDING: usize = 256;
 pub struct DialogueSettings {
     /// Generation settings under the persona's, the NPC's and the request's.
     pub defaults: GenerateParams,
-    /// Draws per line and per scene (1..=8) when the request does not say: the best by
-    /// [`crate::score::line_score`] / [`crate::score::scene_score`] is kept and arrives in
-    /// one piece instead of streaming. 1 (the default) streams the only draw.
+    /// Draws per line (1..=8) when the request does not say: the best by
+    /// [`crate::score::line_score`] is kept and arrives in one piece instead of streaming.
+    /// 1 (the default) streams the only draw. Scenes have no best-of: on the quality suite
+    /// it bought nothing for them (QUALITY.md).
     pub best_of: usize,
 }
 

@@ -46,14 +46,9 @@ pub(crate) enum Output {
         grammar: crate::engine::Grammar,
         alternatives: usize,
     },
-    /// `alternatives` scenes as prose (the best of `best_of` draws each), each followed by
-    /// `choices` choices as a list ([`crate::story::write_scenes`]); reported as scene, list,
-    /// scene, list, ...
-    Scene {
-        choices: usize,
-        alternatives: usize,
-        best_of: usize,
-    },
+    /// `alternatives` scenes as prose, each followed by `choices` choices as a list
+    /// ([`crate::story::write_scenes`]); reported as scene, list, scene, list, ...
+    Scene { choices: usize, alternatives: usize },
 }
 
 pub(crate) enum Command {
@@ -381,17 +376,13 @@ impl Worker {
                 Output::Scene {
                     choices,
                     alternatives,
-                    best_of,
                 } => crate::story::write_scenes(
                     engine,
                     &mut session,
                     &prompt,
-                    &crate::story::SceneShape {
-                        choices: *choices,
-                        alternatives: *alternatives,
-                        best_of: *best_of,
-                    },
+                    *choices,
                     &job.params,
+                    *alternatives,
                     &job.cancel,
                     send,
                 )

@@ -16,7 +16,7 @@ mod playthrough;
 mod scene;
 
 pub use asset::{CHOICES, FixedChoice, FixedNode, StoryAsset};
-pub use narrate::{SceneDraft, SceneShape, choice_list_grammar, choices_ask, write_scenes};
+pub use narrate::{SceneDraft, choice_list_grammar, choices_ask, write_scenes};
 pub use playthrough::{
     Choice, MAX_SAVED_CHOICES, MAX_SCENE_BYTES, MAX_SCENES, SceneNode, Story, StoryError,
 };

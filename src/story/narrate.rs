@@ -7,7 +7,6 @@ use crate::engine::{
     CancelToken, ChatMessage, Delta, Engine, EngineError, FittedPrompt, GenerateParams, Generation,
     Grammar, Session,
 };
-use crate::score;
 
 /// The turn that asks for `n` choices after a scene.
 pub fn choices_ask(n: usize) -> String {
@@ -40,77 +39,43 @@ pub fn choice_list_grammar(n: usize) -> Grammar {
     Grammar::regex(&format!("({line}\\n){{{}}}{line}", n - 1))
 }
 
-/// How many scenes [`write_scenes`] writes, and what each has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SceneShape {
-    /// Choices after each scene.
-    pub choices: usize,
-    /// Scenes returned, best first.
-    pub alternatives: usize,
-    /// Prose drafts per returned scene: `alternatives * best_of` are drawn (16 at most)
-    /// and the best `alternatives` by [`score::scene_score`] are kept.
-    pub best_of: usize,
-}
-
-/// Writes `shape.alternatives` scenes after `prompt` (a conversation that ends with the
-/// player's turn, fitted to the context by [`Engine::fit_chat`]): every draw of the prose
-/// shares one prefill; with `best_of` 1 the first streams through `on_delta` as it is
-/// written, otherwise the best draw is sent whole once the draws are ranked. Then each kept
-/// scene gets its `choices` as a constrained list, asked for as the next turn. `params` is
-/// for the prose (its `stop` gains a line break and it keeps to whole sentences); the list
-/// gets the same sampling and a budget of its own.
+/// Writes `alternatives` scenes after `prompt` (a conversation that ends with the player's
+/// turn, fitted to the context by [`Engine::fit_chat`]): each
+/// scene's prose shares one prefill and streams (the first alternative only) through
+/// `on_delta`; then each gets its `choices` as a constrained list, asked for as the next
+/// turn. `params` is for the prose (its `stop` gains a line break and it keeps to whole
+/// sentences); the list gets the same sampling and a budget of its own.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "generate_alternatives' arguments plus the choices"
+)]
 pub fn write_scenes(
     engine: &mut Engine,
     session: &mut Session,
     prompt: &FittedPrompt,
-    shape: &SceneShape,
+    choices: usize,
     params: &GenerateParams,
+    alternatives: usize,
     cancel: &CancelToken,
     mut on_delta: impl FnMut(&Delta<'_>) + Send,
 ) -> Result<Vec<SceneDraft>, EngineError> {
-    let SceneShape {
-        choices,
-        alternatives,
-        best_of,
-    } = *shape;
     let mut prose = params.clone();
     prose.stop.push("\n".into());
     prose.whole_sentences = true;
     prose.max_sentences = Some(SCENE_SENTENCES);
-    let live = best_of <= 1;
-    let draws = engine.generate_alternatives(
+    let scenes = engine.generate_alternatives(
         session,
         &prompt.tokens,
         &prose,
         None,
-        alternatives * best_of.max(1),
+        alternatives,
         cancel,
         |i, d| {
-            if live && i == 0 {
+            if i == 0 {
                 on_delta(d);
             }
         },
     )?;
-    let scenes: Vec<Generation> = if live {
-        draws
-    } else {
-        let scores: Vec<f64> = draws.iter().map(score::scene_score).collect();
-        let order = score::ranked(&scores);
-        let mut draws: Vec<Option<Generation>> = draws.into_iter().map(Some).collect();
-        let kept: Vec<Generation> = order
-            .into_iter()
-            .take(alternatives)
-            .filter_map(|i| draws[i].take())
-            .collect();
-        if let Some(best) = kept.first() {
-            on_delta(&Delta {
-                text: &best.text,
-                token: None,
-                generated: best.stats.generated_tokens,
-            });
-        }
-        kept
-    };
     let list = GenerateParams {
         max_tokens: choices * TOKENS_PER_CHOICE + 8,
         stop: Vec::new(),

@@ -11,7 +11,7 @@ use bevy_llm_dialogue::engine::{
 };
 use bevy_llm_dialogue::persona::Persona;
 use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
-use bevy_llm_dialogue::story::{Scene, SceneShape, Story, StoryAsset, scene_schema, write_scenes};
+use bevy_llm_dialogue::story::{Scene, Story, StoryAsset, scene_schema, write_scenes};
 
 fn story_asset() -> StoryAsset {
     let text = std::fs::read_to_string(
@@ -67,13 +67,9 @@ fn twelve_seeds_of_narrator_scenes_are_prose_then_exactly_the_asked_choices() {
             &mut engine,
             &mut session,
             &prompt,
-            // Every third seed keeps the best of three drafts (sent whole, not streamed).
-            &SceneShape {
-                choices: asset.choices,
-                alternatives: 1,
-                best_of: if seed % 3 == 0 { 3 } else { 1 },
-            },
+            asset.choices,
             &params(seed, asset.max_scene_chars / 4),
+            1,
             &CancelToken::new(),
             |d| streamed.push_str(d.text),
         )

@@ -176,18 +176,31 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
-    /// A copy that shares no storage with this one.
+    /// A copy that shares no storage with this one, holding only the cached positions (an
+    /// alternative copies its prompt, not the whole reserved capacity).
     pub(crate) fn deep_copy(&self) -> Result<Self> {
-        let copy = |ts: &[Tensor]| {
+        let capacity = self
+            .len
+            .next_multiple_of(KV_BLOCK)
+            .max(KV_BLOCK)
+            .min(self.capacity);
+        let copy = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
             ts.iter()
-                .map(|t| t.copy())
-                .collect::<candle_core::Result<Vec<_>>>()
+                .map(|t| {
+                    let (b, h, _, d) = t.dims4()?;
+                    let fresh = Tensor::zeros((b, h, capacity, d), t.dtype(), t.device())?;
+                    if self.len > 0 {
+                        fresh.slice_set(&t.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                    Ok(fresh)
+                })
+                .collect()
         };
         Ok(Self {
             k: copy(&self.k)?,
             v: copy(&self.v)?,
             len: self.len,
-            capacity: self.capacity,
+            capacity,
         })
     }
 
