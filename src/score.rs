@@ -152,10 +152,6 @@ pub fn ranked(scores: &[f64]) -> Vec<usize> {
 /// The best of `n` draws of a line after `prompt` (from one prefill, as
 /// [`Engine::generate_alternatives`] draws them) by [`line_score`] for `speaker`: what
 /// `RequestLine::best_of` runs. Nothing streams; the chosen draw is returned whole.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "generate's arguments plus n and the speaker"
-)]
 pub fn best_line(
     engine: &mut Engine,
     session: &mut Session,

@@ -15,11 +15,18 @@ fuzz_target!(|text: &str| {
     let conversation = prompt::conversation(&turns);
     assert!(conversation.len() <= prompt::MAX_HISTORY_TURNS * 2);
     for (i, turn) in conversation.iter().enumerate() {
-        let expected = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        let expected = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
         assert_eq!(turn.role, expected, "{conversation:?}");
         assert!(turn.content.len() <= prompt::MAX_TURN_BYTES);
     }
-    assert!(conversation.len() % 2 == 0, "ends with the NPC's turn");
+    assert!(
+        conversation.len().is_multiple_of(2),
+        "ends with the NPC's turn"
+    );
     let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").expect("parses");
     let _ = PromptTemplate::default_npc().npc_messages(
         &persona,

@@ -99,21 +99,10 @@ fn hyper_parameters(header: &GgufHeader, arch: &str) -> Result<Dims> {
             ))
         }
     };
-    let n_layer = capped(
-        "block_count",
-        header.usize(&key("block_count"))?,
-        MAX_LAYERS,
-    )?;
-    let n_embd = capped(
-        "embedding_length",
-        header.usize(&key("embedding_length"))?,
-        MAX_EMBEDDING,
-    )?;
-    let n_head = capped(
-        "attention.head_count",
-        header.usize(&key("attention.head_count"))?,
-        MAX_HEADS,
-    )?;
+    let required = |k: &str, max: usize| capped(k, header.usize(&key(k))?, max);
+    let n_layer = required("block_count", MAX_LAYERS)?;
+    let n_embd = required("embedding_length", MAX_EMBEDDING)?;
+    let n_head = required("attention.head_count", MAX_HEADS)?;
     let n_kv_head = capped(
         "attention.head_count_kv",
         header

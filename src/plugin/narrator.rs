@@ -177,6 +177,19 @@ impl SceneWriters<'_> {
         self.fail(commands, entity, None, DialogueError::NotANarrator(entity));
     }
 
+    /// Whether a story (from a save, a scene file, reflection) is valid to use; a bad one
+    /// gets a [`SceneFailed`] and is left as it was (nothing is lost).
+    pub(crate) fn valid(&mut self, commands: &mut Commands, entity: Entity, story: &Story) -> bool {
+        match story.validate() {
+            Ok(()) => true,
+            Err(e) => {
+                let error = DialogueError::Structure(e.to_string());
+                self.fail(commands, entity, None, error);
+                false
+            }
+        }
+    }
+
     /// Sends a [`SceneFinished`] as a message and as an entity event.
     pub(crate) fn finish(&mut self, commands: &mut Commands, ev: SceneFinished) {
         self.finished.write(ev.clone());

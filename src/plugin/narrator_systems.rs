@@ -62,15 +62,7 @@ pub(crate) fn take_choices(
             out.not_a_narrator(&mut commands, entity);
             continue;
         };
-        // A story from a save or a mod is checked before it is used; a bad one is left as
-        // it was (nothing is lost) and the game hears why.
-        if let Err(e) = story.validate() {
-            out.fail(
-                &mut commands,
-                entity,
-                None,
-                DialogueError::Structure(e.to_string()),
-            );
+        if !out.valid(&mut commands, entity, &story) {
             continue;
         }
         let goto = match story.choose(choose.index) {
@@ -115,13 +107,7 @@ pub(crate) fn dispatch_scenes(
             out.not_a_narrator(&mut commands, entity);
             continue;
         };
-        if let Err(e) = story.validate() {
-            out.fail(
-                &mut commands,
-                entity,
-                None,
-                DialogueError::Structure(e.to_string()),
-            );
+        if !out.valid(&mut commands, entity, &story) {
             continue;
         }
         // One scene at a time per story: a flood of requests must not render a prompt each.

@@ -119,6 +119,6 @@ fn saved_histories_become_strict_alternating_conversations() {
                 "{name}: a save's system turn"
             );
         }
-        assert!(conversation.len() % 2 == 0, "{name}");
+        assert!(conversation.len().is_multiple_of(2), "{name}");
     }
 }
