@@ -84,7 +84,10 @@ pub enum DialogueError {
     /// [`MAX_PENDING`] in all. Nothing was queued; ask again once results arrive.
     #[error("queue full: {0}")]
     QueueFull(String),
-    /// The inference worker crashed on this line; it was restarted.
-    #[error("the inference worker crashed ({0}); it has been restarted")]
+    /// The inference worker crashed on this line. It reloads the model and serves the next
+    /// line, unless the model crashed it three times in a row ([`ModelFailed`] then says so).
+    ///
+    /// [`ModelFailed`]: super::ModelFailed
+    #[error("the inference worker crashed on this line ({0})")]
     WorkerCrashed(String),
 }
