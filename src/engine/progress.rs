@@ -18,7 +18,7 @@ use super::error::{EngineError, Result};
 ///
 /// let path = "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// let file = BufReader::new(File::open(path).expect("model file"));
-/// let reader = ProgressReader::new(file, |f| eprintln!("loading: {:.0} %", f * 100.0))?;
+/// let reader = ProgressReader::new(file, |f| tracing::info!("loading: {:.0} %", f * 100.0))?;
 /// let engine = Engine::from_reader(reader, path, EngineConfig::default())?;
 /// # Ok::<(), bevy_llm_dialogue::engine::EngineError>(())
 /// ```

@@ -110,3 +110,36 @@ pub fn write_gguf(meta: &[(String, Value)], tensors: &[TensorEntry], data: &[u8]
     out.extend(data);
     out
 }
+
+/// A header with `general.alignment = 0` and one tensor: candle's parser divided by it.
+pub fn alignment_zero() -> Vec<u8> {
+    let meta = [
+        (
+            "general.architecture".to_owned(),
+            Value::String("llama".into()),
+        ),
+        ("general.alignment".to_owned(), Value::U32(0)),
+    ];
+    let tensor = TensorEntry {
+        name: "token_embd.weight".into(),
+        dims: vec![2, 64],
+        dtype: 0,
+        offset: 0,
+    };
+    write_gguf(&meta, &[tensor], &[0; 1024])
+}
+
+/// A header whose one tensor has dimensions whose product overflows a `usize`.
+pub fn overflowing_dims() -> Vec<u8> {
+    let meta = [(
+        "general.architecture".to_owned(),
+        Value::String("llama".into()),
+    )];
+    let tensor = TensorEntry {
+        name: "token_embd.weight".into(),
+        dims: vec![32, 1 << 32, 1 << 32, 1 << 32],
+        dtype: 0,
+        offset: 0,
+    };
+    write_gguf(&meta, &[tensor], &[0; 64])
+}

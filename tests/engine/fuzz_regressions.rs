@@ -1,7 +1,10 @@
 //! Inputs the fuzzers (`fuzz/`, cargo-fuzz) found or that seed them, replayed as tests: each
-//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/` (`gguf` for the GGUF target).
+//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`;
+//! hostile GGUF headers are written by the tests themselves (model files are never committed).
 
 use std::path::Path;
+
+use crate::common::gguf_writer;
 
 use bevy_llm_dialogue::engine::{Backend, ChatMessage, ChatTemplate, Engine, EngineConfig, Role};
 use bevy_llm_dialogue::persona::Persona;
@@ -39,6 +42,8 @@ fn hostile_headers() -> Vec<(String, Vec<u8>)> {
     vec![
         ("huge_counts".into(), header(1 << 40, 1 << 40)),
         ("huge_string".into(), huge_string),
+        ("alignment_zero".into(), gguf_writer::alignment_zero()),
+        ("overflowing_dims".into(), gguf_writer::overflowing_dims()),
     ]
 }
 

@@ -249,12 +249,7 @@ fn a_model_file_that_makes_the_loader_panic_fails_once_and_does_not_restart_fore
     // and loaded the same file again, forever.
     let assets = scratch_assets("loader-panic");
     let hostile = assets.join("alignment_zero.gguf");
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/fuzz/gguf/alignment_zero.gguf"),
-        &hostile,
-    )
-    .unwrap();
+    std::fs::write(&hostile, crate::common::gguf_writer::alignment_zero()).unwrap();
     let mut app = app(
         &assets,
         LlmDialoguePlugin {
