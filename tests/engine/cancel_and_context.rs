@@ -181,3 +181,40 @@ fn second_turn_reuses_the_cached_prefix_and_matches_a_fresh_session() {
         "a reused cache must give the same greedy tokens as a fresh one"
     );
 }
+
+#[test]
+fn the_kv_cache_never_grows_past_the_context() {
+    // Doubling took a 768-token context's cache from 512 to 1,024 positions; it now stops at
+    // the context (rounded up to its 256-position blocks).
+    let mut engine = common::engine_with(EngineConfig {
+        n_ctx: Some(768),
+        ..EngineConfig::default()
+    });
+    let prompt = engine.chat_tokens(&long_story()).unwrap();
+    let greedy = GenerateParams {
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        ..GenerateParams::default()
+    };
+    let mut session = engine.new_session();
+    engine
+        .generate(&mut session, &prompt, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert!(session.cached_tokens().len() <= 256);
+    let per_position = session.cache_bytes() / 256;
+    let long = GenerateParams {
+        max_tokens: 2000,
+        ignore_eos: true,
+        ..greedy
+    };
+    let g = engine
+        .generate(&mut session, &prompt, &long, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(g.stop_reason, StopReason::ContextFull);
+    assert!(
+        session.cache_bytes() <= 768 * per_position,
+        "{} bytes for a 768-token context ({} a position)",
+        session.cache_bytes(),
+        per_position
+    );
+}
