@@ -1,5 +1,7 @@
-//! The block formats: GGUF's `Q4_1` and `Q8_0` weights as parsed at load, and the `Q8_1`
-//! activations the dots multiply them with.
+//! The block formats the kernels multiply, each 32 weights with `f32` scales, and how GGUF's
+//! formats become them at load: `Q4_0`, `Q4_1` and `Q4_K` become [`BlockQ4_1`], `Q5_0`, `Q5_1`
+//! and `Q5_K` become [`BlockQ5_1`], `Q8_0` stays [`BlockQ8_0`], all without changing a single
+//! weight (a K-quant's sub-block scale `d * sc` is exact in `f32`). Activations are [`BlockQ8_1`].
 
 use half::f16;
 
@@ -13,6 +15,28 @@ pub(super) struct BlockQ4_1 {
     pub(super) d: f32,
     pub(super) m: f32,
     pub(super) qs: [u8; QK / 2],
+}
+
+/// Five-bit weights with a scale and a minimum: `w = d * q + m`, `q` in `0..32`: the low four
+/// bits as in [`BlockQ4_1`], bit `e` of `qh` the fifth bit of element `e`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BlockQ5_1 {
+    pub(super) d: f32,
+    pub(super) m: f32,
+    pub(super) qh: u32,
+    pub(super) qs: [u8; QK / 2],
+}
+
+impl BlockQ5_1 {
+    /// Element `e`'s five-bit value.
+    pub(super) fn q(&self, e: usize) -> u8 {
+        let nibble = if e < QK / 2 {
+            self.qs[e] & 0x0F
+        } else {
+            self.qs[e - QK / 2] >> 4
+        };
+        nibble | ((((self.qh >> e) & 1) as u8) << 4)
+    }
 }
 
 /// Eight-bit weights with a scale: `w = d * q`.
@@ -35,18 +59,129 @@ pub(super) fn parse_q4_1(bytes: &[u8]) -> Vec<BlockQ4_1> {
     bytes
         .chunks_exact(4 + QK / 2)
         .map(|b| BlockQ4_1 {
-            d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            m: f16::from_le_bytes([b[2], b[3]]).to_f32(),
+            d: half(b),
+            m: half(&b[2..]),
             qs: b[4..].try_into().expect("16 bytes"),
         })
         .collect()
+}
+
+fn half(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Packs 32 four-bit values (element `e` is `v[e]`) into ggml's nibble order.
+fn nibbles(v: impl Fn(usize) -> u8) -> [u8; QK / 2] {
+    std::array::from_fn(|i| (v(i) & 0x0F) | (v(i + QK / 2) << 4))
+}
+
+/// `Q4_0`: `w = d * (q - 8)`, so a `Q4_1` block whose minimum is `-8 d`.
+pub(super) fn parse_q4_0(bytes: &[u8]) -> Vec<BlockQ4_1> {
+    bytes
+        .chunks_exact(2 + QK / 2)
+        .map(|b| {
+            let d = half(b);
+            BlockQ4_1 {
+                d,
+                m: -8.0 * d,
+                qs: b[2..].try_into().expect("16 bytes"),
+            }
+        })
+        .collect()
+}
+
+/// `Q5_0`: `w = d * (q - 16)`, a `Q5_1` block whose minimum is `-16 d`.
+pub(super) fn parse_q5_0(bytes: &[u8]) -> Vec<BlockQ5_1> {
+    bytes
+        .chunks_exact(2 + 4 + QK / 2)
+        .map(|b| {
+            let d = half(b);
+            BlockQ5_1 {
+                d,
+                m: -16.0 * d,
+                qh: u32::from_le_bytes(b[2..6].try_into().expect("4 bytes")),
+                qs: b[6..].try_into().expect("16 bytes"),
+            }
+        })
+        .collect()
+}
+
+pub(super) fn parse_q5_1(bytes: &[u8]) -> Vec<BlockQ5_1> {
+    bytes
+        .chunks_exact(4 + 4 + QK / 2)
+        .map(|b| BlockQ5_1 {
+            d: half(b),
+            m: half(&b[2..]),
+            qh: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+            qs: b[8..].try_into().expect("16 bytes"),
+        })
+        .collect()
+}
+
+/// Elements per K-quant super-block.
+const QK_K: usize = 256;
+
+/// The six-bit scale and minimum of sub-block `j` of a `Q4_K`/`Q5_K` super-block (ggml's
+/// `get_scale_min_k4`).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// `Q4_K` (144 bytes per 256 weights: `d`, `dmin`, twelve bytes of six-bit scales and minimums,
+/// 128 bytes of nibbles) as eight `Q4_1` blocks: `w = d * sc * q - dmin * m`.
+pub(super) fn parse_q4_k(bytes: &[u8]) -> Vec<BlockQ4_1> {
+    let mut out = Vec::with_capacity(bytes.len() / 144 * 8);
+    for b in bytes.chunks_exact(144) {
+        let (d, dmin, scales, qs) = (half(b), half(&b[2..]), &b[4..16], &b[16..]);
+        for j in 0..QK_K / QK {
+            let (sc, m) = scale_min_k4(j, scales);
+            // Sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
+            let q = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
+            let shift = 4 * (j % 2);
+            out.push(BlockQ4_1 {
+                d: d * f32::from(sc),
+                m: -(dmin * f32::from(m)),
+                qs: nibbles(|e| (q[e] >> shift) & 0x0F),
+            });
+        }
+    }
+    out
+}
+
+/// `Q5_K` (176 bytes per 256 weights: `Q4_K`'s fields plus 32 bytes of fifth bits, bit `j`
+/// of byte `l` for element `l` of sub-block `j`) as eight `Q5_1` blocks.
+pub(super) fn parse_q5_k(bytes: &[u8]) -> Vec<BlockQ5_1> {
+    let mut out = Vec::with_capacity(bytes.len() / 176 * 8);
+    for b in bytes.chunks_exact(176) {
+        let (d, dmin, scales) = (half(b), half(&b[2..]), &b[4..16]);
+        let (qh, qs) = (&b[16..48], &b[48..]);
+        for j in 0..QK_K / QK {
+            let (sc, m) = scale_min_k4(j, scales);
+            let q = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
+            let shift = 4 * (j % 2);
+            out.push(BlockQ5_1 {
+                d: d * f32::from(sc),
+                m: -(dmin * f32::from(m)),
+                qh: (0..QK).fold(0u32, |h, e| h | (u32::from((qh[e] >> j) & 1) << e)),
+                qs: nibbles(|e| (q[e] >> shift) & 0x0F),
+            });
+        }
+    }
+    out
 }
 
 pub(super) fn parse_q8_0(bytes: &[u8]) -> Vec<BlockQ8_0> {
     bytes
         .chunks_exact(2 + QK)
         .map(|b| BlockQ8_0 {
-            d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            d: half(b),
             qs: std::array::from_fn(|i| b[2 + i] as i8),
         })
         .collect()

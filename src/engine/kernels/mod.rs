@@ -23,12 +23,51 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result};
 use rayon::prelude::*;
 
-use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use blocks::{BlockQ4_1, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 
 #[derive(Debug)]
 enum Blocks {
     Q4_1(Vec<BlockQ4_1>),
+    Q5_1(Vec<BlockQ5_1>),
     Q8_0(Vec<BlockQ8_0>),
+}
+
+impl Blocks {
+    fn len(&self) -> usize {
+        match self {
+            Blocks::Q4_1(b) => b.len(),
+            Blocks::Q5_1(b) => b.len(),
+            Blocks::Q8_0(b) => b.len(),
+        }
+    }
+
+    /// The dot of blocks `w` with the activations `a`.
+    fn dot(&self, simd: Simd, w: std::ops::Range<usize>, a: &[BlockQ8_1]) -> f32 {
+        match self {
+            Blocks::Q4_1(b) => dot_q4_1(simd, &b[w], a),
+            Blocks::Q5_1(b) => dot_q5_1(simd, &b[w], a),
+            Blocks::Q8_0(b) => dot_q8_0(simd, &b[w], a),
+        }
+    }
+
+    /// Four dots of blocks `w`, sharing its loads.
+    fn dot4(&self, simd: Simd, w: std::ops::Range<usize>, a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        match self {
+            Blocks::Q4_1(b) => dot4_q4_1(simd, &b[w], a),
+            Blocks::Q5_1(b) => dot4_q5_1(simd, &b[w], a),
+            Blocks::Q8_0(b) => dot4_q8_0(simd, &b[w], a),
+        }
+    }
+
+    /// The scalar reference of [`Blocks::dot`].
+    #[cfg(test)]
+    fn dot_scalar(&self, w: std::ops::Range<usize>, a: &[BlockQ8_1]) -> f32 {
+        match self {
+            Blocks::Q4_1(b) => scalar::dot_q4_1(&b[w], a),
+            Blocks::Q5_1(b) => scalar::dot_q5_1(&b[w], a),
+            Blocks::Q8_0(b) => scalar::dot_q8_0(&b[w], a),
+        }
+    }
 }
 
 /// A weight matrix (`rows` outputs by `cols` inputs) in a format these kernels multiply.
@@ -41,9 +80,11 @@ pub(crate) struct QMatrix {
 }
 
 impl QMatrix {
-    /// Packs a GGUF tensor of shape `(rows, cols)`. Q4_1 and Q8_0 are kept as they are; other
-    /// block formats are requantized to Q8_0 (finer than any of them, so nothing is lost that
-    /// matters). Returns `None` for float tensors and shapes these kernels do not handle.
+    /// Packs a GGUF tensor of shape `(rows, cols)`. `Q4_0`, `Q4_1`, `Q4_K`, `Q5_0`, `Q5_1`,
+    /// `Q5_K` and `Q8_0` keep every weight as the file has it (see [`blocks`]); other block
+    /// formats (`Q6_K`, `Q2_K`, `Q3_K`) are requantized to Q8_0 (finer than any of them, so
+    /// nothing is lost that matters). Returns `None` for float tensors and shapes these
+    /// kernels do not handle.
     pub(crate) fn pack(t: &QTensor, simd: Simd) -> Result<Option<Self>> {
         let dims = t.shape().dims();
         let &[rows, cols] = dims else { return Ok(None) };
@@ -51,7 +92,12 @@ impl QMatrix {
             return Ok(None);
         }
         let blocks = match t.dtype() {
+            GgmlDType::Q4_0 => Blocks::Q4_1(blocks::parse_q4_0(&t.data()?)),
             GgmlDType::Q4_1 => Blocks::Q4_1(blocks::parse_q4_1(&t.data()?)),
+            GgmlDType::Q4K => Blocks::Q4_1(blocks::parse_q4_k(&t.data()?)),
+            GgmlDType::Q5_0 => Blocks::Q5_1(blocks::parse_q5_0(&t.data()?)),
+            GgmlDType::Q5_1 => Blocks::Q5_1(blocks::parse_q5_1(&t.data()?)),
+            GgmlDType::Q5K => Blocks::Q5_1(blocks::parse_q5_k(&t.data()?)),
             GgmlDType::Q8_0 => Blocks::Q8_0(blocks::parse_q8_0(&t.data()?)),
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
             _ => {
@@ -62,10 +108,7 @@ impl QMatrix {
                 Blocks::Q8_0(values.chunks_exact(QK).map(blocks::quantize_q8_0).collect())
             }
         };
-        let n_blocks = match &blocks {
-            Blocks::Q4_1(b) => b.len(),
-            Blocks::Q8_0(b) => b.len(),
-        };
+        let n_blocks = blocks.len();
         if n_blocks != rows * cols / QK {
             candle_core::bail!(
                 "tensor data holds {n_blocks} blocks, shape {rows}x{cols} needs more"
@@ -99,6 +142,13 @@ impl QMatrix {
                     for j in 0..QK / 2 {
                         out[j] = block.d * f32::from(block.qs[j] & 0x0F) + block.m;
                         out[j + QK / 2] = block.d * f32::from(block.qs[j] >> 4) + block.m;
+                    }
+                }
+            }
+            Blocks::Q5_1(b) => {
+                for (block, out) in b[range].iter().zip(out.chunks_exact_mut(QK)) {
+                    for (e, o) in out.iter_mut().enumerate() {
+                        *o = block.d * f32::from(block.q(e)) + block.m;
                     }
                 }
             }
@@ -137,18 +187,12 @@ impl QMatrix {
                     let mut t = 0;
                     while t + 4 <= n {
                         let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
-                        let y = match &self.blocks {
-                            Blocks::Q4_1(b) => dot4_q4_1(simd, &b[w.clone()], a),
-                            Blocks::Q8_0(b) => dot4_q8_0(simd, &b[w.clone()], a),
-                        };
+                        let y = self.blocks.dot4(simd, w.clone(), a);
                         out[t..t + 4].copy_from_slice(&y);
                         t += 4;
                     }
                     for (t, y) in out.iter_mut().enumerate().skip(t) {
-                        *y = match &self.blocks {
-                            Blocks::Q4_1(b) => dot_q4_1(simd, &b[w.clone()], act(t)),
-                            Blocks::Q8_0(b) => dot_q8_0(simd, &b[w.clone()], act(t)),
-                        };
+                        *y = self.blocks.dot(simd, w.clone(), act(t));
                     }
                 }
             });
@@ -189,6 +233,22 @@ fn dot_q4_1(simd: Simd, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2(cpu) => cpu.dot_q4_1(w, a),
         Simd::Scalar => scalar::dot_q4_1(w, a),
+    }
+}
+
+fn dot_q5_1(simd: Simd, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2(cpu) => cpu.dot_q5_1(w, a),
+        Simd::Scalar => scalar::dot_q5_1(w, a),
+    }
+}
+
+fn dot4_q5_1(simd: Simd, w: &[BlockQ5_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2(cpu) => cpu.dot4_q5_1(w, a),
+        Simd::Scalar => a.map(|a| scalar::dot_q5_1(w, a)),
     }
 }
 
@@ -236,10 +296,21 @@ mod tests {
         (q, packed)
     }
 
+    /// Every GGUF format the kernels take, and the packed format it becomes.
+    const PACKED: [GgmlDType; 7] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q5K,
+        GgmlDType::Q8_0,
+    ];
+
     #[test]
     fn simd_and_scalar_dots_agree() {
         let simd = Simd::detect();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in PACKED {
             let (_, m) = matrix(3, 256, dtype, 1);
             let acts: Vec<BlockQ8_1> = random(256, 2)
                 .chunks_exact(QK)
@@ -247,16 +318,15 @@ mod tests {
                 .collect();
             for r in 0..3 {
                 let w = r * 8..(r + 1) * 8;
-                let (fast, slow) = match &m.blocks {
-                    Blocks::Q4_1(b) => (
-                        dot_q4_1(simd, &b[w.clone()], &acts),
-                        scalar::dot_q4_1(&b[w], &acts),
-                    ),
-                    Blocks::Q8_0(b) => (
-                        dot_q8_0(simd, &b[w.clone()], &acts),
-                        scalar::dot_q8_0(&b[w], &acts),
-                    ),
-                };
+                let (fast, slow) = (
+                    m.blocks.dot(simd, w.clone(), &acts),
+                    m.blocks.dot_scalar(w, &acts),
+                );
+                let four = m.blocks.dot4(simd, r * 8..(r + 1) * 8, [&acts; 4]);
+                assert!(
+                    four.iter().all(|f| *f == fast),
+                    "{dtype:?}: {four:?} vs {fast}"
+                );
                 assert!(
                     (fast - slow).abs() <= 1e-4 * slow.abs().max(1.0),
                     "{dtype:?}: {fast} vs {slow}"
@@ -267,7 +337,7 @@ mod tests {
 
     #[test]
     fn matmul_puts_every_row_and_token_in_its_place() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_1, GgmlDType::Q8_0] {
             // 70 rows do not split evenly into tasks; 5 tokens exercise the transpose.
             let (rows, cols, n) = (70, 512, 5);
             let (_, packed) = matrix(rows, cols, dtype, 3);
@@ -281,10 +351,7 @@ mod tests {
                         r * per_row..(r + 1) * per_row,
                         &acts[t * per_row..(t + 1) * per_row],
                     );
-                    let want = match &packed.blocks {
-                        Blocks::Q4_1(b) => scalar::dot_q4_1(&b[w], a),
-                        Blocks::Q8_0(b) => scalar::dot_q8_0(&b[w], a),
-                    };
+                    let want = packed.blocks.dot_scalar(w, a);
                     let got = ours[t * rows + r];
                     assert!(
                         (got - want).abs() <= 1e-4 * want.abs().max(1.0),
@@ -297,12 +364,7 @@ mod tests {
 
     #[test]
     fn matmul_stays_close_to_candle_on_the_same_weights() {
-        for dtype in [
-            GgmlDType::Q4_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
-        ] {
+        for dtype in PACKED.into_iter().chain([GgmlDType::Q6K]) {
             let (rows, cols, n) = (70, 512, 5);
             let (q, packed) = matrix(rows, cols, dtype, 3);
             let x = random(n * cols, 4);
@@ -334,18 +396,28 @@ mod tests {
         }
     }
 
+    /// Packing keeps every weight: each row dequantizes to what candle reads from the file
+    /// (bit for bit where the format has one scale; within `f32` rounding where `d * q + m`
+    /// stands for `d * (q - 8)` or a K-quant's `d * sc * q - dmin * m`).
     #[test]
     fn rows_dequantize_like_candle() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (q, packed) = matrix(4, 64, dtype, 5);
+        for dtype in PACKED {
+            let (q, packed) = matrix(4, 512, dtype, 5);
             let full = q
                 .dequantize(&Device::Cpu)
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap();
-            let mut row = vec![0f32; 64];
-            packed.dequantize_row(2, &mut row);
-            assert_eq!(row, full[2]);
+            let mut row = vec![0f32; 512];
+            for r in 0..4 {
+                packed.dequantize_row(r, &mut row);
+                for (e, (ours, theirs)) in row.iter().zip(&full[r]).enumerate() {
+                    assert!(
+                        (ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0),
+                        "{dtype:?} row {r} element {e}: {ours} vs {theirs}"
+                    );
+                }
+            }
         }
     }
 }

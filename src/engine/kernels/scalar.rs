@@ -1,7 +1,7 @@
 //! The scalar reference kernels: they define the result on every CPU, and the SIMD kernels
 //! are tested against them.
 
-use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use super::blocks::{BlockQ4_1, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 
 /// Eight float lanes, summed the way the SIMD path sums them (lane `j` holds elements
 /// `4j..4j+4` of each block; fused multiply-adds; the same reduction tree at the end), so the
@@ -48,6 +48,17 @@ pub(super) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
             })
         };
         lanes.add(lane_sums(q, &a.qs), w.d * a.d);
+        mins += w.m * a.s;
+    }
+    lanes.sum() + mins
+}
+
+/// The reference: `Σ_blocks d_w d_a Σ q_w q_a + m_w s_a`, with five-bit `q_w`.
+pub(super) fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let mut lanes = Lanes::new();
+    let mut mins = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        lanes.add(lane_sums(|e| i32::from(w.q(e)), &a.qs), w.d * a.d);
         mins += w.m * a.s;
     }
     lanes.sum() + mins
