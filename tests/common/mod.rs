@@ -37,3 +37,16 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// The Gemma 3 270M base model (Q4_K_M) for the gemma3 tests; panics with the fix if it is
+/// missing. Gemma terms apply: it is fetched for tests and benchmarks only.
+pub fn gemma_path() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-model --gemma` first",
+        path.display()
+    );
+    path
+}

@@ -7,6 +7,7 @@ mod common;
 mod bad_models;
 mod cancel_and_context;
 mod chat_template;
+mod families;
 mod fuzz_regressions;
 mod generation;
 mod hostile_models;

@@ -1,15 +1,16 @@
 //! Model architectures behind one interface.
 
+mod decoder;
+mod gemma3;
 mod llama;
+mod qwen;
 mod source;
 
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{
-    quantized_gemma3, quantized_phi3, quantized_qwen2, quantized_qwen3,
-};
+use candle_transformers::models::quantized_phi3;
 
 use super::config::CpuKernels;
 use super::error::{EngineError, Result};
@@ -17,19 +18,14 @@ use super::gguf::GgufHeader;
 use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
-pub(crate) use llama::KvCache;
+pub(crate) use decoder::KvCache;
 use source::TensorSource;
 
 /// A loaded model: weights plus, for architectures we do not own, their internal cache.
 pub(crate) enum Model {
-    /// Our own llama-family forward pass: per-conversation KV caches, prefix reuse.
-    Llama(llama::LlamaWeights),
-    /// candle-transformers' Gemma 3.
-    Gemma3(Box<quantized_gemma3::ModelWeights>),
-    /// candle-transformers' Qwen 2.
-    Qwen2(Box<quantized_qwen2::ModelWeights>),
-    /// candle-transformers' Qwen 3.
-    Qwen3(Box<quantized_qwen3::ModelWeights>),
+    /// Our own forward pass (llama, mistral, qwen2, qwen3, gemma3): per-conversation KV
+    /// caches, prefix reuse, the engine's thread budget.
+    Decoder(decoder::DecoderWeights),
     /// candle-transformers' Phi-3.
     Phi3(Box<quantized_phi3::ModelWeights>),
 }
@@ -37,10 +33,7 @@ pub(crate) enum Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Model::Llama(_) => "Model::Llama",
-            Model::Gemma3(_) => "Model::Gemma3",
-            Model::Qwen2(_) => "Model::Qwen2",
-            Model::Qwen3(_) => "Model::Qwen3",
+            Model::Decoder(_) => "Model::Decoder",
             Model::Phi3(_) => "Model::Phi3",
         })
     }
@@ -77,37 +70,16 @@ impl Model {
             file: file.clone(),
             reason: e.to_string(),
         };
-        let model = match arch.as_str() {
-            "llama" | "mistral" => {
-                let mut src = TensorSource {
-                    header: &header,
-                    reader,
-                    device: device.clone(),
-                    packed: match kernels {
-                        _ if !device.is_cpu() => None,
-                        CpuKernels::Packed => Some(Simd::detect()),
-                        CpuKernels::PackedScalar => Some(Simd::Scalar),
-                        CpuKernels::Candle => None,
-                    },
-                };
-                Model::Llama(llama::LlamaWeights::load(&mut src, &arch, n_ctx)?)
+        let family = match arch.as_str() {
+            "llama" | "mistral" => llama::config,
+            "qwen2" | "qwen3" => qwen::config,
+            "gemma3" => gemma3::config,
+            "phi3" => {
+                return Ok(Model::Phi3(Box::new(
+                    quantized_phi3::ModelWeights::from_gguf(false, header.content, reader, device)
+                        .map_err(wrap)?,
+                )));
             }
-            "gemma3" => Model::Gemma3(Box::new(
-                quantized_gemma3::ModelWeights::from_gguf(header.content, reader, device)
-                    .map_err(wrap)?,
-            )),
-            "qwen2" => Model::Qwen2(Box::new(
-                quantized_qwen2::ModelWeights::from_gguf(header.content, reader, device)
-                    .map_err(wrap)?,
-            )),
-            "qwen3" => Model::Qwen3(Box::new(
-                quantized_qwen3::ModelWeights::from_gguf(header.content, reader, device)
-                    .map_err(wrap)?,
-            )),
-            "phi3" => Model::Phi3(Box::new(
-                quantized_phi3::ModelWeights::from_gguf(false, header.content, reader, device)
-                    .map_err(wrap)?,
-            )),
             _ => {
                 return Err(EngineError::UnsupportedArchitecture {
                     file,
@@ -115,19 +87,33 @@ impl Model {
                 });
             }
         };
-        Ok(model)
+        let config = family(&header, &arch, n_ctx)?;
+        let mut src = TensorSource {
+            header: &header,
+            reader,
+            device: device.clone(),
+            packed: match kernels {
+                _ if !device.is_cpu() => None,
+                CpuKernels::Packed => Some(Simd::detect()),
+                CpuKernels::PackedScalar => Some(Simd::Scalar),
+                CpuKernels::Candle => None,
+            },
+        };
+        Ok(Model::Decoder(decoder::DecoderWeights::load(
+            &mut src, config,
+        )?))
     }
 
     pub(crate) fn new_cache(&self) -> CacheState {
         match self {
-            Model::Llama(_) => CacheState::Owned(KvCache::new()),
-            _ => CacheState::Internal,
+            Model::Decoder(_) => CacheState::Owned(KvCache::new()),
+            Model::Phi3(_) => CacheState::Internal,
         }
     }
 
     /// Whether caches can be cut back to a prefix and kept per conversation.
     pub(crate) fn reuses_prefixes(&self) -> bool {
-        matches!(self, Model::Llama(_))
+        matches!(self, Model::Decoder(_))
     }
 
     /// Runs `tokens` after `pos` cached tokens; returns the last token's logits.
@@ -140,21 +126,13 @@ impl Model {
         cache: &mut CacheState,
         device: &Device,
     ) -> Result<Vec<f32>> {
-        if let (Model::Llama(w), CacheState::Owned(kv)) = (&*self, &mut *cache) {
+        if let (Model::Decoder(w), CacheState::Owned(kv)) = (&*self, &mut *cache) {
             kv.truncate(pos);
             return w.forward(tokens, kv);
         }
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Model::Llama(_) => unreachable!("llama models always get an owned cache"),
-            Model::Gemma3(m) => m.forward(&input, pos)?,
-            Model::Qwen2(m) => m.forward(&input, pos)?,
-            Model::Qwen3(m) => {
-                if pos == 0 {
-                    m.clear_kv_cache();
-                }
-                m.forward(&input, pos)?
-            }
+            Model::Decoder(_) => unreachable!("decoder models always get an owned cache"),
             Model::Phi3(m) => m.forward(&input, pos)?,
         };
         // Every forward here returns the last position only: (1, vocab) or (1, 1, vocab).

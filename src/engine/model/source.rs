@@ -2,7 +2,7 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_core::quantized::QTensor;
 
 use crate::engine::error::{EngineError, Result};
@@ -31,5 +31,11 @@ impl TensorSource<'_> {
                 file: self.header.file.clone(),
                 reason: format!("tensor `{name}`: {e}"),
             })
+    }
+
+    /// A small float tensor (norm weights, biases), read as `f32`.
+    pub(crate) fn vector(&mut self, name: &str) -> Result<Tensor> {
+        let device = self.device.clone();
+        Ok(self.qtensor(name)?.dequantize(&device)?)
     }
 }
