@@ -42,7 +42,10 @@ struct Reference {
 }
 
 fn reference(model: &str) -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llamacpp_greedy.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/llamacpp_greedy.json"
+    );
     let mut all: Reference = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     all.models.remove(model).expect("the model's cases")
 }

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod architectures;
 mod bad_models;
 mod cancel_and_context;
 mod chat_template;

@@ -362,7 +362,11 @@ impl DecoderWeights {
         };
         let norm = src.vector("output_norm.weight")?;
         // Llama 3's long-context rotary scaling: a divisor per frequency.
-        let freq_factors = if header.content.tensor_infos.contains_key("rope_freqs.weight") {
+        let freq_factors = if header
+            .content
+            .tensor_infos
+            .contains_key("rope_freqs.weight")
+        {
             Some(src.vector("rope_freqs.weight")?.to_vec1::<f32>()?)
         } else {
             None
@@ -397,7 +401,10 @@ impl DecoderWeights {
                     false => None,
                 },
                 qk_norm: match config.qk_norm {
-                    true => Some([src.vector(&p("attn_q_norm"))?, src.vector(&p("attn_k_norm"))?]),
+                    true => Some([
+                        src.vector(&p("attn_q_norm"))?,
+                        src.vector(&p("attn_k_norm"))?,
+                    ]),
                     false => None,
                 },
                 post_norms: match config.post_norms {
@@ -606,13 +613,11 @@ impl Attended {
         let mut data = Vec::with_capacity(n_rep * seq * width);
         for _ in 0..n_rep {
             for s in 0..seq {
-                data.extend((first..total).map(|j| {
-                    if hidden(s, j) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                }));
+                data.extend((first..total).map(
+                    |j| {
+                        if hidden(s, j) { f32::NEG_INFINITY } else { 0.0 }
+                    },
+                ));
             }
         }
         Ok(Self {
@@ -642,17 +647,29 @@ mod tests {
         }
         assert!(rows[1].iter().all(|x| *x == 0.0));
         // One new token sees everything: no mask at all.
-        assert!(Attended::new(1, 3, None, 2, &Device::Cpu).unwrap().mask.is_none());
+        assert!(
+            Attended::new(1, 3, None, 2, &Device::Cpu)
+                .unwrap()
+                .mask
+                .is_none()
+        );
     }
 
     #[test]
     fn a_sliding_window_hides_what_is_too_old() {
         // Window 3, tokens at positions 5 and 6: position 5 sees 3..=5, 6 sees 4..=6.
         let a = Attended::new(2, 5, Some(3), 1, &Device::Cpu).unwrap();
-        assert_eq!(a.first, 3, "keys before the first token's window are not even read");
+        assert_eq!(
+            a.first, 3,
+            "keys before the first token's window are not even read"
+        );
         let rows = rows(&a);
         let seen = |r: &Vec<f32>| -> Vec<usize> {
-            r.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(j, _)| j + 3).collect()
+            r.iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_finite())
+                .map(|(j, _)| j + 3)
+                .collect()
         };
         assert_eq!(seen(&rows[0]), vec![3, 4, 5]);
         assert_eq!(seen(&rows[1]), vec![4, 5, 6]);

@@ -24,7 +24,10 @@ pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<Decoder
         c.rope_scale = factor;
     }
     c.sliding = Some(SlidingWindow {
-        window: h.opt_usize(&key("attention.sliding_window"))?.unwrap_or(512).max(1),
+        window: h
+            .opt_usize(&key("attention.sliding_window"))?
+            .unwrap_or(512)
+            .max(1),
         pattern: 6,
         rope_base: h.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
     });

@@ -2,8 +2,8 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::{Device, Tensor};
 use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::GgufHeader;
