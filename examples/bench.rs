@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --no-default-features --example bench -- --threads 1
 //! cargo run --release --no-default-features --example bench -- --threads 1 --candle-matmul
+//! cargo run --release --no-default-features --example bench -- --threads 1 --kv-f32
 //! ```
 //!
 //! Prints a table and, with `--json`, one JSON object (used by `scripts/bench-vs-llamacpp`).
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, CpuKernels, Engine, EngineConfig, GenerateParams, Grammar,
-    SamplingParams,
+    KvCacheType, SamplingParams,
 };
 use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
 use bevy_llm_dialogue::story::{Story, StoryAsset, scene_schema};
@@ -34,6 +35,7 @@ struct Args {
     model: String,
     threads: Option<usize>,
     candle_matmul: bool,
+    kv_f32: bool,
     json: bool,
     repeat: usize,
 }
@@ -43,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         model: "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
         threads: None,
         candle_matmul: false,
+        kv_f32: false,
         json: false,
         repeat: 3,
     };
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--repeat" => a.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             "--candle-matmul" => a.candle_matmul = true,
+            "--kv-f32" => a.kv_f32 = true,
             "--json" => a.json = true,
             "--bench" => {} // cargo bench passes this
             other => return Err(format!("unknown argument {other}")),
@@ -95,6 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             CpuKernels::Candle
         } else {
             CpuKernels::Packed
+        },
+        kv_cache: if args.kv_f32 {
+            KvCacheType::F32
+        } else {
+            KvCacheType::default()
         },
         ..EngineConfig::default()
     };
@@ -187,48 +196,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampling: SamplingParams::default().with_seed(seed),
         ..GenerateParams::default()
     };
-    let (mut free_tps, mut constrained_tps, mut mask_ms) = (0f64, 0f64, 0f64);
-    for seed in 0..args.repeat as u64 {
+    // A base model (no chat template, no instruction tuning) may never close the structure:
+    // then these figures are zero and the report says n/a.
+    let mut constrained = || -> Result<_, Box<dyn std::error::Error>> {
+        let (mut free_tps, mut constrained_tps, mut mask_ms) = (0f64, 0f64, 0f64);
+        for seed in 0..args.repeat as u64 {
+            let mut session = engine.new_session();
+            let free = engine.generate(&mut session, &narrator, &greedy(96), &cancel, |_| {})?;
+            free_tps = free_tps.max(free.stats.decode_tokens_per_second());
+            let mut session = engine.new_session();
+            let c = engine.generate_constrained(
+                &mut session,
+                &narrator,
+                &sampled(seed),
+                &grammar,
+                &cancel,
+                |_| {},
+            )?;
+            constrained_tps = constrained_tps.max(c.stats.decode_tokens_per_second());
+            mask_ms = c.stats.constraint_time.as_secs_f64() * 1e3 / c.stats.generated_tokens as f64;
+        }
+        let started = Instant::now();
         let mut session = engine.new_session();
-        let free = engine.generate(&mut session, &narrator, &greedy(96), &cancel, |_| {})?;
-        free_tps = free_tps.max(free.stats.decode_tokens_per_second());
-        let mut session = engine.new_session();
-        let c = engine.generate_constrained(
+        engine.generate_alternatives(
             &mut session,
             &narrator,
-            &sampled(seed),
-            &grammar,
+            &sampled(1),
+            Some(&grammar),
+            3,
             &cancel,
-            |_| {},
+            |_, _| {},
         )?;
-        constrained_tps = constrained_tps.max(c.stats.decode_tokens_per_second());
-        mask_ms = c.stats.constraint_time.as_secs_f64() * 1e3 / c.stats.generated_tokens as f64;
-    }
-    let started = Instant::now();
-    let mut session = engine.new_session();
-    engine.generate_alternatives(
-        &mut session,
-        &narrator,
-        &sampled(1),
-        Some(&grammar),
-        3,
-        &cancel,
-        |_, _| {},
-    )?;
-    let together = started.elapsed();
-    let started = Instant::now();
-    for seed in 0..3 {
-        let mut session = engine.new_session();
-        engine.generate_constrained(
-            &mut session,
-            &narrator,
-            &sampled(seed + 1),
-            &grammar,
-            &cancel,
-            |_| {},
-        )?;
-    }
-    let separate = started.elapsed();
+        let together = started.elapsed();
+        let started = Instant::now();
+        for seed in 0..3 {
+            let mut session = engine.new_session();
+            engine.generate_constrained(
+                &mut session,
+                &narrator,
+                &sampled(seed + 1),
+                &grammar,
+                &cancel,
+                |_| {},
+            )?;
+        }
+        let separate = started.elapsed();
+
+        Ok((free_tps, constrained_tps, mask_ms, together, separate))
+    };
+    let (free_tps, constrained_tps, mask_ms, together, separate) =
+        constrained().unwrap_or_else(|e| {
+            eprintln!("constrained decoding skipped: {e}");
+            (0.0, 0.0, 0.0, Duration::ZERO, Duration::ZERO)
+        });
 
     let (rss_1, kv_1) = rss_at[0];
     let (rss_16, kv_16) = rss_at[1];

@@ -54,11 +54,27 @@ pub struct EngineConfig {
     pub tokenizer_json: Option<PathBuf>,
     /// A chat template (Jinja) to use instead of the GGUF's `tokenizer.chat_template`.
     pub chat_template: Option<String>,
-    /// Matrix kernels for llama-family models on the CPU; leave at the default.
+    /// Matrix kernels on the CPU; leave at the default.
     pub cpu_kernels: CpuKernels,
+    /// What each conversation's key/value cache stores.
+    pub kv_cache: KvCacheType,
 }
 
-/// Which code multiplies the weight matrices of llama-family models on the CPU.
+/// The number type of the key/value caches, which take most of the memory a conversation
+/// holds (per token: `2 × layers × key/value heads × head size` numbers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KvCacheType {
+    /// 4 bytes a number. The default: the fastest on the CPU today.
+    #[default]
+    F32,
+    /// 2 bytes a number: half the memory per NPC (llama.cpp's default). On the CPU it costs
+    /// about a quarter of the decode speed at 500 tokens of context (candle's f16 products;
+    /// BENCHMARKS.md), so it is for games that hold many long conversations.
+    F16,
+}
+
+/// Which code multiplies the weight matrices on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CpuKernels {
@@ -81,6 +97,7 @@ impl Default for EngineConfig {
             tokenizer_json: None,
             chat_template: None,
             cpu_kernels: CpuKernels::Packed,
+            kv_cache: KvCacheType::default(),
         }
     }
 }
@@ -101,6 +118,7 @@ pub struct ModelInfo {
     pub n_ctx: usize,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
-    /// Whether sessions keep their caches and reuse common prefixes.
+    /// Whether sessions keep their caches and reuse common prefixes (every supported
+    /// architecture does).
     pub prefix_reuse: bool,
 }

@@ -91,7 +91,7 @@ impl Engine {
                 reason: format!("{n} alternatives is outside 1..=16"),
             });
         }
-        if prompt.len() > 1 && self.model.reuses_prefixes() {
+        if prompt.len() > 1 {
             // The shared prefill: all but the last prompt token, which each alternative
             // computes itself to get its own first logits.
             let reuse = session.common_prefix(prompt).min(prompt.len() - 1);
@@ -222,11 +222,7 @@ impl Engine {
             });
         }
         let pos = session.tokens.len();
-        let result = self.on_pool(|engine| {
-            engine
-                .model
-                .forward(tokens, pos, &mut session.cache, &engine.device)
-        });
+        let result = self.on_pool(|engine| engine.model.forward(tokens, pos, &mut session.cache));
         // A failed forward leaves the cache in an unknown state: the session forgets it all
         // rather than claim tokens it may not hold.
         match &result {
@@ -250,10 +246,7 @@ impl Engine {
         self.on_pool(|engine| {
             let mut nll = 0f64;
             for (i, pair) in tokens.windows(2).enumerate() {
-                let logits =
-                    engine
-                        .model
-                        .forward(&pair[..1], i, &mut session.cache, &engine.device)?;
+                let logits = engine.model.forward(&pair[..1], i, &mut session.cache)?;
                 nll -= log_probability(&logits, pair[1]);
             }
             Ok((nll / (tokens.len() - 1) as f64).exp())
@@ -273,12 +266,8 @@ impl Engine {
     ) -> Result<Generation> {
         let started = Instant::now();
         let n_ctx = self.info.n_ctx;
-        let reuse = if self.model.reuses_prefixes() {
-            // At least one prompt token is computed, to get logits to sample from.
-            session.common_prefix(prompt).min(prompt.len() - 1)
-        } else {
-            0
-        };
+        // At least one prompt token is computed, to get logits to sample from.
+        let reuse = session.common_prefix(prompt).min(prompt.len() - 1);
         session.tokens.truncate(reuse);
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
@@ -341,9 +330,7 @@ impl Engine {
                     ));
                 }
                 let pos = session.tokens.len();
-                logits = self
-                    .model
-                    .forward(chunk, pos, &mut session.cache, &self.device)?;
+                logits = self.model.forward(chunk, pos, &mut session.cache)?;
                 session.tokens.extend_from_slice(chunk);
             }
         }
@@ -432,9 +419,7 @@ impl Engine {
             }
             let _span = tracing::trace_span!("decode").entered();
             let pos = session.tokens.len();
-            logits = self
-                .model
-                .forward(&[token], pos, &mut session.cache, &self.device)?;
+            logits = self.model.forward(&[token], pos, &mut session.cache)?;
             session.tokens.push(token);
         };
         stats.decode_time = first_token_at.map_or(Duration::ZERO, |t| t.elapsed());

@@ -45,7 +45,7 @@ pub enum EngineError {
     },
     /// The model's architecture has no implementation here.
     #[error(
-        "{file}: architecture `{architecture}` is not supported (supported: llama, gemma3, qwen2, qwen3, phi3)"
+        "{file}: architecture `{architecture}` is not supported (supported: llama, mistral, qwen2, qwen3, gemma3, phi3)"
     )]
     UnsupportedArchitecture {
         /// The file.

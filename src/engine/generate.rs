@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{EngineError, Result};
-use super::model::CacheState;
+use super::model::KvCache;
 use super::sampling::SamplingParams;
 use super::tokenizer::TokenId;
 
@@ -195,11 +195,11 @@ impl CancelToken {
 #[derive(Debug)]
 pub struct Session {
     pub(crate) tokens: Vec<TokenId>,
-    pub(crate) cache: CacheState,
+    pub(crate) cache: KvCache,
 }
 
 impl Session {
-    pub(crate) fn new(cache: CacheState) -> Self {
+    pub(crate) fn new(cache: KvCache) -> Self {
         Self {
             tokens: Vec::new(),
             cache,
@@ -213,29 +213,21 @@ impl Session {
 
     /// Bytes held by this session's key/value cache.
     pub fn cache_bytes(&self) -> usize {
-        match &self.cache {
-            CacheState::Owned(kv) => kv.bytes(),
-            CacheState::Internal => 0,
-        }
+        self.cache.bytes()
     }
 
     /// An independent copy (the cache is copied, not shared).
     pub(crate) fn fork(&self) -> Result<Self> {
         Ok(Self {
             tokens: self.tokens.clone(),
-            cache: match &self.cache {
-                CacheState::Owned(kv) => CacheState::Owned(kv.deep_copy()?),
-                CacheState::Internal => CacheState::Internal,
-            },
+            cache: self.cache.deep_copy()?,
         })
     }
 
     /// Forgets the cached tokens (memory is kept for reuse).
     pub fn clear(&mut self) {
         self.tokens.clear();
-        if let CacheState::Owned(kv) = &mut self.cache {
-            kv.truncate(0);
-        }
+        self.cache.truncate(0);
     }
 
     /// Length of the common prefix of the cache and `prompt`.

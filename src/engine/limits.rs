@@ -28,9 +28,6 @@ pub const MAX_TOKEN_BYTES: usize = 512;
 pub const MAX_VOCAB_BYTES: usize = 32 << 20;
 /// Most BPE merges, read from the file or rebuilt from SentencePiece scores.
 pub const MAX_MERGES: usize = 4_000_000;
-/// Most bytes the rotary tables of a Gemma 3 model may take (candle-transformers sizes them
-/// for 131,072 positions per layer; Gemma 3 4B needs 4.5 GiB).
-pub const MAX_ROPE_TABLE_BYTES: u64 = 8 << 30;
 
 /// The work and memory one render of a model's chat template may use: minijinja charges a
 /// fuel per instruction and per 64 bytes a template creates, so this bounds a render to
@@ -56,25 +53,6 @@ pub(crate) fn check(header: &GgufHeader, arch: &str) -> Result<()> {
     let dims = hyper_parameters(header, arch)?;
     vocabulary(header)?;
     shapes(header, arch, &dims)?;
-    if arch == "gemma3" {
-        // candle-transformers' Gemma 3 builds cos and sin tables of 131,072 positions per
-        // layer, whatever the context.
-        let bytes = (dims.n_layer as u64) * 131_072 * (dims.head_dim as u64) * 4;
-        if bytes > MAX_ROPE_TABLE_BYTES {
-            return Err(bad(
-                header,
-                &format!("{arch}.attention.key_length"),
-                format!(
-                    "{} heads of {} in {} layers need {} GiB of rotary tables (the limit is {} GiB)",
-                    dims.n_head,
-                    dims.head_dim,
-                    dims.n_layer,
-                    bytes >> 30,
-                    MAX_ROPE_TABLE_BYTES >> 30
-                ),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -264,6 +242,8 @@ fn shapes(header: &GgufHeader, arch: &str, dims: &Dims) -> Result<()> {
         n_ff,
         ..
     } = *dims;
+    expect("output_norm.weight", None, n_embd)?;
+    expect("rope_freqs.weight", None, head_dim / 2)?;
     if n_vocab > 0 {
         expect("token_embd.weight", Some(n_vocab), n_embd)?;
         expect("output.weight", Some(n_vocab), n_embd)?;
@@ -282,10 +262,25 @@ fn shapes(header: &GgufHeader, arch: &str, dims: &Dims) -> Result<()> {
             });
         }
         expect(&p("attn_norm"), None, n_embd)?;
+        expect(
+            &p("attn_qkv"),
+            Some(n_head * head_dim + n_kv_head * (head_dim + value_dim)),
+            n_embd,
+        )?;
         expect(&p("attn_q"), Some(n_head * head_dim), n_embd)?;
         expect(&p("attn_k"), Some(n_kv_head * head_dim), n_embd)?;
         expect(&p("attn_v"), Some(n_kv_head * value_dim), n_embd)?;
         expect(&p("attn_output"), Some(n_embd), n_head * value_dim)?;
+        // The parts only some families have: checked where present.
+        let b = |n: &str| format!("blk.{i}.{n}.bias");
+        expect(&b("attn_q"), None, n_head * head_dim)?;
+        expect(&b("attn_k"), None, n_kv_head * head_dim)?;
+        expect(&b("attn_v"), None, n_kv_head * value_dim)?;
+        expect(&p("attn_q_norm"), None, head_dim)?;
+        expect(&p("attn_k_norm"), None, head_dim)?;
+        expect(&p("ffn_norm"), None, n_embd)?;
+        expect(&p("post_attention_norm"), None, n_embd)?;
+        expect(&p("post_ffw_norm"), None, n_embd)?;
         if let Some(n_ff) = n_ff {
             // Phi-3 stores gate and up as one tensor of twice the rows.
             let up_rows = if arch == "phi3" { 2 * n_ff } else { n_ff };

@@ -6,8 +6,6 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
-
 use super::config::{EngineConfig, ModelInfo};
 use super::error::{EngineError, Result};
 use super::generate::Session;
@@ -25,7 +23,6 @@ pub struct Engine {
     pub(super) tokenizer: Tokenizer,
     pub(super) template: ChatTemplate,
     pub(super) info: ModelInfo,
-    pub(super) device: Device,
     pub(super) pool: Option<rayon::ThreadPool>,
     /// Built on the first constrained generation.
     pub(super) constraints: Option<grammar::Constraints>,
@@ -87,7 +84,7 @@ impl Engine {
             .unwrap_or(2048);
         let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
         // Tables and caches are sized for the context in use, not the one the file claims.
-        let model = Model::load(header, &mut reader, &device, config.cpu_kernels, n_ctx)?;
+        let model = Model::load(header, &mut reader, &device, &config, n_ctx)?;
         let pool = match config.threads {
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -108,7 +105,7 @@ impl Engine {
             train_context,
             n_ctx,
             vocab_size: tokenizer.vocab_size(),
-            prefix_reuse: model.reuses_prefixes(),
+            prefix_reuse: true,
         };
         tracing::info!(elapsed = ?started.elapsed(), ?info, "model loaded");
         Ok(Self {
@@ -116,7 +113,6 @@ impl Engine {
             tokenizer,
             template,
             info,
-            device,
             pool,
             constraints: None,
         })

@@ -37,7 +37,7 @@ mod stream;
 mod template;
 mod tokenizer;
 
-pub use config::{Backend, CpuKernels, EngineConfig, ModelInfo};
+pub use config::{Backend, CpuKernels, EngineConfig, KvCacheType, ModelInfo};
 pub use error::{EngineError, Result};
 pub use fit::FittedPrompt;
 pub use generate::{

@@ -124,11 +124,11 @@ impl SessionSlots {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::CacheState;
+    use super::super::model::KvCache;
     use super::*;
 
     fn fresh() -> Session {
-        Session::new(CacheState::Internal)
+        Session::new(KvCache::new())
     }
 
     fn keys(slots: &SessionSlots) -> Vec<u64> {

@@ -10,7 +10,7 @@
 //!
 //! The files borrow the default model's tokenizer (so the engine can chat with them) and mix
 //! the quantization types of a `Q4_K_M` file: `Q8_0` embeddings and attention, `Q5_0` values,
-//! `Q4_K` feed-forward, `Q6_K` output. Gemma 3 gets six layers (five sliding, one global) and a
+//! `Q4_K` feed-forward, `Q6_K` output (Phi-3's fused projections in `Q5_0` and `Q4_K`). Gemma 3 gets six layers (five sliding, one global) and a
 //! window shorter than the prompt.
 
 use std::io::Cursor;
@@ -21,7 +21,9 @@ use bevy_llm_dialogue::engine::{
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{
+    quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+};
 use rand::{Rng, SeedableRng};
 
 use crate::common;
@@ -149,44 +151,33 @@ fn write_tiny(s: Shape, seed: u64) -> Tiny {
         let p = |n: &str| format!("blk.{i}.{n}.weight");
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
         add(p("attn_norm"), &[e], GgmlDType::F32, norm(uniform(e, 0.2)));
-        add(p("attn_q"), &m(q, e), GgmlDType::Q8_0, uniform(q * e, w(e)));
-        add(
-            p("attn_k"),
-            &m(kv, e),
-            GgmlDType::Q8_0,
-            uniform(kv * e, w(e)),
-        );
-        add(
-            p("attn_v"),
-            &m(kv, e),
-            GgmlDType::Q5_0,
-            uniform(kv * e, w(e)),
-        );
-        add(
-            p("attn_output"),
-            &m(e, q),
-            GgmlDType::Q8_0,
-            uniform(e * q, w(q)),
-        );
+        // (name, rows, columns, type): the mix of a Q4_K_M file.
+        let mut matrices = if a == "phi3" {
+            // Query, key and value in one matrix; gate and up in another, the gate's rows first.
+            vec![
+                ("attn_qkv", q + 2 * kv, e, GgmlDType::Q5_0),
+                ("ffn_up", 2 * ff, e, GgmlDType::Q4K),
+            ]
+        } else {
+            vec![
+                ("attn_q", q, e, GgmlDType::Q8_0),
+                ("attn_k", kv, e, GgmlDType::Q8_0),
+                ("attn_v", kv, e, GgmlDType::Q5_0),
+                ("ffn_gate", ff, e, GgmlDType::Q4K),
+                ("ffn_up", ff, e, GgmlDType::Q4K),
+            ]
+        };
+        matrices.push(("attn_output", e, q, GgmlDType::Q8_0));
+        matrices.push(("ffn_down", e, ff, GgmlDType::Q4K));
+        for (name, rows, cols, dtype) in matrices {
+            add(
+                p(name),
+                &m(rows, cols),
+                dtype,
+                uniform(rows * cols, w(cols)),
+            );
+        }
         add(p("ffn_norm"), &[e], GgmlDType::F32, norm(uniform(e, 0.2)));
-        add(
-            p("ffn_gate"),
-            &m(ff, e),
-            GgmlDType::Q4K,
-            uniform(ff * e, w(e)),
-        );
-        add(
-            p("ffn_up"),
-            &m(ff, e),
-            GgmlDType::Q4K,
-            uniform(ff * e, w(e)),
-        );
-        add(
-            p("ffn_down"),
-            &m(e, ff),
-            GgmlDType::Q4K,
-            uniform(e * ff, w(ff)),
-        );
         if a == "qwen2" {
             for (n, len) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
                 let b = format!("blk.{i}.{n}.bias");
@@ -221,6 +212,7 @@ enum Reference {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
+    Phi3(quantized_phi3::ModelWeights),
 }
 
 impl Reference {
@@ -238,6 +230,9 @@ impl Reference {
             "qwen3" => {
                 Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(ct, &mut r, &dev).unwrap())
             }
+            "phi3" => Self::Phi3(
+                quantized_phi3::ModelWeights::from_gguf(false, ct, &mut r, &dev).unwrap(),
+            ),
             other => unreachable!("{other}"),
         }
     }
@@ -254,6 +249,7 @@ impl Reference {
                 m.clear_kv_cache();
                 m.forward(&input, 0)
             }
+            Self::Phi3(m) => m.forward(&input, 0),
         };
         out.unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
@@ -329,12 +325,17 @@ fn qwen3_matches_candle_transformers() {
     matches_reference("qwen3");
 }
 
+#[test]
+fn phi3_matches_candle_transformers() {
+    matches_reference("phi3");
+}
+
 /// Decoding token by token gives the logits one forward pass over the same tokens gives, for
 /// every family: the cache, the positions and (for Gemma 3, 12 tokens against a window of 5)
 /// the sliding-window masks and key ranges of later steps agree with the batched pass.
 #[test]
 fn token_by_token_matches_one_pass_in_every_family() {
-    for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
         let tiny = write_tiny(shape(arch), 5);
         let mut engine = engine(arch, &tiny);
         let tokens = random_tokens(&tiny, 12);
@@ -354,7 +355,7 @@ fn token_by_token_matches_one_pass_in_every_family() {
 /// The second line of a conversation reuses the first's cache, for every family.
 #[test]
 fn every_family_reuses_the_prefix_on_the_second_line() {
-    for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
         let tiny = write_tiny(shape(arch), 3);
         let mut engine = engine(arch, &tiny);
         let params = GenerateParams {

@@ -42,6 +42,7 @@ impl Blocks {
     }
 
     /// The dot of blocks `w` with the activations `a`.
+    #[cfg(test)]
     fn dot(&self, simd: Simd, w: std::ops::Range<usize>, a: &[BlockQ8_1]) -> f32 {
         match self {
             Blocks::Q4_1(b) => dot_q4_1(simd, &b[w], a),
@@ -51,6 +52,7 @@ impl Blocks {
     }
 
     /// Four dots of blocks `w`, sharing its loads.
+    #[cfg(test)]
     fn dot4(&self, simd: Simd, w: std::ops::Range<usize>, a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
         match self {
             Blocks::Q4_1(b) => dot4_q4_1(simd, &b[w], a),
@@ -165,11 +167,40 @@ impl QMatrix {
     /// `y[t][r] = Σ_k w[r][k] * x[t][k]` for `n = x.len() / cols` input rows; `y` is `n` by
     /// `rows`, row-major. Runs on the current rayon pool.
     pub(crate) fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        let n = x.len() / self.cols;
-        let per_row = self.cols / QK;
         let acts: Vec<BlockQ8_1> = x.chunks_exact(QK).map(blocks::quantize_q8_1).collect();
         let simd = self.simd;
+        // One match per product, not per row: each format gets its own loop.
+        match &self.blocks {
+            Blocks::Q4_1(b) => self.product(
+                b,
+                &acts,
+                |w, a| dot_q4_1(simd, w, a),
+                |w, a| dot4_q4_1(simd, w, a),
+            ),
+            Blocks::Q5_1(b) => self.product(
+                b,
+                &acts,
+                |w, a| dot_q5_1(simd, w, a),
+                |w, a| dot4_q5_1(simd, w, a),
+            ),
+            Blocks::Q8_0(b) => self.product(
+                b,
+                &acts,
+                |w, a| dot_q8_0(simd, w, a),
+                |w, a| dot4_q8_0(simd, w, a),
+            ),
+        }
+    }
 
+    fn product<B: Sync>(
+        &self,
+        blocks: &[B],
+        acts: &[BlockQ8_1],
+        dot: impl Fn(&[B], &[BlockQ8_1]) -> f32 + Sync,
+        dot4: impl Fn(&[B], [&[BlockQ8_1]; 4]) -> [f32; 4] + Sync,
+    ) -> Vec<f32> {
+        let per_row = self.cols / QK;
+        let n = acts.len() / per_row;
         // Each task computes a run of weight rows for every input row (a weight row stays in
         // L1 while it meets all the inputs), into a transposed buffer.
         let threads = rayon::current_num_threads().max(1);
@@ -181,18 +212,17 @@ impl QMatrix {
                 let first = task * rows_per_task;
                 for (i, out) in out.chunks_exact_mut(n).enumerate() {
                     let r = first + i;
-                    let w = r * per_row..(r + 1) * per_row;
+                    let w = &blocks[r * per_row..(r + 1) * per_row];
                     let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
                     // Four inputs at a time share each weight block's loads and unpacking.
                     let mut t = 0;
                     while t + 4 <= n {
-                        let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
-                        let y = self.blocks.dot4(simd, w.clone(), a);
+                        let y = dot4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
                         out[t..t + 4].copy_from_slice(&y);
                         t += 4;
                     }
                     for (t, y) in out.iter_mut().enumerate().skip(t) {
-                        *y = self.blocks.dot(simd, w.clone(), act(t));
+                        *y = dot(w, act(t));
                     }
                 }
             });

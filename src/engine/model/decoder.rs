@@ -1,8 +1,9 @@
 //! The decoder-only transformer every supported family is a variant of (Llama, SmolLM,
-//! Mistral, Qwen 2 and 3, Gemma 3), with a KV cache owned by the caller, so one set of
+//! Mistral, Qwen 2 and 3, Gemma 3, Phi-3), with a KV cache owned by the caller, so one set of
 //! weights serves many conversations and a cache can be cut back to a shared prefix.
 //!
-//! The family modules ([`super::llama`], [`super::qwen`], [`super::gemma3`]) read their
+//! The family modules ([`super::llama`], [`super::qwen`], [`super::gemma3`], [`super::phi3`])
+//! read their
 //! hyper-parameters into a [`DecoderConfig`]; this module holds the weights and the one
 //! forward pass, and each difference between families is a field of the config.
 
@@ -55,8 +56,12 @@ pub(crate) struct DecoderConfig {
     pub(crate) rope_base: f32,
     /// Linear position scaling of the global layers' rotary embedding (Gemma 3 4B and up).
     pub(crate) rope_scale: f32,
+    /// Multiplies the rotary tables (LongRoPE's attention factor, Phi-3.5).
+    pub(crate) rope_attention_factor: f32,
     /// Positions the rotary tables and caches hold: the context in use, not the file's.
     pub(crate) context_length: usize,
+    /// What the KV cache stores keys and values as (`F16` or `F32`).
+    pub(crate) kv_dtype: DType,
     pub(crate) sliding: Option<SlidingWindow>,
     /// Multiplies the token embeddings (Gemma: `sqrt(n_embd)`).
     pub(crate) embedding_scale: Option<f32>,
@@ -105,6 +110,14 @@ impl DecoderConfig {
                 ));
             }
         };
+        if let Some(r) = h.opt_usize(&key("rope.dimension_count"))?
+            && r != head_dim
+        {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("rotating {r} of a head's {head_dim} dimensions is not supported"),
+            ));
+        }
         if let Some(v) = h.opt_usize(&key("attention.value_length"))?
             && v != head_dim
         {
@@ -124,7 +137,9 @@ impl DecoderConfig {
             rope: Rope::Interleaved,
             rope_base: h.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scale: 1.0,
+            rope_attention_factor: 1.0,
             context_length: n_ctx,
+            kv_dtype: DType::F32,
             sliding: None,
             embedding_scale: None,
             activation: Activation::Silu,
@@ -208,9 +223,7 @@ impl Embeddings {
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    qkv: Qkv,
     wo: Linear,
     /// Query, key and value biases.
     bias: Option<[Tensor; 3]>,
@@ -219,13 +232,28 @@ struct Layer {
     /// Norms on the attention and feed-forward outputs.
     post_norms: Option<[Tensor; 2]>,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
     /// The sliding window this layer attends to, if any.
     window: Option<usize>,
     /// Index into [`DecoderWeights::ropes`].
     rope: usize,
+}
+
+/// The query, key and value projections: three matrices, or one whose output rows are the
+/// three in turn (Phi-3's `attn_qkv`).
+#[derive(Debug)]
+enum Qkv {
+    Separate([Linear; 3]),
+    Fused(Linear),
+}
+
+/// The feed-forward gate and up projections: two matrices, or one whose first half of output
+/// rows is the gate (Phi-3's `ffn_up`).
+#[derive(Debug)]
+enum GateUp {
+    Separate([Linear; 2]),
+    Fused(Linear),
 }
 
 /// Immutable weights; cheap to share between conversations.
@@ -317,7 +345,7 @@ impl KvCache {
             .max(needed);
         let shape = (1, cfg.n_kv_head, capacity, cfg.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-            let t = Tensor::zeros(shape, DType::F32, device)?;
+            let t = Tensor::zeros(shape, cfg.kv_dtype, device)?;
             if let Some(old) = old
                 && self.len > 0
             {
@@ -388,9 +416,15 @@ impl DecoderWeights {
             let b = |n: &str| format!("blk.{i}.{n}.bias");
             layers.push(Layer {
                 attn_norm: src.vector(&p("attn_norm"))?,
-                wq: Linear::load(src, &p("attn_q"))?,
-                wk: Linear::load(src, &p("attn_k"))?,
-                wv: Linear::load(src, &p("attn_v"))?,
+                qkv: if src.has(&p("attn_qkv")) {
+                    Qkv::Fused(Linear::load(src, &p("attn_qkv"))?)
+                } else {
+                    Qkv::Separate([
+                        Linear::load(src, &p("attn_q"))?,
+                        Linear::load(src, &p("attn_k"))?,
+                        Linear::load(src, &p("attn_v"))?,
+                    ])
+                },
                 wo: Linear::load(src, &p("attn_output"))?,
                 bias: match config.qkv_bias {
                     true => Some([
@@ -415,8 +449,14 @@ impl DecoderWeights {
                     false => None,
                 },
                 ffn_norm: src.vector(&p("ffn_norm"))?,
-                gate: Linear::load(src, &p("ffn_gate"))?,
-                up: Linear::load(src, &p("ffn_up"))?,
+                gate_up: if src.has(&p("ffn_gate")) {
+                    GateUp::Separate([
+                        Linear::load(src, &p("ffn_gate"))?,
+                        Linear::load(src, &p("ffn_up"))?,
+                    ])
+                } else {
+                    GateUp::Fused(Linear::load(src, &p("ffn_up"))?)
+                },
                 down: Linear::load(src, &p("ffn_down"))?,
                 window,
                 rope: usize::from(window.is_some()),
@@ -462,11 +502,18 @@ impl DecoderWeights {
 
         for (i, layer) in self.layers.iter().enumerate() {
             let h = norm(&x, &layer.attn_norm)?;
-            let (mut q, mut k, mut v) = (
-                layer.wq.forward(&h)?,
-                layer.wk.forward(&h)?,
-                layer.wv.forward(&h)?,
-            );
+            let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim);
+            let (mut q, mut k, mut v) = match &layer.qkv {
+                Qkv::Separate([wq, wk, wv]) => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
+                Qkv::Fused(w) => {
+                    let qkv = w.forward(&h)?;
+                    (
+                        qkv.narrow(2, 0, q_dim)?,
+                        qkv.narrow(2, q_dim, kv_dim)?,
+                        qkv.narrow(2, q_dim + kv_dim, kv_dim)?,
+                    )
+                }
+            };
             if let Some([bq, bk, bv]) = &layer.bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -495,8 +542,8 @@ impl DecoderWeights {
                     candle_nn::rotary_emb::rope(&k, cos, sin)?,
                 ),
             };
-            cache.k[i].slice_set(&k, 2, pos)?;
-            cache.v[i].slice_set(&v, 2, pos)?;
+            cache.k[i].slice_set(&k.to_dtype(cfg.kv_dtype)?, 2, pos)?;
+            cache.v[i].slice_set(&v.to_dtype(cfg.kv_dtype)?, 2, pos)?;
             let attended = match layer.window {
                 Some(_) => local.as_ref().unwrap_or(&global),
                 None => &global,
@@ -506,14 +553,20 @@ impl DecoderWeights {
 
             // Grouped-query attention without copying keys: fold the query heads that share a
             // key/value head into rows.
-            let q = q.reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?;
-            let mut att = (q.matmul(&keys.t()?)? * f64::from(cfg.attention_scale))?;
+            // With an f16 cache the products run in f16 on the cached keys and values as they
+            // are (only the query and the scores are converted); scores and softmax stay f32.
+            let q = q
+                .reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?
+                .to_dtype(cfg.kv_dtype)?;
+            let att = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
+            let mut att = (att * f64::from(cfg.attention_scale))?;
             if let Some(mask) = &attended.mask {
                 att = att.broadcast_add(mask)?;
             }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(cfg.kv_dtype)?;
             let y = att
                 .matmul(&values)?
+                .to_dtype(DType::F32)?
                 .reshape((1, cfg.n_head, seq, cfg.head_dim))?
                 .transpose(1, 2)?
                 .reshape((1, seq, cfg.n_head * cfg.head_dim))?;
@@ -524,12 +577,19 @@ impl DecoderWeights {
             x = (x + y)?;
 
             let h = norm(&x, &layer.ffn_norm)?;
-            let gate = layer.gate.forward(&h)?;
+            let (gate, up) = match &layer.gate_up {
+                GateUp::Separate([gate, up]) => (gate.forward(&h)?, up.forward(&h)?),
+                GateUp::Fused(w) => {
+                    let both = w.forward(&h)?;
+                    let n_ff = both.dim(2)? / 2;
+                    (both.narrow(2, 0, n_ff)?, both.narrow(2, n_ff, n_ff)?)
+                }
+            };
             let gate = match cfg.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let mut ff = layer.down.forward(&(gate * up)?)?;
             if let Some([_, post]) = &layer.post_norms {
                 ff = norm(&ff, post)?;
             }
@@ -579,7 +639,8 @@ fn rope_tables(
         angles.extend(inv.iter().map(|f| p as f32 * f));
     }
     let angles = Tensor::from_vec(angles, (n, half), device)?;
-    Ok((angles.cos()?, angles.sin()?))
+    let m = f64::from(cfg.rope_attention_factor);
+    Ok(((angles.cos()? * m)?, (angles.sin()? * m)?))
 }
 
 /// The keys a kind of layer attends to in one forward pass: positions `first..pos + seq`,

@@ -19,6 +19,7 @@ pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<Decoder
     c.rope_base = h.opt_f32(&key("rope.freq_base"))?.unwrap_or(1_000_000.0);
     if h.opt_string(&key("rope.scaling.type")) == Some("linear")
         && let Some(factor) = h.opt_f32(&key("rope.scaling.factor"))?
+        && factor.is_finite()
         && factor > 0.0
     {
         c.rope_scale = factor;
@@ -40,7 +41,7 @@ pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<Decoder
     }
     c.final_softcap = h
         .opt_f32(&key("final_logit_softcapping"))?
-        .filter(|cap| *cap > 0.0);
+        .filter(|cap| cap.is_finite() && *cap > 0.0);
     c.qk_norm = true;
     c.post_norms = true;
     Ok(c)

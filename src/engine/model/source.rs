@@ -33,6 +33,11 @@ impl TensorSource<'_> {
             })
     }
 
+    /// Whether the file has tensor `name`.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.header.content.tensor_infos.contains_key(name)
+    }
+
     /// A small float tensor (norm weights, biases), read as `f32`.
     pub(crate) fn vector(&mut self, name: &str) -> Result<Tensor> {
         let device = self.device.clone();
