@@ -69,8 +69,9 @@ pub enum KvCacheType {
     #[default]
     F32,
     /// 2 bytes a number: half the memory per NPC (llama.cpp's default). On the CPU it costs
-    /// about a quarter of the decode speed at 500 tokens of context (candle's f16 products;
-    /// BENCHMARKS.md), so it is for games that hold many long conversations.
+    /// about a quarter of the decode speed at 500 tokens of context, and the attention scores
+    /// are rounded to f16 too (logits move by about 2 %), through candle's f16 products
+    /// (BENCHMARKS.md); it is for games that hold many long conversations.
     F16,
 }
 

@@ -38,7 +38,7 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The Gemma 3 270M base model (Q4_K_M) for the gemma3 tests; panics with the fix if it is
+/// The Gemma 3 270M base model (`Q4_K_M`) for the gemma3 tests; panics with the fix if it is
 /// missing. Gemma terms apply: it is fetched for tests and benchmarks only.
 pub fn gemma_path() -> PathBuf {
     let path =

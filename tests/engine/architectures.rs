@@ -3,8 +3,8 @@
 //! same architecture on the same file, one forward pass against token-by-token decoding, and
 //! prefix reuse in a chat.
 //!
-//! Gemma 3 has no usable reference in candle-transformers 0.11: its quantized model uses SiLU
-//! where Gemma uses GELU, and its full-precision one fails on the CPU (it appends
+//! Gemma 3 has no usable reference in candle-transformers 0.11: its quantized model uses `SiLU`
+//! where Gemma uses `GELU`, and its full-precision one fails on the CPU (it appends
 //! non-contiguous values to its cache). Gemma 3 is checked against llama.cpp on the real 270M
 //! weights instead, with a prompt longer than the sliding window (`families.rs`).
 //!

@@ -1,7 +1,7 @@
 //! Our forward pass against llama.cpp on real weights of two families: greedy continuations of
 //! the same prompt ids, recorded by `scripts/llamacpp-greedy` (llama.cpp 0.3.36, one thread)
-//! in `tests/data/llamacpp_greedy.json`, for the default model (llama, Q4_1) and Gemma 3 270M
-//! (gemma3, Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 tensors, sliding-window layers).
+//! in `tests/data/llamacpp_greedy.json`, for the default model (llama, `Q4_1`) and Gemma 3 270M
+//! (gemma3, `Q4_K_M`: `Q5_0`, `Q4_K`, `Q6_K` and `Q8_0` tensors, sliding-window layers).
 //!
 //! Both engines quantize activations to 8 bits, in blocks of different sizes, so logits differ
 //! a little and a near tie can flip a token; after a flip the texts diverge. The test asserts

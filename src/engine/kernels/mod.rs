@@ -439,9 +439,9 @@ mod tests {
                 .to_vec2::<f32>()
                 .unwrap();
             let mut row = vec![0f32; 512];
-            for r in 0..4 {
+            for (r, theirs) in full.iter().enumerate() {
                 packed.dequantize_row(r, &mut row);
-                for (e, (ours, theirs)) in row.iter().zip(&full[r]).enumerate() {
+                for (e, (ours, theirs)) in row.iter().zip(theirs).enumerate() {
                     assert!(
                         (ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0),
                         "{dtype:?} row {r} element {e}: {ours} vs {theirs}"

@@ -56,7 +56,7 @@ pub(crate) struct DecoderConfig {
     pub(crate) rope_base: f32,
     /// Linear position scaling of the global layers' rotary embedding (Gemma 3 4B and up).
     pub(crate) rope_scale: f32,
-    /// Multiplies the rotary tables (LongRoPE's attention factor, Phi-3.5).
+    /// Multiplies the rotary tables (`LongRoPE`'s attention factor, Phi-3.5).
     pub(crate) rope_attention_factor: f32,
     /// Positions the rotary tables and caches hold: the context in use, not the file's.
     pub(crate) context_length: usize,
@@ -153,7 +153,7 @@ impl DecoderConfig {
 
     /// Whether layer `i` attends to a sliding window (and which), or to everything.
     fn window(&self, i: usize) -> Option<SlidingWindow> {
-        self.sliding.filter(|s| (i + 1) % s.pattern != 0)
+        self.sliding.filter(|s| !(i + 1).is_multiple_of(s.pattern))
     }
 }
 

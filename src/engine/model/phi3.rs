@@ -1,6 +1,6 @@
 //! Phi-3 and Phi-3.5 mini: llama's layer with the query, key and value projections fused into
 //! one matrix (`attn_qkv`) and the gate and up projections into another (`ffn_up`, gate
-//! first), halves rotated. LongRoPE files (Phi-3.5, Phi-3 128k) carry per-frequency factors;
+//! first), halves rotated. `LongRoPE` files (Phi-3.5, Phi-3 128k) carry per-frequency factors;
 //! within the original context the short factors apply, with the attention factor the file
 //! gives, as llama.cpp does.
 
