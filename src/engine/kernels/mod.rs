@@ -79,28 +79,34 @@ pub(crate) struct QMatrix {
     cols: usize,
     blocks: Blocks,
     simd: Simd,
+    /// The file's format while [`QMatrix::push_bytes`] fills it.
+    format: Option<GgmlDType>,
 }
 
 impl QMatrix {
-    /// Packs a GGUF tensor of shape `(rows, cols)`. `Q4_0`, `Q4_1`, `Q4_K`, `Q5_0`, `Q5_1`,
-    /// `Q5_K` and `Q8_0` keep every weight as the file has it (see [`blocks`]); other block
-    /// formats (`Q6_K`, `Q2_K`, `Q3_K`) are requantized to Q8_0 (finer than any of them, so
-    /// nothing is lost that matters). Returns `None` for float tensors and shapes these
-    /// kernels do not handle.
+    /// Whether [`QMatrix::push_bytes`] takes `dtype` as stored: `Q4_0`, `Q4_1`, `Q4_K`,
+    /// `Q5_0`, `Q5_1`, `Q5_K` and `Q8_0` keep every weight as the file has it (see [`blocks`]).
+    pub(crate) fn stores(dtype: GgmlDType) -> bool {
+        use GgmlDType::*;
+        matches!(dtype, Q4_0 | Q4_1 | Q4K | Q5_0 | Q5_1 | Q5K | Q8_0)
+    }
+
+    /// Packs a GGUF tensor of shape `(rows, cols)`: the formats [`QMatrix::stores`] as they
+    /// are, other block formats (`Q6_K`, `Q2_K`, `Q3_K`) requantized to `Q8_0` (finer than any
+    /// of them, so nothing is lost that matters). Returns `None` for float tensors and shapes
+    /// these kernels do not handle.
     pub(crate) fn pack(t: &QTensor, simd: Simd) -> Result<Option<Self>> {
         let dims = t.shape().dims();
         let &[rows, cols] = dims else { return Ok(None) };
         if cols % QK != 0 {
             return Ok(None);
         }
+        if Self::stores(t.dtype()) {
+            let mut m = Self::empty(t.dtype(), rows, cols, simd);
+            m.push_bytes(&t.data()?);
+            return m.finish().map(Some);
+        }
         let blocks = match t.dtype() {
-            GgmlDType::Q4_0 => Blocks::Q4_1(blocks::parse_q4_0(&t.data()?)),
-            GgmlDType::Q4_1 => Blocks::Q4_1(blocks::parse_q4_1(&t.data()?)),
-            GgmlDType::Q4K => Blocks::Q4_1(blocks::parse_q4_k(&t.data()?)),
-            GgmlDType::Q5_0 => Blocks::Q5_1(blocks::parse_q5_0(&t.data()?)),
-            GgmlDType::Q5_1 => Blocks::Q5_1(blocks::parse_q5_1(&t.data()?)),
-            GgmlDType::Q5K => Blocks::Q5_1(blocks::parse_q5_k(&t.data()?)),
-            GgmlDType::Q8_0 => Blocks::Q8_0(blocks::parse_q8_0(&t.data()?)),
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
             _ => {
                 let values = t
@@ -110,18 +116,68 @@ impl QMatrix {
                 Blocks::Q8_0(values.chunks_exact(QK).map(blocks::quantize_q8_0).collect())
             }
         };
-        let n_blocks = blocks.len();
-        if n_blocks != rows * cols / QK {
-            candle_core::bail!(
-                "tensor data holds {n_blocks} blocks, shape {rows}x{cols} needs more"
-            );
-        }
-        Ok(Some(Self {
+        Self {
             rows,
             cols,
             blocks,
             simd,
-        }))
+            format: None,
+        }
+        .finish()
+        .map(Some)
+    }
+
+    /// An empty matrix of a format [`QMatrix::stores`], to fill with
+    /// [`QMatrix::push_bytes`] (whole blocks of the file's bytes, in order) and
+    /// [`QMatrix::finish`]. The loader streams a tensor through it a few rows at a time, so
+    /// the file's bytes are never held whole beside the packed copy.
+    pub(crate) fn empty(dtype: GgmlDType, rows: usize, cols: usize, simd: Simd) -> Self {
+        let n = rows * cols / QK;
+        let blocks = match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => {
+                Blocks::Q4_1(Vec::with_capacity(n))
+            }
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => {
+                Blocks::Q5_1(Vec::with_capacity(n))
+            }
+            _ => Blocks::Q8_0(Vec::with_capacity(n)),
+        };
+        Self {
+            rows,
+            cols,
+            blocks,
+            simd,
+            format: Some(dtype),
+        }
+    }
+
+    /// Appends whole blocks of the file's bytes in the format given to [`QMatrix::empty`].
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
+        match (self.format, &mut self.blocks) {
+            (Some(GgmlDType::Q4_0), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_0(bytes)),
+            (Some(GgmlDType::Q4_1), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_1(bytes)),
+            (Some(GgmlDType::Q4K), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_k(bytes)),
+            (Some(GgmlDType::Q5_0), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_0(bytes)),
+            (Some(GgmlDType::Q5_1), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_1(bytes)),
+            (Some(GgmlDType::Q5K), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_k(bytes)),
+            (_, Blocks::Q8_0(b)) => b.extend(blocks::parse_q8_0(bytes)),
+            _ => {}
+        }
+    }
+
+    /// Checks that every block arrived.
+    pub(crate) fn finish(mut self) -> Result<Self> {
+        let n_blocks = self.blocks.len();
+        if n_blocks != self.rows * self.cols / QK {
+            candle_core::bail!(
+                "tensor data holds {n_blocks} blocks, shape {}x{} needs {}",
+                self.rows,
+                self.cols,
+                self.rows * self.cols / QK
+            );
+        }
+        self.format = None;
+        Ok(self)
     }
 
     /// Output size.

@@ -166,6 +166,11 @@ enum Linear {
 
 impl Linear {
     fn load(src: &mut TensorSource<'_>, name: &str) -> Result<Self> {
+        if let Some(simd) = src.packed
+            && let Some(m) = src.packed_matrix(name, simd)?
+        {
+            return Ok(Linear::Packed(Arc::new(m)));
+        }
         Self::from_qtensor(Arc::new(src.qtensor(name)?), src.packed)
     }
 
@@ -371,22 +376,25 @@ impl DecoderWeights {
     pub(crate) fn load(src: &mut TensorSource<'_>, config: DecoderConfig) -> Result<Self> {
         let header = src.header;
         let device = src.device.clone();
-        let embd_q: Arc<QTensor> = Arc::new(src.qtensor("token_embd.weight")?);
+        let name = "token_embd.weight";
         let packed_embd = match src.packed {
-            Some(simd) => QMatrix::pack(&embd_q, simd)?.map(Arc::new),
+            Some(simd) => match src.packed_matrix(name, simd)? {
+                Some(m) => Some(Arc::new(m)),
+                None => QMatrix::pack(&src.qtensor(name)?, simd)?.map(Arc::new),
+            },
             None => None,
         };
         let embeddings = match &packed_embd {
             Some(m) => Embeddings::Packed(m.clone()),
-            None => Embeddings::Dense(embd_q.dequantize(&device)?),
+            None => Embeddings::Dense(src.qtensor(name)?.dequantize(&device)?),
         };
-        let output = if header.content.tensor_infos.contains_key("output.weight") {
+        let output = if src.has("output.weight") {
             Linear::load(src, "output.weight")?
         } else if let Some(m) = packed_embd {
             // Tied embeddings: one packed copy serves both.
             Linear::Packed(m)
         } else {
-            Linear::from_qtensor(embd_q, None)?
+            Linear::from_qtensor(Arc::new(src.qtensor(name)?), None)?
         };
         let norm = src.vector("output_norm.weight")?;
         // Llama 3's long-context rotary scaling: a divisor per frequency.

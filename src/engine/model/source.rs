@@ -1,13 +1,13 @@
 //! Reading tensors out of a GGUF stream for the model loaders.
 
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::GgufHeader;
-use crate::engine::kernels::Simd;
+use crate::engine::kernels::{QMatrix, Simd};
 
 /// Reads tensors out of a GGUF stream, turning failures into errors that name the file.
 pub(crate) struct TensorSource<'a> {
@@ -31,6 +31,48 @@ impl TensorSource<'_> {
                 file: self.header.file.clone(),
                 reason: format!("tensor `{name}`: {e}"),
             })
+    }
+
+    /// Tensor `name` packed for the kernels, read from the file a few rows at a time straight
+    /// into its packed blocks, so the file's bytes are never held whole beside them (reading
+    /// whole through candle, Gemma 3 270M's load peaked 200 MiB above its resident size).
+    /// `None` where the kernels do not take the format as stored, or the shape is not a
+    /// matrix they handle.
+    pub(crate) fn packed_matrix(&mut self, name: &str, simd: Simd) -> Result<Option<QMatrix>> {
+        let file = self.header.file.clone();
+        let wrap = |reason: String| EngineError::InvalidGguf {
+            file: file.clone(),
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let Some(info) = self.header.content.tensor_infos.get(name) else {
+            return Err(wrap("missing".into()));
+        };
+        let &[rows, cols] = info.shape.dims() else {
+            return Ok(None);
+        };
+        let dtype = info.ggml_dtype;
+        if !QMatrix::stores(dtype) || cols % dtype.block_size() != 0 || cols % 32 != 0 {
+            return Ok(None);
+        }
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let start = self.header.content.tensor_data_offset + info.offset;
+        self.reader
+            .seek(SeekFrom::Start(start))
+            .map_err(|e| wrap(e.to_string()))?;
+        let mut m = QMatrix::empty(dtype, rows, cols, simd);
+        let per_chunk = (1 << 20) / row_bytes.max(1) + 1;
+        let mut buf = vec![0u8; per_chunk.min(rows) * row_bytes];
+        let mut done = 0;
+        while done < rows {
+            let n = per_chunk.min(rows - done);
+            let chunk = &mut buf[..n * row_bytes];
+            self.reader
+                .read_exact(chunk)
+                .map_err(|e| wrap(format!("reading its data: {e}")))?;
+            m.push_bytes(chunk);
+            done += n;
+        }
+        m.finish().map(Some).map_err(|e| wrap(e.to_string()))
     }
 
     /// Whether the file has tensor `name`.
