@@ -134,47 +134,57 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The eight sub-blocks of one `Q4_K`/`Q5_K` super-block: `j`, its scale `d * sc`, its
+/// minimum `-dmin * m` and its 32 low nibbles in ggml's order (sub-blocks `2c` and `2c + 1`
+/// are the low and high nibbles of bytes `32c..32c + 32`).
+fn k_sub_blocks<'a>(
+    d: f32,
+    dmin: f32,
+    scales: &'a [u8],
+    qs: &'a [u8],
+) -> impl Iterator<Item = (usize, f32, f32, [u8; QK / 2])> + 'a {
+    (0..QK_K / QK).map(move |j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        let q = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
+        let shift = 4 * (j % 2);
+        (
+            j,
+            d * f32::from(sc),
+            -(dmin * f32::from(m)),
+            nibbles(|e| (q[e] >> shift) & 0x0F),
+        )
+    })
+}
+
 /// `Q4_K` (144 bytes per 256 weights: `d`, `dmin`, twelve bytes of six-bit scales and minimums,
 /// 128 bytes of nibbles) as eight `Q4_1` blocks: `w = d * sc * q - dmin * m`.
 pub(super) fn parse_q4_k(bytes: &[u8]) -> Vec<BlockQ4_1> {
-    let mut out = Vec::with_capacity(bytes.len() / 144 * 8);
-    for b in bytes.chunks_exact(144) {
-        let (d, dmin, scales, qs) = (half(b), half(&b[2..]), &b[4..16], &b[16..]);
-        for j in 0..QK_K / QK {
-            let (sc, m) = scale_min_k4(j, scales);
-            // Sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+32.
-            let q = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
-            let shift = 4 * (j % 2);
-            out.push(BlockQ4_1 {
-                d: d * f32::from(sc),
-                m: -(dmin * f32::from(m)),
-                qs: nibbles(|e| (q[e] >> shift) & 0x0F),
-            });
-        }
-    }
-    out
+    bytes
+        .chunks_exact(144)
+        .flat_map(|b| {
+            k_sub_blocks(half(b), half(&b[2..]), &b[4..16], &b[16..])
+                .map(|(_, d, m, qs)| BlockQ4_1 { d, m, qs })
+        })
+        .collect()
 }
 
 /// `Q5_K` (176 bytes per 256 weights: `Q4_K`'s fields plus 32 bytes of fifth bits, bit `j`
 /// of byte `l` for element `l` of sub-block `j`) as eight `Q5_1` blocks.
 pub(super) fn parse_q5_k(bytes: &[u8]) -> Vec<BlockQ5_1> {
-    let mut out = Vec::with_capacity(bytes.len() / 176 * 8);
-    for b in bytes.chunks_exact(176) {
-        let (d, dmin, scales) = (half(b), half(&b[2..]), &b[4..16]);
-        let (qh, qs) = (&b[16..48], &b[48..]);
-        for j in 0..QK_K / QK {
-            let (sc, m) = scale_min_k4(j, scales);
-            let q = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
-            let shift = 4 * (j % 2);
-            out.push(BlockQ5_1 {
-                d: d * f32::from(sc),
-                m: -(dmin * f32::from(m)),
-                qh: (0..QK).fold(0u32, |h, e| h | (u32::from((qh[e] >> j) & 1) << e)),
-                qs: nibbles(|e| (q[e] >> shift) & 0x0F),
-            });
-        }
-    }
-    out
+    bytes
+        .chunks_exact(176)
+        .flat_map(|b| {
+            let qh = &b[16..48];
+            k_sub_blocks(half(b), half(&b[2..]), &b[4..16], &b[48..]).map(move |(j, d, m, qs)| {
+                BlockQ5_1 {
+                    d,
+                    m,
+                    qh: (0..QK).fold(0u32, |h, e| h | (u32::from((qh[e] >> j) & 1) << e)),
+                    qs,
+                }
+            })
+        })
+        .collect()
 }
 
 pub(super) fn parse_q8_0(bytes: &[u8]) -> Vec<BlockQ8_0> {

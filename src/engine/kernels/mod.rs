@@ -79,12 +79,10 @@ pub(crate) struct QMatrix {
     cols: usize,
     blocks: Blocks,
     simd: Simd,
-    /// The file's format while [`QMatrix::push_bytes`] fills it.
-    format: Option<GgmlDType>,
 }
 
 impl QMatrix {
-    /// Whether [`QMatrix::push_bytes`] takes `dtype` as stored: `Q4_0`, `Q4_1`, `Q4_K`,
+    /// Whether [`Packer`] takes `dtype` as stored: `Q4_0`, `Q4_1`, `Q4_K`,
     /// `Q5_0`, `Q5_1`, `Q5_K` and `Q8_0` keep every weight as the file has it (see [`blocks`]).
     pub(crate) fn stores(dtype: GgmlDType) -> bool {
         use GgmlDType::*;
@@ -102,9 +100,9 @@ impl QMatrix {
             return Ok(None);
         }
         if Self::stores(t.dtype()) {
-            let mut m = Self::empty(t.dtype(), rows, cols, simd);
-            m.push_bytes(&t.data()?);
-            return m.finish().map(Some);
+            let mut p = Packer::new(t.dtype(), rows, cols, simd);
+            p.push(&t.data()?);
+            return p.finish().map(Some);
         }
         let blocks = match t.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
@@ -116,68 +114,13 @@ impl QMatrix {
                 Blocks::Q8_0(values.chunks_exact(QK).map(blocks::quantize_q8_0).collect())
             }
         };
-        Self {
+        check_blocks(&blocks, rows, cols)?;
+        Ok(Some(Self {
             rows,
             cols,
             blocks,
             simd,
-            format: None,
-        }
-        .finish()
-        .map(Some)
-    }
-
-    /// An empty matrix of a format [`QMatrix::stores`], to fill with
-    /// [`QMatrix::push_bytes`] (whole blocks of the file's bytes, in order) and
-    /// [`QMatrix::finish`]. The loader streams a tensor through it a few rows at a time, so
-    /// the file's bytes are never held whole beside the packed copy.
-    pub(crate) fn empty(dtype: GgmlDType, rows: usize, cols: usize, simd: Simd) -> Self {
-        let n = rows * cols / QK;
-        let blocks = match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => {
-                Blocks::Q4_1(Vec::with_capacity(n))
-            }
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => {
-                Blocks::Q5_1(Vec::with_capacity(n))
-            }
-            _ => Blocks::Q8_0(Vec::with_capacity(n)),
-        };
-        Self {
-            rows,
-            cols,
-            blocks,
-            simd,
-            format: Some(dtype),
-        }
-    }
-
-    /// Appends whole blocks of the file's bytes in the format given to [`QMatrix::empty`].
-    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
-        match (self.format, &mut self.blocks) {
-            (Some(GgmlDType::Q4_0), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_0(bytes)),
-            (Some(GgmlDType::Q4_1), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_1(bytes)),
-            (Some(GgmlDType::Q4K), Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_k(bytes)),
-            (Some(GgmlDType::Q5_0), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_0(bytes)),
-            (Some(GgmlDType::Q5_1), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_1(bytes)),
-            (Some(GgmlDType::Q5K), Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_k(bytes)),
-            (_, Blocks::Q8_0(b)) => b.extend(blocks::parse_q8_0(bytes)),
-            _ => {}
-        }
-    }
-
-    /// Checks that every block arrived.
-    pub(crate) fn finish(mut self) -> Result<Self> {
-        let n_blocks = self.blocks.len();
-        if n_blocks != self.rows * self.cols / QK {
-            candle_core::bail!(
-                "tensor data holds {n_blocks} blocks, shape {}x{} needs {}",
-                self.rows,
-                self.cols,
-                self.rows * self.cols / QK
-            );
-        }
-        self.format = None;
-        Ok(self)
+        }))
     }
 
     /// Output size.
@@ -293,6 +236,69 @@ impl QMatrix {
         }
         y
     }
+}
+
+/// Builds a [`QMatrix`] of a format [`QMatrix::stores`] from whole blocks of the file's bytes,
+/// in order. The loader streams a tensor through it a few rows at a time, so the file's bytes
+/// are never held whole beside the packed copy.
+pub(crate) struct Packer {
+    dtype: GgmlDType,
+    matrix: QMatrix,
+}
+
+impl Packer {
+    pub(crate) fn new(dtype: GgmlDType, rows: usize, cols: usize, simd: Simd) -> Self {
+        let n = rows * cols / QK;
+        let blocks = match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => {
+                Blocks::Q4_1(Vec::with_capacity(n))
+            }
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => {
+                Blocks::Q5_1(Vec::with_capacity(n))
+            }
+            _ => Blocks::Q8_0(Vec::with_capacity(n)),
+        };
+        Self {
+            dtype,
+            matrix: QMatrix {
+                rows,
+                cols,
+                blocks,
+                simd,
+            },
+        }
+    }
+
+    /// Appends whole blocks of the file's bytes.
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        match (self.dtype, &mut self.matrix.blocks) {
+            (GgmlDType::Q4_0, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_0(bytes)),
+            (GgmlDType::Q4K, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_k(bytes)),
+            (_, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_1(bytes)),
+            (GgmlDType::Q5_0, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_0(bytes)),
+            (GgmlDType::Q5K, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_k(bytes)),
+            (_, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_1(bytes)),
+            (_, Blocks::Q8_0(b)) => b.extend(blocks::parse_q8_0(bytes)),
+        }
+    }
+
+    /// The matrix, once every block has arrived.
+    pub(crate) fn finish(self) -> Result<QMatrix> {
+        let m = self.matrix;
+        check_blocks(&m.blocks, m.rows, m.cols)?;
+        Ok(m)
+    }
+}
+
+fn check_blocks(blocks: &Blocks, rows: usize, cols: usize) -> Result<()> {
+    let n_blocks = blocks.len();
+    if n_blocks != rows * cols / QK {
+        candle_core::bail!(
+            "tensor data holds {n_blocks} blocks, shape {rows}x{cols} needs {}",
+            rows * cols / QK
+        );
+    }
+    Ok(())
 }
 
 /// Which kernels this CPU can run.

@@ -374,38 +374,49 @@ impl KvCache {
 impl DecoderWeights {
     /// Loads the weights `config` describes from the GGUF's standard tensor names.
     pub(crate) fn load(src: &mut TensorSource<'_>, config: DecoderConfig) -> Result<Self> {
-        let header = src.header;
         let device = src.device.clone();
         let name = "token_embd.weight";
-        let packed_embd = match src.packed {
-            Some(simd) => match src.packed_matrix(name, simd)? {
-                Some(m) => Some(Arc::new(m)),
-                None => QMatrix::pack(&src.qtensor(name)?, simd)?.map(Arc::new),
-            },
+        // Read from the file once: packed a few rows at a time where the kernels take the
+        // format as stored, otherwise whole through candle (and shared by a tied output).
+        let streamed = match src.packed {
+            Some(simd) => src.packed_matrix(name, simd)?.map(Arc::new),
             None => None,
         };
-        let embeddings = match &packed_embd {
-            Some(m) => Embeddings::Packed(m.clone()),
-            None => Embeddings::Dense(src.qtensor(name)?.dequantize(&device)?),
+        let (packed_embd, embd_q) = match (streamed, src.packed) {
+            (Some(m), _) => (Some(m), None),
+            (None, simd) => {
+                let q = Arc::new(src.qtensor(name)?);
+                let packed = match simd {
+                    Some(simd) => QMatrix::pack(&q, simd)?.map(Arc::new),
+                    None => None,
+                };
+                (packed, Some(q))
+            }
+        };
+        let embeddings = match (&packed_embd, &embd_q) {
+            (Some(m), _) => Embeddings::Packed(m.clone()),
+            (None, Some(q)) => Embeddings::Dense(q.dequantize(&device)?),
+            (None, None) => unreachable!("the table was read whole when it was not packed"),
         };
         let output = if src.has("output.weight") {
             Linear::load(src, "output.weight")?
         } else if let Some(m) = packed_embd {
             // Tied embeddings: one packed copy serves both.
             Linear::Packed(m)
+        } else if let Some(q) = embd_q {
+            Linear::from_qtensor(q, None)?
         } else {
-            Linear::from_qtensor(Arc::new(src.qtensor(name)?), None)?
+            unreachable!("the table was read whole when it was not packed")
         };
         let norm = src.vector("output_norm.weight")?;
-        // Llama 3's long-context rotary scaling: a divisor per frequency.
-        let freq_factors = if header
-            .content
-            .tensor_infos
-            .contains_key("rope_freqs.weight")
+        // A divisor per frequency: Llama 3's long-context scaling (`rope_freqs`), or
+        // `LongRoPE`'s factors for contexts within the original one (Phi-3.5, Phi-3 128k).
+        let freq_factors = match ["rope_freqs.weight", "rope_factors_short.weight"]
+            .into_iter()
+            .find(|n| src.has(n))
         {
-            Some(src.vector("rope_freqs.weight")?.to_vec1::<f32>()?)
-        } else {
-            None
+            Some(n) => Some(src.vector(n)?.to_vec1::<f32>()?),
+            None => None,
         };
         let mut ropes = vec![rope_tables(
             &config,
@@ -676,7 +687,9 @@ impl Attended {
             j > p || window.is_some_and(|w| p - j >= w)
         };
         let width = total - first;
-        if (0..seq).all(|s| (first..total).all(|j| !hidden(s, j))) {
+        // One new token sees every key from `first` on; with more, the first cannot see the
+        // last.
+        if seq == 1 {
             return Ok(Self { first, mask: None });
         }
         let mut data = Vec::with_capacity(n_rep * seq * width);

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::GgufHeader;
-use crate::engine::kernels::{QMatrix, Simd};
+use crate::engine::kernels::{Packer, QMatrix, Simd};
 
 /// Reads tensors out of a GGUF stream, turning failures into errors that name the file.
 pub(crate) struct TensorSource<'a> {
@@ -59,7 +59,7 @@ impl TensorSource<'_> {
         self.reader
             .seek(SeekFrom::Start(start))
             .map_err(|e| wrap(e.to_string()))?;
-        let mut m = QMatrix::empty(dtype, rows, cols, simd);
+        let mut m = Packer::new(dtype, rows, cols, simd);
         let per_chunk = (1 << 20) / row_bytes.max(1) + 1;
         let mut buf = vec![0u8; per_chunk.min(rows) * row_bytes];
         let mut done = 0;
@@ -69,7 +69,7 @@ impl TensorSource<'_> {
             self.reader
                 .read_exact(chunk)
                 .map_err(|e| wrap(format!("reading its data: {e}")))?;
-            m.push_bytes(chunk);
+            m.push(chunk);
             done += n;
         }
         m.finish().map(Some).map_err(|e| wrap(e.to_string()))
