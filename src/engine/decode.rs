@@ -1,21 +1,15 @@
 //! Running the model: chat, free and constrained generation, alternatives, raw logits and
-//! perplexity, all on the engine's thread pool.
+//! perplexity, all on the engine's thread pool and
+//! over the batched steps of [`super::batch`].
 
-use std::time::{Duration, Instant};
-
+use super::batch::log_probability;
 use super::error::{EngineError, Result};
-use super::generate::{
-    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
-};
-use super::grammar::{self, Grammar};
+use super::generate::{CancelToken, Delta, GenerateParams, Generation, Session, StopReason};
+use super::grammar::Grammar;
 use super::load::Engine;
-use super::sampling::Sampler;
-use super::stream::TextStream;
+use super::model::KvCache;
 use super::template::ChatMessage;
 use super::tokenizer::TokenId;
-
-/// Prompt tokens computed per forward pass; bounds memory and lets a cancel land mid-prompt.
-const PREFILL_CHUNK: usize = 256;
 
 impl Engine {
     /// Chat: renders `messages`, then generates the assistant's reply. See [`Engine::generate`].
@@ -103,41 +97,61 @@ impl Engine {
         // Like a single generation, no seed means a fresh draw every time (it was seed 0, so
         // every playthrough got the same "random" scenes).
         let base = params.sampling.seed.unwrap_or_else(rand::random);
-        let mut results: Vec<Generation> = Vec::with_capacity(n);
+        let mut results: Vec<Option<Generation>> = (0..n).map(|_| None).collect();
+        // The first alternative streams as it goes (it cannot repeat anything); the others
+        // are held until they are known to be new.
+        let mut held: Vec<Vec<(String, Option<TokenId>, usize)>> = vec![Vec::new(); n];
         let mut draws = 0u64;
-        while results.len() < n {
-            let i = results.len();
-            let mut p = params.clone();
-            p.sampling.seed = Some(base.wrapping_add(draws));
-            draws += 1;
-            let mut fork = session.fork()?;
-            // The first alternative streams as it goes (it cannot repeat anything); the
-            // others are held until they are known to be new.
-            let mut deltas = Vec::new();
-            let g = self.run(&mut fork, prompt, &p, grammar, cancel, |d| {
-                if i == 0 {
-                    on_delta(0, d);
-                } else {
-                    deltas.push((d.text.to_owned(), d.token, d.generated));
+        let mut pending: Vec<usize> = (0..n).collect();
+        // Every alternative still to draw runs in one batch; a repeated one is drawn again
+        // with the next seed, a few times at most, in the next round.
+        while !pending.is_empty() {
+            let mut batch = Vec::with_capacity(pending.len());
+            for _ in &pending {
+                let mut p = params.clone();
+                p.sampling.seed = Some(base.wrapping_add(draws));
+                draws += 1;
+                let fork = session.fork()?;
+                batch.push(self.begin(fork, prompt, &p, grammar, cancel.clone()));
+            }
+            for &i in &pending {
+                held[i].clear();
+            }
+            while batch.iter().any(|d| !d.is_finished()) {
+                self.step(&mut batch, |k, d| {
+                    let i = pending[k];
+                    if i == 0 {
+                        on_delta(0, d);
+                    } else {
+                        held[i].push((d.text.to_owned(), d.token, d.generated));
+                    }
+                })?;
+            }
+            let mut again = Vec::new();
+            for (&i, decoding) in pending.iter().zip(batch) {
+                let g = decoding.finish().1?;
+                let repeated = results.iter().flatten().any(|r| r.text == g.text);
+                if repeated && draws < (n as u64) * 4 && g.stop_reason != StopReason::Cancelled {
+                    again.push(i);
+                    continue;
                 }
-            })?;
-            let repeated = results.iter().any(|r| r.text == g.text);
-            if repeated && draws < (n as u64) * 4 && g.stop_reason != StopReason::Cancelled {
-                continue;
+                if i != 0 {
+                    for (text, token, generated) in held[i].drain(..) {
+                        on_delta(
+                            i,
+                            &Delta {
+                                text: &text,
+                                token,
+                                generated,
+                            },
+                        );
+                    }
+                }
+                results[i] = Some(g);
             }
-            for (text, token, generated) in deltas {
-                on_delta(
-                    i,
-                    &Delta {
-                        text: &text,
-                        token,
-                        generated,
-                    },
-                );
-            }
-            results.push(g);
+            pending = again;
         }
-        Ok(results)
+        Ok(results.into_iter().flatten().collect())
     }
 
     fn run(
@@ -149,58 +163,23 @@ impl Engine {
         cancel: &CancelToken,
         mut on_delta: impl FnMut(&Delta<'_>) + Send,
     ) -> Result<Generation> {
-        params.validate()?;
-        let n_ctx = self.info.n_ctx;
-        if prompt.is_empty() {
-            return Err(EngineError::InvalidParameter {
-                name: "prompt",
-                reason: "the prompt is empty".to_owned(),
-            });
+        // A batch of one: the same steps as a line generated among others.
+        let taken = std::mem::replace(session, Session::new(KvCache::new()));
+        let mut decoding = self.begin(taken, prompt, params, grammar, cancel.clone());
+        let mut failed = Ok(());
+        while !decoding.is_finished() && failed.is_ok() {
+            failed = self.step([&mut decoding], |_, d| on_delta(d));
         }
-        if prompt.len() >= n_ctx {
-            return Err(EngineError::ContextOverflow {
-                tokens: prompt.len(),
-                n_ctx,
-            });
-        }
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.tokenizer.vocab_size())
-        {
-            return Err(EngineError::InvalidParameter {
-                name: "prompt",
-                reason: format!("token {bad} is outside the vocabulary"),
-            });
-        }
-        let mut sampler = Sampler::new(params.sampling.clone())?;
-        let mut matcher = match grammar {
-            Some(g) => {
-                if self.constraints.is_none() {
-                    self.constraints = Some(grammar::Constraints::new(&self.tokenizer)?);
-                }
-                let constraints = self.constraints.as_ref().expect("just built");
-                Some(constraints.matcher(g)?)
-            }
-            None => None,
-        };
-        self.on_pool(|engine| {
-            engine.generate_inner(
-                session,
-                prompt,
-                params,
-                cancel,
-                &mut sampler,
-                matcher.as_mut(),
-                &mut on_delta,
-            )
-        })
+        let (taken, result) = decoding.finish();
+        *session = taken;
+        result
     }
 
     /// Runs `f` on the engine's thread pool (when [`EngineConfig::threads`] built one), so
     /// that candle's and the kernels' rayon work stays within the thread budget.
     ///
     /// [`EngineConfig::threads`]: super::EngineConfig::threads
-    fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+    pub(crate) fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         // Taken out for the call: the pool cannot be borrowed while `f` borrows the engine.
         let pool = self.pool.take();
         let result = match &pool {
@@ -251,212 +230,5 @@ impl Engine {
             }
             Ok((nll / (tokens.len() - 1) as f64).exp())
         })
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "run's state, passed down once")]
-    fn generate_inner(
-        &mut self,
-        session: &mut Session,
-        prompt: &[TokenId],
-        params: &GenerateParams,
-        cancel: &CancelToken,
-        sampler: &mut Sampler,
-        mut matcher: Option<&mut llguidance::Matcher>,
-        on_delta: &mut (dyn FnMut(&Delta<'_>) + Send),
-    ) -> Result<Generation> {
-        let started = Instant::now();
-        let n_ctx = self.info.n_ctx;
-        // At least one prompt token is computed, to get logits to sample from.
-        let reuse = session.common_prefix(prompt).min(prompt.len() - 1);
-        session.tokens.truncate(reuse);
-        let mut stats = GenerationStats {
-            prompt_tokens: prompt.len(),
-            cached_tokens: reuse,
-            ..Default::default()
-        };
-        let no_stops: &[String] = &[];
-        let free = matcher.is_none();
-        let mut stream = TextStream::new(if free { &params.stop } else { no_stops })
-            .with_max_sentences(params.max_sentences.filter(|_| free));
-        let whole_sentences = params.whole_sentences && free;
-        // The last third of the budget (at least 8 tokens) streams whole sentences only.
-        let hold_from = params
-            .max_tokens
-            .saturating_sub((params.max_tokens / 3).max(8));
-        let mut generated = Vec::new();
-        let finish = |stream: &mut TextStream,
-                      generated: Vec<TokenId>,
-                      stop_reason,
-                      stats,
-                      on_delta: &mut (dyn FnMut(&Delta<'_>) + Send)| {
-            // A text cut by its budget, or one the model ended without ending its sentence.
-            let cut = matches!(
-                stop_reason,
-                StopReason::MaxTokens | StopReason::ContextFull | StopReason::Eos
-            );
-            let rest = if whole_sentences && cut {
-                stream.finish_whole()
-            } else {
-                stream.finish()
-            };
-            let n = generated.len();
-            if !rest.is_empty() {
-                on_delta(&Delta {
-                    text: &rest,
-                    token: None,
-                    generated: n,
-                });
-            }
-            Generation {
-                text: stream.text().to_owned(),
-                tokens: generated,
-                stop_reason,
-                stats,
-            }
-        };
-
-        let mut logits = Vec::new();
-        {
-            let _span = tracing::trace_span!("prefill", tokens = prompt.len() - reuse).entered();
-            for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
-                if cancel.is_cancelled() {
-                    stats.prefill_time = started.elapsed();
-                    return Ok(finish(
-                        &mut stream,
-                        generated,
-                        StopReason::Cancelled,
-                        stats,
-                        on_delta,
-                    ));
-                }
-                let pos = session.tokens.len();
-                logits = self.model.forward(chunk, pos, &mut session.cache)?;
-                session.tokens.extend_from_slice(chunk);
-            }
-        }
-        stats.prefill_time = started.elapsed();
-
-        let mut first_token_at = None;
-        // The raw scores, kept for the sampled token's log-probability (sampling rewrites them).
-        let mut raw = Vec::with_capacity(logits.len());
-        let stop_reason = loop {
-            raw.clear();
-            raw.extend_from_slice(&logits);
-            let token = match matcher.as_deref_mut() {
-                None => {
-                    let _span = tracing::trace_span!("sample").entered();
-                    sampler.sample(&mut logits, &session.tokens, None)
-                }
-                Some(m) => {
-                    let _span = tracing::trace_span!("sample_constrained").entered();
-                    let masked = Instant::now();
-                    let mask = m.compute_mask().map_err(grammar::grammar_error)?;
-                    stats.constraint_time += masked.elapsed();
-                    if mask.is_zero() {
-                        return Err(grammar::grammar_error(
-                            m.get_error()
-                                .unwrap_or_else(|| "no token can continue the output".into()),
-                        ));
-                    }
-                    let token =
-                        sampler.sample(&mut logits, &session.tokens, Some(&|t| mask.is_allowed(t)));
-                    let consumed = Instant::now();
-                    if !self.tokenizer.is_end_of_generation(token) {
-                        m.consume_token(token).map_err(grammar::grammar_error)?;
-                    }
-                    stats.constraint_time += consumed.elapsed();
-                    token
-                }
-            };
-            stats.generated_tokens += 1;
-            stats.logprob += log_probability(&raw, token);
-            if stats.generated_tokens == 1 {
-                stats.time_to_first_token = started.elapsed();
-                first_token_at = Some(Instant::now());
-            }
-            if !params.ignore_eos && self.tokenizer.is_end_of_generation(token) {
-                break StopReason::Eos;
-            }
-            let structure_done = matcher.as_deref().is_some_and(|m| m.is_stopped());
-            generated.push(token);
-            if whole_sentences && stats.generated_tokens > hold_from {
-                stream.hold_partial_sentences();
-            }
-            let push = stream.push(self.tokenizer.token_bytes(token));
-            on_delta(&Delta {
-                text: &push.delta,
-                token: Some(token),
-                generated: stats.generated_tokens,
-            });
-            if push.stopped {
-                break StopReason::StopString;
-            }
-            if push.sentences_done {
-                break StopReason::SentenceLimit;
-            }
-            if structure_done {
-                break StopReason::Eos;
-            }
-            if stats.generated_tokens >= params.max_tokens {
-                if matcher.is_some() {
-                    return Err(grammar::grammar_error(format!(
-                        "max_tokens ({}) ran out before the structured output was complete",
-                        params.max_tokens
-                    )));
-                }
-                break StopReason::MaxTokens;
-            }
-            if session.tokens.len() + 1 >= n_ctx {
-                if matcher.is_some() {
-                    return Err(grammar::grammar_error(
-                        "the context filled up before the structured output was complete",
-                    ));
-                }
-                break StopReason::ContextFull;
-            }
-            if cancel.is_cancelled() {
-                break StopReason::Cancelled;
-            }
-            let _span = tracing::trace_span!("decode").entered();
-            let pos = session.tokens.len();
-            logits = self.model.forward(&[token], pos, &mut session.cache)?;
-            session.tokens.push(token);
-        };
-        stats.decode_time = first_token_at.map_or(Duration::ZERO, |t| t.elapsed());
-        Ok(finish(&mut stream, generated, stop_reason, stats, on_delta))
-    }
-}
-
-/// The natural-log probability of `token` under the softmax of `logits`; non-finite scores
-/// count as impossible.
-fn log_probability(logits: &[f32], token: TokenId) -> f64 {
-    let max = logits
-        .iter()
-        .filter(|l| l.is_finite())
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let Some(&chosen) = logits.get(token as usize).filter(|l| l.is_finite()) else {
-        return f64::NEG_INFINITY;
-    };
-    let log_sum = logits
-        .iter()
-        .filter(|l| l.is_finite())
-        .map(|&v| f64::from(v - max).exp())
-        .sum::<f64>()
-        .ln();
-    f64::from(chosen - max) - log_sum
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_probability;
-
-    #[test]
-    fn log_probability_is_a_log_softmax() {
-        let logits = [0.0f32, 2.0_f32.ln(), f32::NAN];
-        // Probabilities 1/3 and 2/3; the NaN counts as impossible.
-        assert!((log_probability(&logits, 0) - (1.0f64 / 3.0).ln()).abs() < 1e-6);
-        assert!((log_probability(&logits, 1) - (2.0f64 / 3.0).ln()).abs() < 1e-6);
-        assert_eq!(log_probability(&logits, 2), f64::NEG_INFINITY);
-        assert_eq!(log_probability(&logits, 9), f64::NEG_INFINITY);
     }
 }

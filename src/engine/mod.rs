@@ -18,6 +18,7 @@
 //! # Ok::<(), bevy_llm_dialogue::engine::EngineError>(())
 //! ```
 
+mod batch;
 mod config;
 mod decode;
 mod error;
@@ -37,6 +38,7 @@ mod stream;
 mod template;
 mod tokenizer;
 
+pub use batch::Decoding;
 pub use config::{Backend, CpuKernels, EngineConfig, KvCacheType, ModelInfo};
 pub use error::{EngineError, Result};
 pub use fit::FittedPrompt;

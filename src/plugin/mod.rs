@@ -84,6 +84,11 @@ pub struct LlmDialoguePlugin {
     pub inference_threads: Option<usize>,
     /// How many conversations keep their cache. The least recently used is evicted.
     pub slots: usize,
+    /// The most lines generated together: each step of the worker runs one forward pass for
+    /// all of them (one read of the weights serves every line), so NPCs talk at once instead
+    /// of queueing. A [`Priority::Player`] line joins even a full batch. 1 generates one line
+    /// at a time.
+    pub max_batch: usize,
     /// Where the model runs.
     pub backend: Backend,
     /// Generation settings for lines that set nothing else; runtime changes go through the
@@ -98,6 +103,7 @@ impl Default for LlmDialoguePlugin {
             n_ctx: None,
             inference_threads: None,
             slots: 16,
+            max_batch: 8,
             backend: Backend::Auto,
             defaults: GenerateParams {
                 max_tokens: 96,
@@ -141,6 +147,7 @@ impl Plugin for LlmDialoguePlugin {
                 ..Default::default()
             },
             slots: self.slots.max(1),
+            max_batch: self.max_batch.max(1),
             asset_base: base,
             model: self.model.clone(),
         });

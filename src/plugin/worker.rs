@@ -15,8 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::request::{DialogueError, Priority, RequestId};
 use crate::engine::{
-    CancelToken, ChatMessage, Delta, Engine, EngineConfig, EngineError, GenerateParams, Generation,
-    ModelInfo, ProgressReader, SessionSlots,
+    CancelToken, ChatMessage, Decoding, Delta, Engine, EngineConfig, EngineError, GenerateParams,
+    Generation, ModelInfo, ProgressReader, SessionSlots,
 };
 use crate::score;
 
@@ -98,11 +98,15 @@ pub struct WorkerStatus {
     pub slots_capacity: usize,
     /// Bytes held by all conversation caches.
     pub cache_bytes: usize,
+    /// Lines being generated together right now.
+    pub generating: usize,
 }
 
 pub(crate) struct WorkerConfig {
     pub(crate) engine: EngineConfig,
     pub(crate) slots: usize,
+    /// The most lines generated together in one batch.
+    pub(crate) max_batch: usize,
 }
 
 /// Starts the worker thread. It ends when the command channel closes.
@@ -151,6 +155,8 @@ struct Worker {
     model_path: Option<PathBuf>,
     load_error: Option<String>,
     queue: Vec<(u64, Job)>,
+    /// Lines being generated together, one forward pass per step for all of them.
+    active: Vec<Active>,
     slots: SessionSlots,
     clock: u64,
     /// Jobs that panicked in a row (the model is reloaded after each, up to [`MAX_CRASHES`]).
@@ -171,6 +177,33 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// A line in the batch.
+struct Active {
+    id: RequestId,
+    slot: u64,
+    priority: Priority,
+    cancel: CancelToken,
+    decoding: Decoding,
+    /// The NPC is gone: drop its session when the line ends.
+    forget: bool,
+    /// Test hook: this line panics three tokens in.
+    #[cfg(feature = "fault-injection")]
+    inject: bool,
+}
+
+/// Whether a job is one generation that can share steps with others (a line, or one
+/// structured output); the rest run alone.
+fn batches(job: &Job) -> bool {
+    matches!(
+        job.output,
+        Output::Text { best_of: 1, .. }
+            | Output::Structured {
+                alternatives: 1,
+                ..
+            }
+    )
+}
+
 impl Worker {
     fn new(config: WorkerConfig, reports: Sender<Report>) -> Self {
         Self {
@@ -181,6 +214,7 @@ impl Worker {
             model_path: None,
             load_error: Some("the model has not been loaded".into()),
             queue: Vec::new(),
+            active: Vec::new(),
             clock: 0,
             crashes: 0,
             #[cfg(feature = "fault-injection")]
@@ -195,7 +229,7 @@ impl Worker {
 
     fn run(mut self, commands: Receiver<Command>) {
         loop {
-            if self.queue.is_empty() {
+            if self.queue.is_empty() && self.active.is_empty() {
                 match commands.recv() {
                     Ok(cmd) => self.handle(cmd),
                     // The app is gone.
@@ -210,8 +244,18 @@ impl Worker {
                     Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 }
             }
-            if let Some(job) = self.pop_best() {
-                self.run_job(job);
+            // New lines join the batch at a token boundary; a job that cannot batch (best-of
+            // draws, several alternatives, scenes) waits for the batch to empty and runs alone.
+            let mut changed = self.admit();
+            if self.active.is_empty() {
+                if let Some(job) = self.pop_best(|_| true) {
+                    self.run_job(job);
+                    changed = true;
+                }
+            } else {
+                changed |= self.step();
+            }
+            if changed {
                 self.report_status();
             }
         }
@@ -228,6 +272,9 @@ impl Worker {
             }
             Command::Generate(job) => self.queue.push((self.clock, job)),
             Command::ForgetSlot(slot) => {
+                for a in self.active.iter_mut().filter(|a| a.slot == slot) {
+                    a.forget = true;
+                }
                 if self.slots.forget(slot) {
                     self.report_status();
                 }
@@ -237,15 +284,56 @@ impl Worker {
         }
     }
 
-    /// The highest-priority job, first come first served within a priority.
-    fn pop_best(&mut self) -> Option<Job> {
+    /// The highest-priority job that `eligible` accepts, first come first served within a
+    /// priority.
+    fn pop_best(&mut self, eligible: impl Fn(&Job) -> bool) -> Option<Job> {
         let best = self
             .queue
             .iter()
             .enumerate()
+            .filter(|(_, (_, job))| eligible(job))
             .max_by(|(_, a), (_, b)| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(&a.0)))
             .map(|(i, _)| i)?;
         Some(self.queue.remove(best).1)
+    }
+
+    /// Starts queued lines in the batch, best first, while there is room: the batch holds
+    /// `max_batch` lines, and a [`Priority::Player`] line joins even a full one (the player
+    /// never waits for background chatter). A conversation already generating waits
+    /// for its line to end; a job that cannot batch stops admission so that it runs next.
+    /// Whether anything changed.
+    fn admit(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let busy: Vec<u64> = self.active.iter().map(|a| a.slot).collect();
+            let waiting = |job: &Job| !busy.contains(&job.slot);
+            let Some(best) = self
+                .queue
+                .iter()
+                .filter(|(_, job)| waiting(job))
+                .max_by(|(ta, a), (tb, b)| a.priority.cmp(&b.priority).then(tb.cmp(ta)))
+                .map(|(_, job)| job)
+            else {
+                return changed;
+            };
+            if best.cancel.is_cancelled() {
+                let id = best.id;
+                self.queue.retain(|(_, job)| job.id != id);
+                changed = true;
+                continue;
+            }
+            if !batches(best) || self.engine.is_none() {
+                // Runs alone once the batch is empty (a missing model fails it there).
+                return changed;
+            }
+            let full = self.active.len() >= self.config.max_batch.max(1);
+            if full && best.priority != Priority::Player {
+                return changed;
+            }
+            let job = self.pop_best(waiting).expect("found above");
+            self.start(job);
+            changed = true;
+        }
     }
 
     fn load(&mut self, path: PathBuf) {
@@ -253,6 +341,16 @@ impl Worker {
         self.engine = None;
         self.model_path = Some(path.clone());
         self.slots.clear();
+        // Lines of the old model cannot go on in the new one (their caches are the old
+        // model's), and half of their text has been shown: they fail.
+        for a in std::mem::take(&mut self.active) {
+            self.report(Report::Failed {
+                id: a.id,
+                error: DialogueError::ModelUnavailable(
+                    "another model was loaded while this line was being generated".into(),
+                ),
+            });
+        }
         self.report(Report::Loading(0.0));
         let result = crate::engine::open_model_file(&path).and_then(|file| {
             let reports = self.reports.clone();
@@ -412,39 +510,203 @@ impl Worker {
             }
             Err(panic) => {
                 let what = panic_message(panic.as_ref());
-                tracing::error!("inference worker panicked: {what}; restarting it");
                 self.report(Report::Failed {
                     id,
                     error: DialogueError::WorkerCrashed(what.clone()),
                 });
-                self.crashes += 1;
-                if self.crashes >= MAX_CRASHES {
-                    // The same model keeps crashing: reloading it forever would only spin.
-                    let reason = format!(
-                        "the model crashed the worker {MAX_CRASHES} times in a row (last: {what}); load another model"
-                    );
-                    tracing::error!("{reason}");
-                    self.engine = None;
-                    self.slots.clear();
-                    self.load_error = Some(reason.clone());
-                    self.report(Report::LoadFailed(reason));
-                    return;
+                self.crashed(what);
+            }
+        }
+    }
+
+    /// A job or a step panicked (its lines have been failed): reload the model, or give up
+    /// on it after [`MAX_CRASHES`] in a row.
+    fn crashed(&mut self, what: String) {
+        tracing::error!("inference worker panicked: {what}; restarting it");
+        self.crashes += 1;
+        if self.crashes >= MAX_CRASHES {
+            // The same model keeps crashing: reloading it forever would only spin.
+            let reason = format!(
+                "the model crashed the worker {MAX_CRASHES} times in a row (last: {what}); load another model"
+            );
+            tracing::error!("{reason}");
+            self.engine = None;
+            self.slots.clear();
+            self.load_error = Some(reason.clone());
+            self.report(Report::LoadFailed(reason));
+            return;
+        }
+        // The engine may be half-way through anything: start again from the file, as a
+        // fresh worker would. Queued lines wait for the reload.
+        if let Some(path) = self.model_path.clone() {
+            self.load(path);
+        }
+    }
+
+    /// Starts `job` in the batch: fits its prompt, reports it started and begins decoding
+    /// in its conversation's session.
+    fn start(&mut self, job: Job) {
+        let Some(engine) = self.engine.as_mut() else {
+            return self.run_job(job);
+        };
+        let session = self.slots.take(job.slot, engine);
+        // Fitting and rendering run under the guard: a hostile chat template must not take
+        // the worker down.
+        let fitted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let prompt = engine.fit_chat(job.messages.clone(), job.params.max_tokens)?;
+            let shown = engine
+                .template()
+                .render(&prompt.messages, true)
+                .unwrap_or_default();
+            Ok::<_, EngineError>((prompt, shown))
+        }));
+        match fitted {
+            Ok(Ok((prompt, shown))) => {
+                let _ = self.reports.send(Report::Started {
+                    id: job.id,
+                    prompt: shown.into(),
+                });
+                let grammar = match &job.output {
+                    Output::Structured { grammar, .. } => Some(grammar),
+                    _ => None,
+                };
+                let decoding = engine.begin(
+                    session,
+                    &prompt.tokens,
+                    &job.params,
+                    grammar,
+                    job.cancel.clone(),
+                );
+                // Higher priorities first: their prompts get a step's token budget first.
+                let at = self.active.partition_point(|a| a.priority >= job.priority);
+                self.active.insert(
+                    at,
+                    Active {
+                        id: job.id,
+                        slot: job.slot,
+                        priority: job.priority,
+                        cancel: job.cancel,
+                        decoding,
+                        forget: false,
+                        #[cfg(feature = "fault-injection")]
+                        inject: std::mem::take(&mut self.panic_next),
+                    },
+                );
+            }
+            Ok(Err(e)) => {
+                self.slots.put(job.slot, session);
+                self.report(Report::Failed {
+                    id: job.id,
+                    error: engine_error(e),
+                });
+            }
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                self.report(Report::Failed {
+                    id: job.id,
+                    error: DialogueError::WorkerCrashed(what.clone()),
+                });
+                self.crashed(what);
+            }
+        }
+    }
+
+    /// Advances every line in the batch by one token (or prompt chunk) in one forward pass,
+    /// streams their text and reports the lines that ended. Whether any ended.
+    fn step(&mut self) -> bool {
+        let Some(engine) = self.engine.as_mut() else {
+            return false;
+        };
+        let reports = self.reports.clone();
+        let lines: Vec<(RequestId, CancelToken, bool)> = self
+            .active
+            .iter()
+            .map(|a| {
+                #[cfg(feature = "fault-injection")]
+                let inject = a.inject;
+                #[cfg(not(feature = "fault-injection"))]
+                let inject = false;
+                (a.id, a.cancel.clone(), inject)
+            })
+            .collect();
+        let active = &mut self.active;
+        let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            engine.step(active.iter_mut().map(|a| &mut a.decoding), |i, d| {
+                let (id, cancel, inject) = &lines[i];
+                if *inject && d.generated >= 3 {
+                    panic!("injected fault");
                 }
-                // The engine may be half-way through anything: start again from the file,
-                // as a fresh worker would. Queued lines wait for the reload.
-                if let Some(path) = self.model_path.clone() {
-                    self.load(path);
+                if !d.text.is_empty() {
+                    let sent = reports.send(Report::Delta {
+                        id: *id,
+                        text: d.text.to_owned(),
+                    });
+                    if sent.is_err() {
+                        // The app is gone (it quit mid-line): stop within a token.
+                        cancel.cancel();
+                    }
+                }
+            })
+        }));
+        if let Err(panic) = stepped {
+            let what = panic_message(panic.as_ref());
+            for a in std::mem::take(&mut self.active) {
+                self.report(Report::Failed {
+                    id: a.id,
+                    error: DialogueError::WorkerCrashed(what.clone()),
+                });
+            }
+            self.crashed(what);
+            return true;
+        }
+        // A failed pass has ended each of its lines with the error, reported below.
+        let ended: Vec<Active> = self
+            .active
+            .extract_if(.., |a| a.decoding.is_finished())
+            .collect();
+        let changed = !ended.is_empty();
+        for a in ended {
+            let (mut session, result) = a.decoding.finish();
+            match result {
+                Ok(generation) => {
+                    self.crashes = 0;
+                    if !a.forget {
+                        self.slots.put(a.slot, session);
+                    }
+                    if !a.cancel.is_cancelled() {
+                        self.report(Report::Finished {
+                            id: a.id,
+                            generations: vec![generation],
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !a.forget {
+                        session.clear();
+                        self.slots.put(a.slot, session);
+                    }
+                    self.report(Report::Failed {
+                        id: a.id,
+                        error: engine_error(e),
+                    });
                 }
             }
         }
+        changed
     }
 
     fn report_status(&self) {
         self.report(Report::Status(WorkerStatus {
             queued: self.queue.len(),
-            slots_used: self.slots.len(),
+            slots_used: self.slots.len() + self.active.len(),
             slots_capacity: self.slots.capacity(),
-            cache_bytes: self.slots.cache_bytes(),
+            cache_bytes: self.slots.cache_bytes()
+                + self
+                    .active
+                    .iter()
+                    .map(|a| a.decoding.cache_bytes())
+                    .sum::<usize>(),
+            generating: self.active.len(),
         }));
     }
 }

@@ -13,6 +13,7 @@ use crate::engine::EngineConfig;
 pub(crate) struct WorkerSpec {
     pub(crate) engine: EngineConfig,
     pub(crate) slots: usize,
+    pub(crate) max_batch: usize,
     pub(crate) asset_base: PathBuf,
     pub(crate) model: Option<PathBuf>,
 }
@@ -144,6 +145,7 @@ fn start(spec: &WorkerSpec) -> Started {
     let config = WorkerConfig {
         engine: spec.engine.clone(),
         slots: spec.slots,
+        max_batch: spec.max_batch,
     };
     let thread = worker::spawn(config, cmd_rx, rep_tx)
         .inspect_err(|e| tracing::error!("cannot start the inference worker thread: {e}"))

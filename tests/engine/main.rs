@@ -6,6 +6,7 @@ mod common;
 
 mod architectures;
 mod bad_models;
+mod batching;
 mod cancel_and_context;
 mod chat_template;
 mod families;

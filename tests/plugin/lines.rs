@@ -100,7 +100,14 @@ fn two_npcs_share_one_model_and_the_second_line_reuses_the_persona_prefix() {
 
 #[test]
 fn the_player_conversation_goes_before_background_chatter() {
-    let mut app = app(&scratch_assets("priority"), plugin());
+    // A batch of one generates a line at a time: the queue alone decides the order.
+    let mut app = app(
+        &scratch_assets("priority"),
+        LlmDialoguePlugin {
+            max_batch: 1,
+            ..plugin()
+        },
+    );
     let busy = spawn_npc(&mut app, "personas/mira.persona.ron");
     let background = spawn_npc(&mut app, "personas/mira.persona.ron");
     let player = spawn_npc(&mut app, "personas/mira.persona.ron");
@@ -136,6 +143,94 @@ fn the_player_conversation_goes_before_background_chatter() {
         .map(|s| s.npc)
         .collect();
     assert_eq!(order, vec![busy, player, background]);
+}
+
+#[test]
+fn npcs_talk_at_once_and_the_player_joins_a_full_batch() {
+    let mut app = app(
+        &scratch_assets("batch"),
+        LlmDialoguePlugin {
+            max_batch: 2,
+            ..plugin()
+        },
+    );
+    let npcs: Vec<Entity> = (0..4)
+        .map(|_| spawn_npc(&mut app, "personas/mira.persona.ron"))
+        .collect();
+    let [first, second, background, player] = npcs[..] else {
+        unreachable!()
+    };
+    for (npc, question) in [
+        (first, "Tell me a long story."),
+        (second, "Describe the forge."),
+    ] {
+        request(
+            &mut app,
+            RequestLine::new(npc)
+                .saying(question)
+                .max_tokens(60)
+                .max_sentences(20)
+                .priority(Priority::Background),
+        );
+    }
+    update_until(&mut app, LONG, "two lines at once", |log| {
+        log.started.len() == 2
+    });
+    assert!(
+        app.world().resource::<Log>().finished.is_empty(),
+        "the second line started while the first was generating"
+    );
+    // The batch is full: more chatter waits, the player does not (both arrive together).
+    request(
+        &mut app,
+        RequestLine::new(background)
+            .saying("Mutter something.")
+            .priority(Priority::Background),
+    );
+    request(
+        &mut app,
+        RequestLine::new(player)
+            .saying("Hello, I need help!")
+            .priority(Priority::Player),
+    );
+    update_until(&mut app, LONG, "the player's line to start", |log| {
+        log.started.iter().any(|s| s.npc == player)
+    });
+    {
+        let log = app.world().resource::<Log>();
+        assert!(
+            log.started.iter().all(|s| s.npc != background) || log.finished.len() > 0,
+            "more chatter waits for room in the batch"
+        );
+        assert!(
+            log.finished.len() < 2,
+            "the player started before the full batch emptied"
+        );
+    }
+    update_until(&mut app, LONG, "all lines", |log| log.finished.len() == 4);
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    let order: Vec<Entity> = log.started.iter().map(|s| s.npc).collect();
+    assert_eq!(
+        order[2], player,
+        "the player goes before the chatter: {order:?}"
+    );
+    for line in &log.finished {
+        let streamed: String = log
+            .deltas
+            .iter()
+            .filter(|d| d.request == line.request)
+            .map(|d| d.text.as_str())
+            .collect();
+        assert_eq!(streamed, line.text, "each line streams its own text");
+        assert!(line.stats.generated_tokens > 0);
+    }
+    let status = app.world().resource::<DialogueModel>().status;
+    assert_eq!(
+        status.generating, 0,
+        "nothing generates once every line is done"
+    );
+    assert_eq!(status.slots_used, 4);
 }
 
 #[test]

@@ -492,36 +492,65 @@ impl DecoderWeights {
         })
     }
 
-    /// Runs `tokens` at positions `cache.len()..` and returns the logits of the last one.
-    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let _span = tracing::trace_span!("forward", tokens = tokens.len()).entered();
+    /// Runs each sequence's tokens at positions `cache.len()..` of its own cache and returns
+    /// the logits of each one's last token, in order.
+    ///
+    /// The sequences are stacked into one set of rows for every matrix product, so the
+    /// weights are read once per step for all of them (llama.cpp's unified batch); only
+    /// attention, which reads each one's own cache, runs per sequence. A row's result does not
+    /// depend on the rows stacked with it: the kernels' four-row dot equals the one-row dot bit
+    /// for bit, and norms and activations are per row.
+    pub(crate) fn forward_batch(&self, batch: &mut [Fed<'_>]) -> Result<Vec<Vec<f32>>> {
+        let rows: usize = batch.iter().map(|f| f.tokens.len()).sum();
+        let _span =
+            tracing::trace_span!("forward", sequences = batch.len(), tokens = rows).entered();
         let cfg = &self.config;
-        let seq = tokens.len();
-        let pos = cache.len;
-        cache.reserve(cfg, pos + seq, &self.device)?;
-        let total = pos + seq;
+        if batch.iter().any(|f| f.tokens.is_empty()) {
+            return Err(EngineError::InvalidParameter {
+                name: "tokens",
+                reason: "a sequence in the batch has no tokens".into(),
+            });
+        }
         let n_rep = cfg.n_head / cfg.n_kv_head;
-        let mut x = self.embeddings.lookup(tokens, &self.device)?.unsqueeze(0)?;
+        let mut parts = Vec::with_capacity(batch.len());
+        let mut tokens = Vec::with_capacity(rows);
+        for fed in batch.iter_mut() {
+            let (seq, pos) = (fed.tokens.len(), fed.cache.len);
+            fed.cache.reserve(cfg, pos + seq, &self.device)?;
+            let ropes = self
+                .ropes
+                .iter()
+                .map(|(cos, sin)| Ok((cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?)))
+                .collect::<Result<Vec<_>>>()?;
+            // One mask per kind of layer, over the keys that kind attends to: all of them, or
+            // the window that the first new token sees (later ones mask the rest).
+            let global = Attended::new(seq, pos, None, n_rep, &self.device)?;
+            let local = cfg
+                .sliding
+                .map(|s| Attended::new(seq, pos, Some(s.window), n_rep, &self.device))
+                .transpose()?;
+            parts.push(Part {
+                row: tokens.len(),
+                seq,
+                pos,
+                ropes,
+                global,
+                local,
+            });
+            tokens.extend_from_slice(fed.tokens);
+        }
+        let mut x = self
+            .embeddings
+            .lookup(&tokens, &self.device)?
+            .unsqueeze(0)?;
         if let Some(scale) = cfg.embedding_scale {
             x = (x * f64::from(scale))?;
         }
-        let ropes = self
-            .ropes
-            .iter()
-            .map(|(cos, sin)| Ok((cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?)))
-            .collect::<Result<Vec<_>>>()?;
-        // One mask per kind of layer, over the keys that kind attends to: all of them, or the
-        // window that the first new token sees (later ones mask the rest).
-        let global = Attended::new(seq, pos, None, n_rep, &self.device)?;
-        let local = cfg
-            .sliding
-            .map(|s| Attended::new(seq, pos, Some(s.window), n_rep, &self.device))
-            .transpose()?;
         let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, cfg.rms_eps);
+        let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim);
 
         for (i, layer) in self.layers.iter().enumerate() {
             let h = norm(&x, &layer.attn_norm)?;
-            let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim);
             let (mut q, mut k, mut v) = match &layer.qkv {
                 Qkv::Separate([wq, wk, wv]) => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
                 Qkv::Fused(w) => {
@@ -538,57 +567,19 @@ impl DecoderWeights {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-                Ok(t.reshape((1, seq, n, cfg.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
+            let y = if let [fed] = &mut *batch {
+                self.attend(i, layer, &parts[0], fed.cache, q, k, v)?
+            } else {
+                let ys = batch
+                    .iter_mut()
+                    .zip(&parts)
+                    .map(|(fed, part)| {
+                        let rows = |t: &Tensor| t.narrow(1, part.row, part.seq);
+                        self.attend(i, layer, part, fed.cache, rows(&q)?, rows(&k)?, rows(&v)?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, 1)?
             };
-            let mut q = heads(q, cfg.n_head)?;
-            let mut k = heads(k, cfg.n_kv_head)?;
-            let v = heads(v, cfg.n_kv_head)?;
-            if let Some([qn, kn]) = &layer.qk_norm {
-                q = norm(&q, qn)?;
-                k = norm(&k, kn)?;
-            }
-            let (cos, sin) = &ropes[layer.rope];
-            let (q, k) = match cfg.rope {
-                Rope::Interleaved => (
-                    candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-                ),
-                Rope::Halves => (
-                    candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                    candle_nn::rotary_emb::rope(&k, cos, sin)?,
-                ),
-            };
-            cache.k[i].slice_set(&k.to_dtype(cfg.kv_dtype)?, 2, pos)?;
-            cache.v[i].slice_set(&v.to_dtype(cfg.kv_dtype)?, 2, pos)?;
-            let attended = match layer.window {
-                Some(_) => local.as_ref().unwrap_or(&global),
-                None => &global,
-            };
-            let keys = cache.k[i].narrow(2, attended.first, total - attended.first)?;
-            let values = cache.v[i].narrow(2, attended.first, total - attended.first)?;
-
-            // Grouped-query attention without copying keys: fold the query heads that share a
-            // key/value head into rows.
-            // With an f16 cache the products run in f16 on the cached keys and values as they
-            // are (only the query and the scores are converted); scores and softmax stay f32.
-            let q = q
-                .reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?
-                .to_dtype(cfg.kv_dtype)?;
-            let att = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
-            let mut att = (att * f64::from(cfg.attention_scale))?;
-            if let Some(mask) = &attended.mask {
-                att = att.broadcast_add(mask)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(cfg.kv_dtype)?;
-            let y = att
-                .matmul(&values)?
-                .to_dtype(DType::F32)?
-                .reshape((1, cfg.n_head, seq, cfg.head_dim))?
-                .transpose(1, 2)?
-                .reshape((1, seq, cfg.n_head * cfg.head_dim))?;
             let mut y = layer.wo.forward(&y)?;
             if let Some([post, _]) = &layer.post_norms {
                 y = norm(&y, post)?;
@@ -614,23 +605,118 @@ impl DecoderWeights {
             }
             x = (x + ff)?;
         }
-        cache.len = total;
-        let last = x.narrow(1, seq - 1, 1)?;
-        let last = norm(&last, &self.norm)?;
+        for (fed, part) in batch.iter_mut().zip(&parts) {
+            fed.cache.len = part.pos + part.seq;
+        }
+        // Only each sequence's last row goes through the output layer.
+        let last = parts
+            .iter()
+            .map(|p| x.narrow(1, p.row + p.seq - 1, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let last = norm(&Tensor::cat(&last, 1)?, &self.norm)?;
         let mut logits = self
             .output
             .forward(&last)?
             .squeeze(0)?
-            .squeeze(0)?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
+            .to_vec2::<f32>()?;
         if let Some(cap) = cfg.final_softcap {
-            for l in &mut logits {
+            for l in logits.iter_mut().flatten() {
                 *l = cap * (*l / cap).tanh();
             }
         }
         Ok(logits)
     }
+
+    /// One sequence's attention in layer `i`: its projected rows `q`, `k`, `v` (shape
+    /// `(1, seq, dim)`), its keys and values stored in `cache`, and the `(1, seq, q_dim)` result.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one layer's state for one sequence"
+    )]
+    fn attend(
+        &self,
+        i: usize,
+        layer: &Layer,
+        part: &Part,
+        cache: &mut KvCache,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (seq, pos) = (part.seq, part.pos);
+        let total = pos + seq;
+        let n_rep = cfg.n_head / cfg.n_kv_head;
+        let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, cfg.rms_eps);
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((1, seq, n, cfg.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = heads(q, cfg.n_head)?;
+        let mut k = heads(k, cfg.n_kv_head)?;
+        let v = heads(v, cfg.n_kv_head)?;
+        if let Some([qn, kn]) = &layer.qk_norm {
+            q = norm(&q, qn)?;
+            k = norm(&k, kn)?;
+        }
+        let (cos, sin) = &part.ropes[layer.rope];
+        let (q, k) = match cfg.rope {
+            Rope::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            Rope::Halves => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        cache.k[i].slice_set(&k.to_dtype(cfg.kv_dtype)?, 2, pos)?;
+        cache.v[i].slice_set(&v.to_dtype(cfg.kv_dtype)?, 2, pos)?;
+        let attended = match layer.window {
+            Some(_) => part.local.as_ref().unwrap_or(&part.global),
+            None => &part.global,
+        };
+        let keys = cache.k[i].narrow(2, attended.first, total - attended.first)?;
+        let values = cache.v[i].narrow(2, attended.first, total - attended.first)?;
+
+        // Grouped-query attention without copying keys: fold the query heads that share a
+        // key/value head into rows.
+        // With an f16 cache the products run in f16 on the cached keys and values as they
+        // are (only the query and the scores are converted); scores and softmax stay f32.
+        let q = q
+            .reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?
+            .to_dtype(cfg.kv_dtype)?;
+        let att = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
+        let mut att = (att * f64::from(cfg.attention_scale))?;
+        if let Some(mask) = &attended.mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(cfg.kv_dtype)?;
+        Ok(att
+            .matmul(&values)?
+            .to_dtype(DType::F32)?
+            .reshape((1, cfg.n_head, seq, cfg.head_dim))?
+            .transpose(1, 2)?
+            .reshape((1, seq, cfg.n_head * cfg.head_dim))?)
+    }
+}
+
+/// One sequence of a batched forward pass: the tokens to run after what its cache holds.
+pub(crate) struct Fed<'a> {
+    pub(crate) tokens: &'a [u32],
+    pub(crate) cache: &'a mut KvCache,
+}
+
+/// Where a sequence sits in the batch's rows, and what its attention needs.
+struct Part {
+    row: usize,
+    seq: usize,
+    pos: usize,
+    ropes: Vec<(Tensor, Tensor)>,
+    global: Attended,
+    local: Option<Attended>,
 }
 
 /// Rotary tables for `n_ctx` positions: `base` and the position `scale` (linear scaling

@@ -17,7 +17,7 @@ use super::gguf::GgufHeader;
 use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
-pub(crate) use decoder::KvCache;
+pub(crate) use decoder::{Fed, KvCache};
 use source::TensorSource;
 
 /// A loaded model: immutable weights that many conversations' caches share.
@@ -80,6 +80,13 @@ impl Model {
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
         cache.truncate(pos);
-        self.0.forward(tokens, cache)
+        let mut logits = self.0.forward_batch(&mut [Fed { tokens, cache }])?;
+        Ok(logits.pop().expect("one sequence in, one out"))
+    }
+
+    /// Runs several sequences in one pass (see [`decoder::DecoderWeights::forward_batch`]);
+    /// each cache must already be cut to the position its tokens follow.
+    pub(crate) fn forward_batch(&self, batch: &mut [Fed<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.0.forward_batch(batch)
     }
 }
