@@ -199,7 +199,7 @@ fn npcs_talk_at_once_and_the_player_joins_a_full_batch() {
     {
         let log = app.world().resource::<Log>();
         assert!(
-            log.started.iter().all(|s| s.npc != background) || log.finished.len() > 0,
+            log.started.iter().all(|s| s.npc != background) || !log.finished.is_empty(),
             "more chatter waits for room in the batch"
         );
         assert!(

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::super::error::{EngineError, Result};
 use super::super::gguf::GgufHeader;
 use super::super::kernels::{QMatrix, Simd};
+use super::attention;
 use super::source::TensorSource;
 
 /// How the rotary embedding pairs a head's dimensions.
@@ -522,20 +523,25 @@ impl DecoderWeights {
                 .iter()
                 .map(|(cos, sin)| Ok((cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?)))
                 .collect::<Result<Vec<_>>>()?;
-            // One mask per kind of layer, over the keys that kind attends to: all of them, or
-            // the window that the first new token sees (later ones mask the rest).
-            let global = Attended::new(seq, pos, None, n_rep, &self.device)?;
-            let local = cfg
-                .sliding
-                .map(|s| Attended::new(seq, pos, Some(s.window), n_rep, &self.device))
-                .transpose()?;
+            // For candle's attention (GPUs), one mask per kind of layer, over the keys that
+            // kind attends to: all of them, or the window that the first new token sees (later
+            // ones mask the rest). The CPU kernel needs none.
+            let masks = if self.device.is_cpu() {
+                None
+            } else {
+                let global = Attended::new(seq, pos, None, n_rep, &self.device)?;
+                let local = cfg
+                    .sliding
+                    .map(|s| Attended::new(seq, pos, Some(s.window), n_rep, &self.device))
+                    .transpose()?;
+                Some((global, local))
+            };
             parts.push(Part {
                 row: tokens.len(),
                 seq,
                 pos,
                 ropes,
-                global,
-                local,
+                masks,
             });
             tokens.extend_from_slice(fed.tokens);
         }
@@ -567,15 +573,17 @@ impl DecoderWeights {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            let y = if let [fed] = &mut *batch {
-                self.attend(i, layer, &parts[0], fed.cache, q, k, v)?
+            let y = if self.device.is_cpu() {
+                self.attend_cpu(i, layer, &parts, batch, rows, [&q, &k, &v])?
             } else {
                 let ys = batch
                     .iter_mut()
                     .zip(&parts)
                     .map(|(fed, part)| {
-                        let rows = |t: &Tensor| t.narrow(1, part.row, part.seq);
-                        self.attend(i, layer, part, fed.cache, rows(&q)?, rows(&k)?, rows(&v)?)
+                        let narrow = |t: &Tensor| t.narrow(1, part.row, part.seq);
+                        let [q, k, v] = [narrow(&q)?, narrow(&k)?, narrow(&v)?];
+                        let q = self.project(i, layer, part, fed.cache, q, k, v)?;
+                        self.attend(i, layer, part, fed.cache, &q)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&ys, 1)?
@@ -628,13 +636,93 @@ impl DecoderWeights {
         Ok(logits)
     }
 
-    /// One sequence's attention in layer `i`: its projected rows `q`, `k`, `v` (shape
-    /// `(1, seq, dim)`), its keys and values stored in `cache`, and the `(1, seq, q_dim)` result.
+    /// Layer `i`'s attention on the CPU for every sequence of the batch: each one's keys
+    /// and values go into its cache, then [`attention::attend`] reads the caches as stored.
+    /// `qkv` are the batch's projected rows; the result is `(1, rows, n_head * head_dim)`.
+    fn attend_cpu(
+        &self,
+        i: usize,
+        layer: &Layer,
+        parts: &[Part],
+        batch: &mut [Fed<'_>],
+        rows: usize,
+        [q, k, v]: [&Tensor; 3],
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let single = batch.len() == 1;
+        let queries = batch
+            .iter_mut()
+            .zip(parts)
+            .map(|(fed, part)| {
+                let narrow = |t: &Tensor| -> Result<Tensor> {
+                    Ok(if single {
+                        t.clone()
+                    } else {
+                        t.narrow(1, part.row, part.seq)?
+                    })
+                };
+                let q = self.project(
+                    i,
+                    layer,
+                    part,
+                    fed.cache,
+                    narrow(q)?,
+                    narrow(k)?,
+                    narrow(v)?,
+                )?;
+                Ok(q.flatten_all()?.to_vec1::<f32>()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let guards = batch
+            .iter()
+            .map(|fed| {
+                (
+                    fed.cache.k[i].storage_and_layout(),
+                    fed.cache.v[i].storage_and_layout(),
+                )
+            })
+            .collect::<Vec<_>>();
+        let sequences = guards
+            .iter()
+            .zip(parts)
+            .zip(&queries)
+            .zip(batch.iter())
+            .map(|(((kv, part), q), fed)| {
+                Ok(attention::Sequence {
+                    q,
+                    row: part.row,
+                    seq: part.seq,
+                    pos: part.pos,
+                    keys: cpu_rows(&kv.0.0, kv.0.1.start_offset(), cfg.kv_dtype)?,
+                    values: cpu_rows(&kv.1.0, kv.1.1.start_offset(), cfg.kv_dtype)?,
+                    capacity: fed.cache.capacity,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let heads = attention::Heads {
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+            scale: cfg.attention_scale,
+            window: layer.window,
+        };
+        let mut out = vec![0f32; rows * cfg.n_head * cfg.head_dim];
+        attention::attend(heads, &sequences, &mut out);
+        Ok(Tensor::from_vec(
+            out,
+            (1, rows, cfg.n_head * cfg.head_dim),
+            &self.device,
+        )?)
+    }
+
+    /// One sequence's projected rows `q`, `k`, `v` (shape `(1, seq, dim)`) in layer `i`:
+    /// split into heads, normed and rotated; the keys and values are written to `cache`, the
+    /// queries returned as `(1, n_head, seq, head_dim)`.
     #[expect(
         clippy::too_many_arguments,
         reason = "one layer's state for one sequence"
     )]
-    fn attend(
+    fn project(
         &self,
         i: usize,
         layer: &Layer,
@@ -646,8 +734,6 @@ impl DecoderWeights {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (seq, pos) = (part.seq, part.pos);
-        let total = pos + seq;
-        let n_rep = cfg.n_head / cfg.n_kv_head;
         let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, cfg.rms_eps);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((1, seq, n, cfg.head_dim))?
@@ -674,9 +760,30 @@ impl DecoderWeights {
         };
         cache.k[i].slice_set(&k.to_dtype(cfg.kv_dtype)?, 2, pos)?;
         cache.v[i].slice_set(&v.to_dtype(cfg.kv_dtype)?, 2, pos)?;
+        Ok(q)
+    }
+
+    /// One sequence's attention in layer `i` through candle's tensor operations (GPUs): its
+    /// rotated queries `q` over the keys and values in `cache`; `(1, seq, n_head * head_dim)`.
+    fn attend(
+        &self,
+        i: usize,
+        layer: &Layer,
+        part: &Part,
+        cache: &KvCache,
+        q: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (seq, total) = (part.seq, part.pos + part.seq);
+        let n_rep = cfg.n_head / cfg.n_kv_head;
+        let Some((global, local)) = &part.masks else {
+            return Err(
+                candle_core::Error::Msg("candle's attention runs with masks".into()).into(),
+            );
+        };
         let attended = match layer.window {
-            Some(_) => part.local.as_ref().unwrap_or(&part.global),
-            None => &part.global,
+            Some(_) => local.as_ref().unwrap_or(global),
+            None => global,
         };
         let keys = cache.k[i].narrow(2, attended.first, total - attended.first)?;
         let values = cache.v[i].narrow(2, attended.first, total - attended.first)?;
@@ -703,6 +810,21 @@ impl DecoderWeights {
     }
 }
 
+/// A CPU cache buffer's elements from `start`, as the kernels read them.
+fn cpu_rows(
+    storage: &candle_core::Storage,
+    start: usize,
+    dtype: DType,
+) -> Result<attention::Rows<'_>> {
+    let candle_core::Storage::Cpu(cpu) = storage else {
+        return Err(candle_core::Error::Msg("the CPU attention needs a CPU cache".into()).into());
+    };
+    Ok(match dtype {
+        DType::F16 => attention::Rows::F16(&cpu.as_slice::<half::f16>()?[start..]),
+        _ => attention::Rows::F32(&cpu.as_slice::<f32>()?[start..]),
+    })
+}
+
 /// One sequence of a batched forward pass: the tokens to run after what its cache holds.
 pub(crate) struct Fed<'a> {
     pub(crate) tokens: &'a [u32],
@@ -715,8 +837,8 @@ struct Part {
     seq: usize,
     pos: usize,
     ropes: Vec<(Tensor, Tensor)>,
-    global: Attended,
-    local: Option<Attended>,
+    /// The global and sliding layers' masks, for candle's attention only.
+    masks: Option<(Attended, Option<Attended>)>,
 }
 
 /// Rotary tables for `n_ctx` positions: `base` and the position `scale` (linear scaling
