@@ -5,6 +5,7 @@
 //! cargo run --release --no-default-features --example bench -- --threads 1
 //! cargo run --release --no-default-features --example bench -- --threads 1 --candle-matmul
 //! cargo run --release --no-default-features --example bench -- --threads 1 --kv-f32
+//! cargo run --release --no-default-features --example bench -- --threads 1 --kv-f16
 //! ```
 //!
 //! Prints a table and, with `--json`, one JSON object (used by `scripts/bench-vs-llamacpp`).
@@ -36,6 +37,7 @@ struct Args {
     threads: Option<usize>,
     candle_matmul: bool,
     kv_f32: bool,
+    kv_f16: bool,
     json: bool,
     repeat: usize,
 }
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         threads: None,
         candle_matmul: false,
         kv_f32: false,
+        kv_f16: false,
         json: false,
         repeat: 3,
     };
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--repeat" => a.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             "--candle-matmul" => a.candle_matmul = true,
             "--kv-f32" => a.kv_f32 = true,
+            "--kv-f16" => a.kv_f16 = true,
             "--json" => a.json = true,
             "--bench" => {} // cargo bench passes this
             other => return Err(format!("unknown argument {other}")),
@@ -100,10 +104,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             CpuKernels::Packed
         },
-        kv_cache: if args.kv_f32 {
-            KvCacheType::F32
-        } else {
-            KvCacheType::default()
+        kv_cache: match (args.kv_f32, args.kv_f16) {
+            (true, _) => KvCacheType::F32,
+            (_, true) => KvCacheType::F16,
+            _ => KvCacheType::default(),
         },
         ..EngineConfig::default()
     };

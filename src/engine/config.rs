@@ -65,13 +65,13 @@ pub struct EngineConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KvCacheType {
-    /// 4 bytes a number. The default: the fastest on the CPU today.
-    #[default]
+    /// 4 bytes a number: twice the memory, for decoding about 10 % faster once a conversation
+    /// holds a few hundred tokens (BENCHMARKS.md), and scores a little closer to the model's.
     F32,
-    /// 2 bytes a number: half the memory per NPC (llama.cpp's default). On the CPU it costs
-    /// about a quarter of the decode speed at 500 tokens of context, and the attention scores
-    /// are rounded to f16 too (logits move by about 2 %), through candle's f16 products
-    /// (BENCHMARKS.md); it is for games that hold many long conversations.
+    /// 2 bytes a number (llama.cpp's default): half the memory per NPC. The default. Keys and
+    /// values are rounded to f16 (logits move by about 2 %); the CPU attention reads them as
+    /// stored and computes in f32.
+    #[default]
     F16,
 }
 

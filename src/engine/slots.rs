@@ -1,5 +1,6 @@
 //! Many conversations on one model: each conversation's [`Session`] kept under a key, the
-//! least recently used dropped when more are kept than fit (llama.cpp's slots).
+//! least recently used dropped when more are kept than fit, in number or in bytes
+//! (llama.cpp's slots).
 
 use std::collections::HashMap;
 
@@ -31,6 +32,8 @@ use super::load::Engine;
 pub struct SessionSlots {
     slots: HashMap<u64, Slot>,
     capacity: usize,
+    /// The most bytes the kept sessions' caches may hold together.
+    budget: Option<usize>,
     clock: u64,
 }
 
@@ -46,8 +49,22 @@ impl SessionSlots {
         Self {
             slots: HashMap::new(),
             capacity,
+            budget: None,
             clock: 0,
         }
+    }
+
+    /// Also keeps the caches within `bytes` together: putting a session back drops the least
+    /// recently used others until they fit (the session just put back always stays). `None`:
+    /// only the number of sessions is bounded.
+    pub fn with_budget(mut self, bytes: Option<usize>) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The byte budget, as given to [`with_budget`](Self::with_budget).
+    pub fn budget(&self) -> Option<usize> {
+        self.budget
     }
 
     /// The session kept for `key`, removed from the slots until [`put`](Self::put) back, or
@@ -74,6 +91,18 @@ impl SessionSlots {
         self.clock += 1;
         let last_used = self.clock;
         self.slots.insert(key, Slot { session, last_used });
+        if let Some(budget) = self.budget {
+            self.shrink_to_bytes(budget);
+        }
+    }
+
+    /// Drops least recently used sessions until the kept caches hold at most `bytes`, or
+    /// only the most recently used is left. A caller whose sessions are partly out (being
+    /// generated in) passes the budget less what those hold.
+    pub fn shrink_to_bytes(&mut self, bytes: usize) {
+        while self.slots.len() > 1 && self.cache_bytes() > bytes {
+            self.evict_lru(self.slots.len() - 1);
+        }
     }
 
     /// Drops the session kept for `key` (the conversation is over); whether there was one.

@@ -89,6 +89,11 @@ pub struct LlmDialoguePlugin {
     /// of queueing. A [`Priority::Player`] line joins even a full batch. 1 generates one line
     /// at a time.
     pub max_batch: usize,
+    /// The most bytes the conversation caches may hold together (`DialogueModel::status`
+    /// shows what they hold). When a line ends past it, the least recently used
+    /// conversations forget their caches (their next line recomputes its prompt). `None`:
+    /// only `slots` bounds them.
+    pub kv_budget: Option<usize>,
     /// Where the model runs.
     pub backend: Backend,
     /// Generation settings for lines that set nothing else; runtime changes go through the
@@ -104,6 +109,7 @@ impl Default for LlmDialoguePlugin {
             inference_threads: None,
             slots: 16,
             max_batch: 8,
+            kv_budget: None,
             backend: Backend::Auto,
             defaults: GenerateParams {
                 max_tokens: 96,
@@ -148,6 +154,7 @@ impl Plugin for LlmDialoguePlugin {
             },
             slots: self.slots.max(1),
             max_batch: self.max_batch.max(1),
+            kv_budget: self.kv_budget,
             asset_base: base,
             model: self.model.clone(),
         });

@@ -107,6 +107,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) slots: usize,
     /// The most lines generated together in one batch.
     pub(crate) max_batch: usize,
+    /// The most bytes all conversation caches may hold together.
+    pub(crate) kv_budget: Option<usize>,
 }
 
 /// Starts the worker thread. It ends when the command channel closes.
@@ -207,7 +209,7 @@ fn batches(job: &Job) -> bool {
 impl Worker {
     fn new(config: WorkerConfig, reports: Sender<Report>) -> Self {
         Self {
-            slots: SessionSlots::new(config.slots),
+            slots: SessionSlots::new(config.slots).with_budget(config.kv_budget),
             config,
             reports,
             engine: None,
@@ -691,6 +693,12 @@ impl Worker {
                     });
                 }
             }
+        }
+        if changed && let Some(budget) = self.config.kv_budget {
+            // The lines still generating count against the budget too.
+            let generating: usize = self.active.iter().map(|a| a.decoding.cache_bytes()).sum();
+            self.slots
+                .shrink_to_bytes(budget.saturating_sub(generating));
         }
         changed
     }

@@ -14,6 +14,7 @@ pub(crate) struct WorkerSpec {
     pub(crate) engine: EngineConfig,
     pub(crate) slots: usize,
     pub(crate) max_batch: usize,
+    pub(crate) kv_budget: Option<usize>,
     pub(crate) asset_base: PathBuf,
     pub(crate) model: Option<PathBuf>,
 }
@@ -146,6 +147,7 @@ fn start(spec: &WorkerSpec) -> Started {
         engine: spec.engine.clone(),
         slots: spec.slots,
         max_batch: spec.max_batch,
+        kv_budget: spec.kv_budget,
     };
     let thread = worker::spawn(config, cmd_rx, rep_tx)
         .inspect_err(|e| tracing::error!("cannot start the inference worker thread: {e}"))

@@ -1,5 +1,5 @@
-//! Attention on the CPU, read straight from the caches' memory: every query head of every
-//! sequence in a batch is one task on the thread pool.
+//! Attention on the CPU for sequences decoding one token, read straight from the caches'
+//! memory: every query head of every sequence in a batch is one task on the thread pool.
 //!
 //! Through candle, attention cost about 30 tensor operations per layer and sequence, each a
 //! fresh allocation, and every candle CPU matmul asked the kernel for `/proc/cpuinfo` (its
@@ -8,6 +8,7 @@
 //! and an f16 cache is read as it is stored.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// A cache's keys or values: `(n_kv_head, capacity, head_dim)`, row-major.
@@ -17,17 +18,20 @@ pub(crate) enum Rows<'a> {
     F16(&'a [f16]),
 }
 
-impl Rows<'_> {
-    /// The `out.len()` values from `start` into `out`, as f32.
+impl<'a> Rows<'a> {
+    /// `n` values from `start`, as f32: borrowed from an f32 cache, converted into `buf`
+    /// from an f16 one (with F16C where the CPU has it).
     #[inline]
-    fn read(&self, start: usize, out: &mut [f32]) {
-        let n = out.len();
-        match self {
-            Rows::F32(x) => out.copy_from_slice(&x[start..start + n]),
+    fn rows<'b>(&self, start: usize, n: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match *self {
+            Rows::F32(x) => &x[start..start + n],
             Rows::F16(x) => {
-                for (o, v) in out.iter_mut().zip(&x[start..start + n]) {
-                    *o = v.to_f32();
-                }
+                buf.resize(n, 0.0);
+                x[start..start + n].convert_to_f32_slice(buf);
+                buf
             }
         }
     }
@@ -67,37 +71,39 @@ pub(crate) struct Heads {
 pub(crate) fn attend(heads: Heads, sequences: &[Sequence<'_>], out: &mut [f32]) {
     let d = heads.head_dim;
     let n_rep = heads.n_head / heads.n_kv_head;
-    // Each chunk of `d` outputs is one (row, head); rows map back to their sequence.
-    out.par_chunks_mut(d).enumerate().for_each_init(
-        || (vec![0f32; d], Vec::new()),
-        |(key, scores), (chunk, y)| {
-            let (row, h) = (chunk / heads.n_head, chunk % heads.n_head);
+    // Each chunk is one (row, key/value head): the `n_rep` query heads that share it are
+    // adjacent in the output, so its keys and values are read (an f16 cache: converted) once
+    // for all of them. Rows map back to their sequence.
+    out.par_chunks_mut(n_rep * d).enumerate().for_each_init(
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(keys, values, scores), (chunk, y)| {
+            let (row, kvh) = (chunk / heads.n_kv_head, chunk % heads.n_kv_head);
             let s = sequences.partition_point(|x| x.row + x.seq <= row);
             let x = &sequences[s];
             let i = row - x.row;
             let p = x.pos + i;
             let first = heads.window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let q = &x.q[(h * x.seq + i) * d..][..d];
-            let base = (h / n_rep) * x.capacity * d;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in first..=p {
-                x.keys.read(base + j * d, key);
-                let score = heads.scale * dot(q, key);
-                max = max.max(score);
-                scores.push(score);
-            }
-            let mut sum = 0f32;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
-            y.fill(0.0);
-            for (j, weight) in (first..=p).zip(scores.iter()) {
-                x.values.read(base + j * d, key);
-                let w = weight / sum;
-                for (o, v) in y.iter_mut().zip(key.iter()) {
-                    *o += w * v;
+            let span = (first * d)..((p + 1) * d);
+            let base = kvh * x.capacity * d;
+            let keys = x.keys.rows(base + span.start, span.len(), keys);
+            let values = x.values.rows(base + span.start, span.len(), values);
+            for (r, y) in y.chunks_exact_mut(d).enumerate() {
+                let h = kvh * n_rep + r;
+                let q = &x.q[(h * x.seq + i) * d..][..d];
+                scores.clear();
+                scores.extend(keys.chunks_exact(d).map(|k| heads.scale * dot(q, k)));
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0f32;
+                for score in scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    sum += *score;
+                }
+                y.fill(0.0);
+                for (weight, value) in scores.iter().zip(values.chunks_exact(d)) {
+                    let w = weight / sum;
+                    for (o, v) in y.iter_mut().zip(value) {
+                        *o += w * v;
+                    }
                 }
             }
         },

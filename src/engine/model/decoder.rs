@@ -523,10 +523,10 @@ impl DecoderWeights {
                 .iter()
                 .map(|(cos, sin)| Ok((cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?)))
                 .collect::<Result<Vec<_>>>()?;
-            // For candle's attention (GPUs), one mask per kind of layer, over the keys that
-            // kind attends to: all of them, or the window that the first new token sees (later
-            // ones mask the rest). The CPU kernel needs none.
-            let masks = if self.device.is_cpu() {
+            // For candle's attention (GPUs, and prompt chunks on the CPU), one mask per kind of
+            // layer, over the keys that kind attends to: all of them, or the window that the
+            // first new token sees (later ones mask the rest). The CPU kernel needs none.
+            let masks = if self.device.is_cpu() && seq == 1 {
                 None
             } else {
                 let global = Attended::new(seq, pos, None, n_rep, &self.device)?;
@@ -574,7 +574,7 @@ impl DecoderWeights {
                 v = v.broadcast_add(bv)?;
             }
             let y = if self.device.is_cpu() {
-                self.attend_cpu(i, layer, &parts, batch, rows, [&q, &k, &v])?
+                self.attend_cpu(i, layer, &parts, batch, [&q, &k, &v])?
             } else {
                 let ys = batch
                     .iter_mut()
@@ -637,7 +637,10 @@ impl DecoderWeights {
     }
 
     /// Layer `i`'s attention on the CPU for every sequence of the batch: each one's keys
-    /// and values go into its cache, then [`attention::attend`] reads the caches as stored.
+    /// and values go into its cache; then the sequences decoding one token are read by
+    /// [`attention::attend`] straight from their caches (all in one pass on the pool), and
+    /// prompt chunks go through candle's matrix products, which are faster for many queries
+    /// at once (measured: the direct kernel cost 20 % of a 256-token prefill).
     /// `qkv` are the batch's projected rows; the result is `(1, rows, n_head * head_dim)`.
     fn attend_cpu(
         &self,
@@ -645,34 +648,39 @@ impl DecoderWeights {
         layer: &Layer,
         parts: &[Part],
         batch: &mut [Fed<'_>],
-        rows: usize,
         [q, k, v]: [&Tensor; 3],
     ) -> Result<Tensor> {
         let cfg = &self.config;
+        let width = cfg.n_head * cfg.head_dim;
         let single = batch.len() == 1;
-        let queries = batch
-            .iter_mut()
-            .zip(parts)
-            .map(|(fed, part)| {
-                let narrow = |t: &Tensor| -> Result<Tensor> {
-                    Ok(if single {
-                        t.clone()
-                    } else {
-                        t.narrow(1, part.row, part.seq)?
-                    })
-                };
-                let q = self.project(
-                    i,
-                    layer,
-                    part,
-                    fed.cache,
-                    narrow(q)?,
-                    narrow(k)?,
-                    narrow(v)?,
-                )?;
-                Ok(q.flatten_all()?.to_vec1::<f32>()?)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Per sequence: a prompt chunk's attention output, or a decoded token's queries.
+        let mut prompts = Vec::with_capacity(parts.len());
+        let mut queries = Vec::with_capacity(parts.len());
+        for (fed, part) in batch.iter_mut().zip(parts) {
+            let narrow = |t: &Tensor| -> Result<Tensor> {
+                Ok(if single {
+                    t.clone()
+                } else {
+                    t.narrow(1, part.row, part.seq)?
+                })
+            };
+            let q = self.project(
+                i,
+                layer,
+                part,
+                fed.cache,
+                narrow(q)?,
+                narrow(k)?,
+                narrow(v)?,
+            )?;
+            if part.seq > 1 {
+                prompts.push(Some(self.attend(i, layer, part, fed.cache, &q)?));
+                queries.push(Vec::new());
+            } else {
+                prompts.push(None);
+                queries.push(q.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
         let guards = batch
             .iter()
             .map(|fed| {
@@ -682,23 +690,20 @@ impl DecoderWeights {
                 )
             })
             .collect::<Vec<_>>();
-        let sequences = guards
-            .iter()
-            .zip(parts)
-            .zip(&queries)
-            .zip(batch.iter())
-            .map(|(((kv, part), q), fed)| {
-                Ok(attention::Sequence {
+        let mut sequences = Vec::with_capacity(parts.len());
+        for (((kv, part), q), fed) in guards.iter().zip(parts).zip(&queries).zip(batch.iter()) {
+            if part.seq == 1 {
+                sequences.push(attention::Sequence {
                     q,
-                    row: part.row,
-                    seq: part.seq,
+                    row: sequences.len(),
+                    seq: 1,
                     pos: part.pos,
                     keys: cpu_rows(&kv.0.0, kv.0.1.start_offset(), cfg.kv_dtype)?,
                     values: cpu_rows(&kv.1.0, kv.1.1.start_offset(), cfg.kv_dtype)?,
                     capacity: fed.cache.capacity,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                });
+            }
+        }
         let heads = attention::Heads {
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
@@ -706,13 +711,28 @@ impl DecoderWeights {
             scale: cfg.attention_scale,
             window: layer.window,
         };
-        let mut out = vec![0f32; rows * cfg.n_head * cfg.head_dim];
+        let mut out = vec![0f32; sequences.len() * width];
         attention::attend(heads, &sequences, &mut out);
-        Ok(Tensor::from_vec(
-            out,
-            (1, rows, cfg.n_head * cfg.head_dim),
-            &self.device,
-        )?)
+        let decoded = sequences.len();
+        drop(sequences);
+        drop(guards);
+        let decoded = Tensor::from_vec(out, (1, decoded, width), &self.device)?;
+        if prompts.iter().all(Option::is_none) {
+            return Ok(decoded);
+        }
+        // Back in the batch's order.
+        let mut next = 0;
+        let pieces = prompts
+            .into_iter()
+            .map(|p| match p {
+                Some(y) => Ok(y),
+                None => {
+                    next += 1;
+                    Ok(decoded.narrow(1, next - 1, 1)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&pieces, 1)?)
     }
 
     /// One sequence's projected rows `q`, `k`, `v` (shape `(1, seq, dim)`) in layer `i`:
@@ -763,7 +783,8 @@ impl DecoderWeights {
         Ok(q)
     }
 
-    /// One sequence's attention in layer `i` through candle's tensor operations (GPUs): its
+    /// One sequence's attention in layer `i` through candle's tensor operations (GPUs, and
+    /// prompt chunks on the CPU): its
     /// rotated queries `q` over the keys and values in `cache`; `(1, seq, n_head * head_dim)`.
     fn attend(
         &self,
@@ -785,22 +806,30 @@ impl DecoderWeights {
             Some(_) => local.as_ref().unwrap_or(global),
             None => global,
         };
-        let keys = cache.k[i].narrow(2, attended.first, total - attended.first)?;
-        let values = cache.v[i].narrow(2, attended.first, total - attended.first)?;
+        let mut keys = cache.k[i].narrow(2, attended.first, total - attended.first)?;
+        let mut values = cache.v[i].narrow(2, attended.first, total - attended.first)?;
+        // On a GPU an f16 cache is multiplied as stored (only the query and the scores are
+        // converted); candle's f16 products on the CPU are slow (a 256-token prefill ran at
+        // 0.74x), so there the keys and values are widened once per chunk instead.
+        let dtype = if self.device.is_cpu() {
+            keys = keys.to_dtype(DType::F32)?;
+            values = values.to_dtype(DType::F32)?;
+            DType::F32
+        } else {
+            cfg.kv_dtype
+        };
 
         // Grouped-query attention without copying keys: fold the query heads that share a
-        // key/value head into rows.
-        // With an f16 cache the products run in f16 on the cached keys and values as they
-        // are (only the query and the scores are converted); scores and softmax stay f32.
+        // key/value head into rows. Scores and softmax stay f32.
         let q = q
             .reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?
-            .to_dtype(cfg.kv_dtype)?;
+            .to_dtype(dtype)?;
         let att = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
         let mut att = (att * f64::from(cfg.attention_scale))?;
         if let Some(mask) = &attended.mask {
             att = att.broadcast_add(mask)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(cfg.kv_dtype)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
         Ok(att
             .matmul(&values)?
             .to_dtype(DType::F32)?
