@@ -224,6 +224,12 @@ impl Session {
         })
     }
 
+    /// Keeps only the first `len` cached tokens.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.cache.truncate(len);
+    }
+
     /// Forgets the cached tokens (memory is kept for reuse).
     pub fn clear(&mut self) {
         self.tokens.clear();

@@ -50,6 +50,6 @@ pub use load::{Engine, open_model_file};
 pub use progress::ProgressReader;
 pub use sampling::{Sampler, SamplingParams};
 pub use sentences::ends_sentence;
-pub use slots::SessionSlots;
+pub use slots::{MIN_SHARED_PREFIX, SessionSlots};
 pub use template::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, Role};
 pub use tokenizer::{TokenId, Tokenizer, VocabKind};

@@ -6,6 +6,12 @@ use std::collections::HashMap;
 
 use super::generate::Session;
 use super::load::Engine;
+use super::tokenizer::TokenId;
+
+/// The fewest tokens a new conversation must share with a kept one for
+/// [`SessionSlots::take_for`] to start from a copy of its cache (shorter prefixes are
+/// cheaper to compute than to copy and bookkeep).
+pub const MIN_SHARED_PREFIX: usize = 32;
 
 /// Conversation caches by key (an NPC, a chat window), at most `capacity` of them.
 ///
@@ -71,6 +77,27 @@ impl SessionSlots {
     /// a fresh one from `engine` after dropping the least recently used sessions to make room.
     pub fn take(&mut self, key: u64, engine: &Engine) -> Session {
         self.take_or_else(key, || engine.new_session())
+    }
+
+    /// Like [`take`](Self::take), for a conversation about to run `prompt`: one with nothing
+    /// kept starts from a copy of the kept conversation whose cache shares the longest
+    /// prefix with `prompt` (at least [`MIN_SHARED_PREFIX`] tokens), so a world preamble or a
+    /// brief that many NPCs' prompts begin with is computed once, not once per NPC.
+    pub fn take_for(&mut self, key: u64, prompt: &[TokenId], engine: &Engine) -> Session {
+        if !self.slots.contains_key(&key)
+            && let Some((shared, source)) = self
+                .slots
+                .values()
+                .map(|s| (s.session.common_prefix(prompt), &s.session))
+                .max_by_key(|(shared, _)| *shared)
+            && shared >= MIN_SHARED_PREFIX
+            && let Ok(mut copy) = source.fork()
+        {
+            copy.truncate(shared);
+            // Copied before making room, so the source cannot be the one evicted first.
+            return self.take_or_else(key, || copy);
+        }
+        self.take(key, engine)
     }
 
     fn take_or_else(&mut self, key: u64, fresh: impl FnOnce() -> Session) -> Session {

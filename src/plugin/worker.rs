@@ -551,7 +551,6 @@ impl Worker {
         let Some(engine) = self.engine.as_mut() else {
             return self.run_job(job);
         };
-        let session = self.slots.take(job.slot, engine);
         // Fitting and rendering run under the guard: a hostile chat template must not take
         // the worker down.
         let fitted = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -564,6 +563,8 @@ impl Worker {
         }));
         match fitted {
             Ok(Ok((prompt, shown))) => {
+                // A new conversation may start from another's cached preamble.
+                let session = self.slots.take_for(job.slot, &prompt.tokens, engine);
                 let _ = self.reports.send(Report::Started {
                     id: job.id,
                     prompt: shown.into(),
@@ -596,7 +597,6 @@ impl Worker {
                 );
             }
             Ok(Err(e)) => {
-                self.slots.put(job.slot, session);
                 self.report(Report::Failed {
                     id: job.id,
                     error: engine_error(e),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, EngineConfig, EngineError, GenerateParams, KvCacheType,
-    SamplingParams, SessionSlots, StopReason,
+    MIN_SHARED_PREFIX, SamplingParams, SessionSlots, StopReason,
 };
 
 fn long_story() -> Vec<ChatMessage> {
@@ -300,4 +300,74 @@ fn a_byte_budget_drops_the_least_recently_used_caches() {
     talk(&mut tiny, 2);
     assert_eq!(tiny.len(), 1);
     assert!(tiny.forget(2));
+}
+
+/// A new conversation whose prompt starts like a kept one's (a shared world preamble) starts
+/// from a copy of that cache: the preamble is not computed again, and the line is the line a
+/// fresh session gives (an f32 cache, for exact equality).
+#[test]
+fn a_new_conversation_reuses_another_npcs_shared_preamble() {
+    let mut engine = common::engine_with(EngineConfig {
+        kv_cache: KvCacheType::F32,
+        ..EngineConfig::default()
+    });
+    let preamble = "The village of Elmsbrook lies between the Old Forest and the river. Wolves \
+                    have been seen in the forest, the ruined tower to the north is said to hold \
+                    a silver key, and the miller owes the blacksmith money.";
+    let ask = |who: &str, question: &str| {
+        vec![
+            ChatMessage::system(format!("{preamble} You are {who}.")),
+            ChatMessage::user(question),
+        ]
+    };
+    let greedy = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        ..GenerateParams::default()
+    };
+    let mut slots = SessionSlots::new(4);
+    let first = engine
+        .chat_tokens(&ask("Mira, the blacksmith", "Any news?"))
+        .unwrap();
+    let mut session = slots.take_for(1, &first, &engine);
+    engine
+        .generate(&mut session, &first, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    slots.put(1, session);
+
+    let second = engine
+        .chat_tokens(&ask("Tom, the fisherman", "Any news?"))
+        .unwrap();
+    let shared = first
+        .iter()
+        .zip(&second)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared >= MIN_SHARED_PREFIX,
+        "the preamble is {shared} tokens"
+    );
+    let mut session = slots.take_for(2, &second, &engine);
+    let line = engine
+        .generate(&mut session, &second, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(
+        line.stats.cached_tokens, shared,
+        "the shared preamble came from the other NPC's cache"
+    );
+    let mut fresh = engine.new_session();
+    let alone = engine
+        .generate(&mut fresh, &second, &greedy, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(
+        line.tokens, alone.tokens,
+        "a copied preamble gives the same line"
+    );
+    slots.put(2, session);
+    assert_eq!(slots.len(), 2, "the source conversation is still kept");
+
+    // A prompt that shares little starts fresh.
+    let other = engine.chat_tokens(&[ChatMessage::user("Hello!")]).unwrap();
+    let session = slots.take_for(3, &other, &engine);
+    assert!(session.cached_tokens().is_empty());
 }

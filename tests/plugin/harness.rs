@@ -39,6 +39,14 @@ impl Log {
     pub fn finished_for(&self, npc: Entity) -> Vec<&LineFinished> {
         self.finished.iter().filter(|l| l.npc == npc).collect()
     }
+    /// The text streamed for `request`, its deltas joined.
+    pub fn streamed(&self, request: RequestId) -> String {
+        self.deltas
+            .iter()
+            .filter(|d| d.request == request)
+            .map(|d| d.text.as_str())
+            .collect()
+    }
     pub fn results_for(&self, npc: Entity) -> usize {
         self.finished.iter().filter(|l| l.npc == npc).count()
             + self.failed.iter().filter(|l| l.npc == npc).count()

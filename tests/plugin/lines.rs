@@ -18,12 +18,7 @@ fn an_npc_answers_and_its_deltas_concatenate_to_the_finished_line() {
     assert!(log.failed.is_empty(), "{:?}", log.failed);
     let line = log.finished_for(mira)[0];
     assert!(!line.text.is_empty());
-    let streamed: String = log
-        .deltas
-        .iter()
-        .filter(|d| d.request == line.request)
-        .map(|d| d.text.as_str())
-        .collect();
+    let streamed = log.streamed(line.request);
     assert_eq!(streamed, line.text);
     // Mira's persona caps her lines at 60 tokens, over the plugin's default of 24.
     assert!(line.stats.generated_tokens <= 60, "{:?}", line.stats);
@@ -216,12 +211,7 @@ fn npcs_talk_at_once_and_the_player_joins_a_full_batch() {
         "the player goes before the chatter: {order:?}"
     );
     for line in &log.finished {
-        let streamed: String = log
-            .deltas
-            .iter()
-            .filter(|d| d.request == line.request)
-            .map(|d| d.text.as_str())
-            .collect();
+        let streamed = log.streamed(line.request);
         assert_eq!(streamed, line.text, "each line streams its own text");
         assert!(line.stats.generated_tokens > 0);
     }
