@@ -1,9 +1,10 @@
 //! Frame pacing benchmark: a headless app with a fixed per-frame workload, measured idle and
-//! then while four NPCs talk without pause. Reports frame-time p50/p99 and their ratios.
+//! then while NPCs (4 unless `--npcs N`) talk without pause. Reports frame-time p50/p99 and
+//! their ratios.
 //!
 //! ```text
 //! scripts/fetch-model
-//! cargo run --release --example bench_frames
+//! cargo run --release --example bench_frames -- --npcs 8
 //! ```
 //!
 //! A frame is one `app.update()`, paced at 60 frames a second as a game would be. The
@@ -74,6 +75,20 @@ fn run_frames(app: &mut App, n: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut n_npcs = 4;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--npcs" => {
+                n_npcs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--npcs needs a number")
+            }
+            "--bench" => {} // cargo bench passes this
+            other => panic!("unknown argument {other}"),
+        }
+    }
     let mut app = App::new();
     let mut plugin = LlmDialoguePlugin::default();
     plugin.defaults.max_tokens = 48;
@@ -85,7 +100,7 @@ fn main() {
     app.cleanup();
 
     // Wait for the model and the personas.
-    let npcs: Vec<Entity> = (0..4)
+    let npcs: Vec<Entity> = (0..n_npcs)
         .map(|_| {
             let persona = app
                 .world()
@@ -116,8 +131,8 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (i50, i99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
     let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
-    println!("frames: 300 idle, 600 with 4 NPCs talking ({lines} lines finished meanwhile)");
-    println!("| frame time | idle | 4 NPCs generating | ratio |");
+    println!("frames: 300 idle, 600 with {n_npcs} NPCs talking ({lines} lines finished meanwhile)");
+    println!("| frame time | idle | {n_npcs} NPCs generating | ratio |");
     println!("|---|---|---|---|");
     println!(
         "| p50 (ms) | {:.2} | {:.2} | {:.2}x |",
