@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! scripts/fetch-model
-//! cargo run --release --example bench_frames -- --npcs 8
+//! cargo run --release --example bench_frames -- --npcs 8 --frame-budget-ms 6
 //! ```
 //!
 //! A frame is one `app.update()`, paced at 60 frames a second as a game would be. The
@@ -22,6 +22,14 @@ const FRAME: Duration = Duration::from_micros(16_667);
 
 #[derive(Resource, Default)]
 struct Workload(Vec<f32>);
+
+/// The longest pause the pacer asked of the worker.
+#[derive(Resource, Default)]
+struct PauseSeen(Duration);
+
+fn watch_pause(model: Res<DialogueModel>, mut seen: ResMut<PauseSeen>) {
+    seen.0 = seen.0.max(model.pause);
+}
 
 /// About 2 ms of floating-point work per frame on this class of machine.
 fn game_work(mut work: ResMut<Workload>) {
@@ -77,6 +85,7 @@ fn run_frames(app: &mut App, n: usize) -> Vec<Duration> {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut n_npcs = 4;
+    let mut frame_budget = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--npcs" => {
@@ -84,6 +93,13 @@ fn main() {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .expect("--npcs needs a number")
+            }
+            "--frame-budget-ms" => {
+                frame_budget = args
+                    .next()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .map(|ms| Duration::from_secs_f64(ms / 1e3));
+                assert!(frame_budget.is_some(), "--frame-budget-ms needs a number");
             }
             "--bench" => {} // cargo bench passes this
             other => panic!("unknown argument {other}"),
@@ -95,9 +111,13 @@ fn main() {
     app.add_plugins((MinimalPlugins, AssetPlugin::default(), plugin))
         .init_resource::<Workload>()
         .init_resource::<LinesDone>()
-        .add_systems(Update, (game_work, keep_talking));
+        .init_resource::<PauseSeen>()
+        .add_systems(Update, (game_work, keep_talking, watch_pause));
     app.finish();
     app.cleanup();
+    app.world_mut()
+        .resource_mut::<DialogueSettings>()
+        .frame_budget = frame_budget;
 
     // Wait for the model and the personas.
     let npcs: Vec<Entity> = (0..n_npcs)
@@ -131,7 +151,11 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (i50, i99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
     let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
-    println!("frames: 300 idle, 600 with {n_npcs} NPCs talking ({lines} lines finished meanwhile)");
+    let pauses = app.world().resource::<PauseSeen>().0;
+    println!(
+        "frames: 300 idle, 600 with {n_npcs} NPCs talking ({lines} lines finished meanwhile); \
+         frame budget {frame_budget:?}, longest pause {pauses:?}"
+    );
     println!("| frame time | idle | {n_npcs} NPCs generating | ratio |");
     println!("|---|---|---|---|");
     println!(

@@ -13,6 +13,7 @@ mod model;
 mod narrator;
 mod narrator_systems;
 mod npc;
+mod pacing;
 mod receive;
 mod request;
 mod worker;
@@ -36,6 +37,7 @@ pub use narrator::{
     ChooseOption, Narrating, Narrator, RequestScene, SceneDelta, SceneFailed, SceneFinished,
 };
 pub use npc::{DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
+pub use pacing::MAX_PAUSE;
 pub use request::{
     DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, Priority, RequestId,
 };
@@ -198,7 +200,11 @@ impl Plugin for LlmDialoguePlugin {
             .insert_resource(DialogueSettings {
                 defaults: self.defaults.clone(),
                 best_of: 1,
+                frame_budget: None,
             })
+            .init_resource::<pacing::FrameClock>()
+            .add_systems(First, pacing::start_frame)
+            .add_systems(Last, pacing::pace_worker)
             .init_resource::<DialogueContext>()
             .init_resource::<DialogueModel>()
             .init_resource::<assets::BuiltinPrompts>()

@@ -17,6 +17,10 @@ pub struct DialogueModel {
     pub loads: u32,
     /// The worker's queue and caches after its last line.
     pub status: WorkerStatus,
+    /// How long the worker now waits between its steps, because frames ran over
+    /// [`DialogueSettings::frame_budget`](super::DialogueSettings::frame_budget) (zero: not
+    /// paced).
+    pub pause: std::time::Duration,
 }
 
 impl DialogueModel {

@@ -41,6 +41,11 @@ pub struct DialogueSettings {
     /// 1 (the default) streams the only draw. Scenes have no best-of: on the quality suite
     /// it bought nothing for them (QUALITY.md).
     pub best_of: usize,
+    /// The time the game's own work may take per frame (from `First` to `Last`, rendering
+    /// and vsync waits not counted). While frames take longer, the inference worker pauses
+    /// between its steps, up to 50 ms, and stops pausing once frames are back under it
+    /// (`DialogueModel::pause` shows the pause). `None` (the default): never paced.
+    pub frame_budget: Option<std::time::Duration>,
 }
 
 /// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.

@@ -56,6 +56,8 @@ pub(crate) enum Command {
     Generate(Job),
     /// The NPC is gone: free its cache.
     ForgetSlot(u64),
+    /// Wait this long between steps (the frame pacer).
+    Pace(std::time::Duration),
     /// Test hook: the next job panics inside the worker.
     #[cfg(feature = "fault-injection")]
     PanicNextJob,
@@ -159,6 +161,8 @@ struct Worker {
     queue: Vec<(u64, Job)>,
     /// Lines being generated together, one forward pass per step for all of them.
     active: Vec<Active>,
+    /// The pacer's wait between steps.
+    pause: std::time::Duration,
     slots: SessionSlots,
     clock: u64,
     /// Jobs that panicked in a row (the model is reloaded after each, up to [`MAX_CRASHES`]).
@@ -217,6 +221,7 @@ impl Worker {
             load_error: Some("the model has not been loaded".into()),
             queue: Vec::new(),
             active: Vec::new(),
+            pause: std::time::Duration::ZERO,
             clock: 0,
             crashes: 0,
             #[cfg(feature = "fault-injection")]
@@ -256,6 +261,15 @@ impl Worker {
                 }
             } else {
                 changed |= self.step();
+                if !self.pause.is_zero() && !self.active.is_empty() {
+                    // Frames ran over their budget: give the game's threads the cores for a
+                    // while, still answering commands (a cancel, the next pace).
+                    match commands.recv_timeout(self.pause) {
+                        Ok(cmd) => self.handle(cmd),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
             }
             if changed {
                 self.report_status();
@@ -273,6 +287,7 @@ impl Worker {
                 self.load(path);
             }
             Command::Generate(job) => self.queue.push((self.clock, job)),
+            Command::Pace(pause) => self.pause = pause,
             Command::ForgetSlot(slot) => {
                 for a in self.active.iter_mut().filter(|a| a.slot == slot) {
                     a.forget = true;

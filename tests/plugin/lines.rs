@@ -259,3 +259,39 @@ fn best_of_sends_the_chosen_line_whole_and_refuses_out_of_range() {
         log.failed[0].error
     );
 }
+
+#[test]
+fn frames_over_their_budget_pause_the_worker_and_lines_still_finish() {
+    let mut app = app(&scratch_assets("pacing"), plugin());
+    let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
+    // Every frame is over a budget of one nanosecond.
+    app.world_mut()
+        .resource_mut::<DialogueSettings>()
+        .frame_budget = Some(Duration::from_nanos(1));
+    request(
+        &mut app,
+        RequestLine::new(mira).saying("Hello!").max_tokens(12),
+    );
+    update_until(&mut app, LONG, "the paced line", |log| {
+        log.results_for(mira) > 0
+    });
+    let pause = app.world().resource::<DialogueModel>().pause;
+    assert_eq!(
+        pause,
+        bevy_llm_dialogue::plugin::MAX_PAUSE,
+        "frames kept running over: the longest pause"
+    );
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    assert!(log.finished_for(mira)[0].stats.generated_tokens > 0);
+
+    // No budget: no pause from the next frame on.
+    app.world_mut()
+        .resource_mut::<DialogueSettings>()
+        .frame_budget = None;
+    app.update();
+    assert_eq!(
+        app.world().resource::<DialogueModel>().pause,
+        Duration::ZERO
+    );
+}
