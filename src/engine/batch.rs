@@ -43,12 +43,13 @@ const STEP_TOKENS: usize = 256;
 ///     let session = engine.new_session();
 ///     lines.push(engine.begin(session, &prompt, &GenerateParams::default(), None, CancelToken::new()));
 /// }
+/// let mut shown = vec![String::new(); lines.len()]; // each NPC's dialogue box
 /// while lines.iter().any(|d| !d.is_finished()) {
-///     engine.step(&mut lines, |i, delta| print!("[{i}] {}", delta.text))?;
+///     engine.step(&mut lines, |i, delta| shown[i].push_str(delta.text))?;
 /// }
-/// for line in lines {
+/// for (line, text) in lines.into_iter().zip(&shown) {
 ///     let (_session, generation) = line.finish();
-///     println!("{}", generation?.text);
+///     assert_eq!(&generation?.text, text);
 /// }
 /// # Ok::<(), bevy_llm_dialogue::engine::EngineError>(())
 /// ```
@@ -69,6 +70,8 @@ pub struct Decoding {
     first_token_at: Option<Instant>,
     /// The token sampled last, fed in the next step.
     next: Option<TokenId>,
+    /// The last logits as the model gave them.
+    raw: Vec<f32>,
     outcome: Option<Result<Generation>>,
 }
 
@@ -202,6 +205,7 @@ impl Engine {
             started: Instant::now(),
             first_token_at: None,
             next: None,
+            raw: Vec::new(),
             outcome: None,
         };
         match self.prepare(prompt, params, grammar) {
@@ -347,8 +351,10 @@ impl Engine {
 
     /// Samples the next token of `d` from `logits`, streams it and decides whether `d` ends.
     fn sample(&self, d: &mut Decoding, logits: &mut [f32], on_delta: &mut dyn FnMut(&Delta<'_>)) {
-        // The raw scores, kept for the sampled token's log-probability (sampling rewrites them).
-        let raw = logits.to_vec();
+        // The raw scores, kept for the sampled token's log-probability (sampling rewrites
+        // them), in a buffer the decoding keeps from token to token.
+        d.raw.clear();
+        d.raw.extend_from_slice(logits);
         let sampler = d
             .sampler
             .as_mut()
@@ -385,7 +391,7 @@ impl Engine {
             }
         };
         d.stats.generated_tokens += 1;
-        d.stats.logprob += log_probability(&raw, token);
+        d.stats.logprob += log_probability(&d.raw, token);
         if d.stats.generated_tokens == 1 {
             d.stats.time_to_first_token = d.started.elapsed();
             d.first_token_at = Some(Instant::now());

@@ -255,7 +255,7 @@ impl Worker {
             // draws, several alternatives, scenes) waits for the batch to empty and runs alone.
             let mut changed = self.admit();
             if self.active.is_empty() {
-                if let Some(job) = self.pop_best(|_| true) {
+                if let Some(job) = self.pop_best() {
                     self.run_job(job);
                     changed = true;
                 }
@@ -301,41 +301,38 @@ impl Worker {
         }
     }
 
-    /// The highest-priority job that `eligible` accepts, first come first served within a
-    /// priority.
-    fn pop_best(&mut self, eligible: impl Fn(&Job) -> bool) -> Option<Job> {
-        let best = self
-            .queue
+    /// Where the highest-priority job that `eligible` accepts waits in the queue, first come
+    /// first served within a priority.
+    fn best(&self, eligible: impl Fn(&Job) -> bool) -> Option<usize> {
+        self.queue
             .iter()
             .enumerate()
             .filter(|(_, (_, job))| eligible(job))
             .max_by(|(_, a), (_, b)| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(&a.0)))
-            .map(|(i, _)| i)?;
-        Some(self.queue.remove(best).1)
+            .map(|(i, _)| i)
+    }
+
+    /// The highest-priority job, first come first served within a priority.
+    fn pop_best(&mut self) -> Option<Job> {
+        let i = self.best(|_| true)?;
+        Some(self.queue.remove(i).1)
     }
 
     /// Starts queued lines in the batch, best first, while there is room: the batch holds
     /// `max_batch` lines, and a [`Priority::Player`] line joins even a full one (the player
-    /// never waits for background chatter). A conversation already generating waits
-    /// for its line to end; a job that cannot batch stops admission so that it runs next.
+    /// never waits for background chatter). A conversation already generating waits for its
+    /// line to end; a job that cannot batch stops admission so that it runs next.
     /// Whether anything changed.
     fn admit(&mut self) -> bool {
         let mut changed = false;
         loop {
             let busy: Vec<u64> = self.active.iter().map(|a| a.slot).collect();
-            let waiting = |job: &Job| !busy.contains(&job.slot);
-            let Some(best) = self
-                .queue
-                .iter()
-                .filter(|(_, job)| waiting(job))
-                .max_by(|(ta, a), (tb, b)| a.priority.cmp(&b.priority).then(tb.cmp(ta)))
-                .map(|(_, job)| job)
-            else {
+            let Some(i) = self.best(|job| !busy.contains(&job.slot)) else {
                 return changed;
             };
+            let best = &self.queue[i].1;
             if best.cancel.is_cancelled() {
-                let id = best.id;
-                self.queue.retain(|(_, job)| job.id != id);
+                self.queue.remove(i);
                 changed = true;
                 continue;
             }
@@ -347,7 +344,7 @@ impl Worker {
             if full && best.priority != Priority::Player {
                 return changed;
             }
-            let job = self.pop_best(waiting).expect("found above");
+            let job = self.queue.remove(i).1;
             self.start(job);
             changed = true;
         }

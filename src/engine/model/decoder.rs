@@ -573,18 +573,30 @@ impl DecoderWeights {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
+            // Each sequence's keys and values go into its cache; its rotated queries come back.
+            let single = batch.len() == 1;
+            let queries = batch
+                .iter_mut()
+                .zip(&parts)
+                .map(|(fed, part)| {
+                    let rows = |t: &Tensor| -> Result<Tensor> {
+                        Ok(if single {
+                            t.clone()
+                        } else {
+                            t.narrow(1, part.row, part.seq)?
+                        })
+                    };
+                    self.project(i, layer, part, fed.cache, rows(&q)?, rows(&k)?, rows(&v)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
             let y = if self.device.is_cpu() {
-                self.attend_cpu(i, layer, &parts, batch, [&q, &k, &v])?
+                self.attend_cpu(i, layer, &parts, batch, &queries)?
             } else {
                 let ys = batch
-                    .iter_mut()
+                    .iter()
                     .zip(&parts)
-                    .map(|(fed, part)| {
-                        let narrow = |t: &Tensor| t.narrow(1, part.row, part.seq);
-                        let [q, k, v] = [narrow(&q)?, narrow(&k)?, narrow(&v)?];
-                        let q = self.project(i, layer, part, fed.cache, q, k, v)?;
-                        self.attend(i, layer, part, fed.cache, &q)
-                    })
+                    .zip(&queries)
+                    .map(|((fed, part), q)| self.attend(i, layer, part, fed.cache, q))
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&ys, 1)?
             };
@@ -636,49 +648,32 @@ impl DecoderWeights {
         Ok(logits)
     }
 
-    /// Layer `i`'s attention on the CPU for every sequence of the batch: each one's keys
-    /// and values go into its cache; then the sequences decoding one token are read by
-    /// [`attention::attend`] straight from their caches (all in one pass on the pool), and
-    /// prompt chunks go through candle's matrix products, which are faster for many queries
-    /// at once (measured: the direct kernel cost 20 % of a 256-token prefill).
-    /// `qkv` are the batch's projected rows; the result is `(1, rows, n_head * head_dim)`.
+    /// Layer `i`'s attention on the CPU for every sequence of the batch, given each one's
+    /// rotated `queries` (its keys and values already in its cache): the sequences decoding
+    /// one token are read by [`attention::attend`] straight from their caches (all in one
+    /// pass on the pool), and prompt chunks go through candle's matrix products, which are
+    /// faster for many queries at once (measured: the direct kernel cost 20 % of a 256-token
+    /// prefill). The result is `(1, rows, n_head * head_dim)`.
     fn attend_cpu(
         &self,
         i: usize,
         layer: &Layer,
         parts: &[Part],
-        batch: &mut [Fed<'_>],
-        [q, k, v]: [&Tensor; 3],
+        batch: &[Fed<'_>],
+        queries: &[Tensor],
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let width = cfg.n_head * cfg.head_dim;
-        let single = batch.len() == 1;
         // Per sequence: a prompt chunk's attention output, or a decoded token's queries.
         let mut prompts = Vec::with_capacity(parts.len());
-        let mut queries = Vec::with_capacity(parts.len());
-        for (fed, part) in batch.iter_mut().zip(parts) {
-            let narrow = |t: &Tensor| -> Result<Tensor> {
-                Ok(if single {
-                    t.clone()
-                } else {
-                    t.narrow(1, part.row, part.seq)?
-                })
-            };
-            let q = self.project(
-                i,
-                layer,
-                part,
-                fed.cache,
-                narrow(q)?,
-                narrow(k)?,
-                narrow(v)?,
-            )?;
+        let mut flat = Vec::with_capacity(parts.len());
+        for ((fed, part), q) in batch.iter().zip(parts).zip(queries) {
             if part.seq > 1 {
-                prompts.push(Some(self.attend(i, layer, part, fed.cache, &q)?));
-                queries.push(Vec::new());
+                prompts.push(Some(self.attend(i, layer, part, fed.cache, q)?));
+                flat.push(Vec::new());
             } else {
                 prompts.push(None);
-                queries.push(q.flatten_all()?.to_vec1::<f32>()?);
+                flat.push(q.flatten_all()?.to_vec1::<f32>()?);
             }
         }
         let guards = batch
@@ -691,7 +686,7 @@ impl DecoderWeights {
             })
             .collect::<Vec<_>>();
         let mut sequences = Vec::with_capacity(parts.len());
-        for (((kv, part), q), fed) in guards.iter().zip(parts).zip(&queries).zip(batch.iter()) {
+        for (((kv, part), q), fed) in guards.iter().zip(parts).zip(&flat).zip(batch.iter()) {
             if part.seq == 1 {
                 sequences.push(attention::Sequence {
                     q,
