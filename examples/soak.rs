@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! scripts/fetch-model
-//! cargo run --release --example soak -- 1000
+//! cargo run --release --example soak -- 1000 --kv-budget-mib 128
 //! ```
 //!
 //! Exits with an error if an invariant is broken. Lines are at most 60 tokens (the persona's
@@ -36,15 +36,27 @@ fn cache_mib(app: &App) -> f64 {
 }
 
 fn main() -> Result<(), String> {
-    let total: usize = std::env::args()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+    let (mut total, mut kv_budget) = (1000usize, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let number = |value: Option<String>| {
+            value
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or(format!("{arg} takes a number"))
+        };
+        match arg.as_str() {
+            "--kv-budget-mib" => kv_budget = Some(number(args.next())? << 20),
+            _ => total = number(Some(arg.clone()))?,
+        }
+    }
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,
         AssetPlugin::default(),
-        LlmDialoguePlugin::default(),
+        LlmDialoguePlugin {
+            kv_budget,
+            ..default()
+        },
     ));
     app.finish();
     app.cleanup();
@@ -195,9 +207,10 @@ fn main() -> Result<(), String> {
     let (rss_end, cache_end) = (rss_mib(), cache_mib(&app));
     let (warm, cache_warm) = rss_warm.unwrap_or((rss_end, cache_end));
     println!(
-        "{total} requests to 16 NPCs in {:.0} s: {answered} answered exactly once, {} cancelled \
+        "{total} requests to 16 NPCs in {:.0} s (kv_budget {}): {answered} answered exactly once, {} cancelled \
          ({cancels} CancelLine, {despawns} despawns), 0 duplicates, 0 late",
         started.elapsed().as_secs_f64(),
+        kv_budget.map_or("none".to_string(), |b| format!("{} MiB", b >> 20)),
         cancelled.len()
     );
     println!(

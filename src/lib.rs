@@ -11,6 +11,8 @@ pub mod persona;
 #[cfg(feature = "bevy")]
 pub mod plugin;
 pub mod prompt;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod ron_file;
 pub mod score;
 pub mod story;

@@ -25,7 +25,11 @@ use super::tokenizer::{TokenId, Tokenizer};
 /// # let _ = (choice, greeting);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Grammar(pub(crate) TopLevelGrammar);
+pub struct Grammar {
+    pub(crate) top: TopLevelGrammar,
+    /// The schema it was made from, for servers that constrain by JSON schema.
+    schema: Option<serde_json::Value>,
+}
 
 impl Grammar {
     /// Output is JSON matching the schema (llguidance's subset of JSON Schema: types,
@@ -33,17 +37,32 @@ impl Grammar {
     /// `maxLength`, `pattern`, `anyOf`, ...). Object properties come in schema order, with
     /// no whitespace between tokens.
     pub fn json_schema(schema: serde_json::Value) -> Self {
-        Grammar(TopLevelGrammar::from_json_schema(schema))
+        Grammar {
+            top: TopLevelGrammar::from_json_schema(schema.clone()),
+            schema: Some(schema),
+        }
     }
 
     /// Output matches a grammar in llguidance's Lark dialect.
     pub fn lark(source: &str) -> Self {
-        Grammar(TopLevelGrammar::from_lark(source.to_owned()))
+        Grammar {
+            top: TopLevelGrammar::from_lark(source.to_owned()),
+            schema: None,
+        }
     }
 
     /// Output matches a regular expression.
     pub fn regex(pattern: &str) -> Self {
-        Grammar(TopLevelGrammar::from_regex(pattern))
+        Grammar {
+            top: TopLevelGrammar::from_regex(pattern),
+            schema: None,
+        }
+    }
+
+    /// The JSON schema this grammar was made from ([`Grammar::json_schema`]); `None` for
+    /// Lark and regex grammars. Inference servers constrain output by schema.
+    pub fn as_json_schema(&self) -> Option<&serde_json::Value> {
+        self.schema.as_ref()
     }
 }
 
@@ -142,7 +161,7 @@ impl Constraints {
     pub(crate) fn matcher(&self, grammar: &Grammar) -> Result<Matcher> {
         let parser = self
             .factory
-            .create_parser(grammar.0.clone())
+            .create_parser(grammar.top.clone())
             .map_err(grammar_error)?;
         Ok(Matcher::new(Ok(parser)))
     }

@@ -34,7 +34,7 @@ mod progress;
 mod sampling;
 mod sentences;
 mod slots;
-mod stream;
+pub(crate) mod stream;
 mod template;
 mod tokenizer;
 

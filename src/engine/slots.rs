@@ -1,6 +1,7 @@
 //! Many conversations on one model: each conversation's [`Session`] kept under a key, the
 //! least recently used dropped when more are kept than fit, in number or in bytes
-//! (llama.cpp's slots).
+//! (llama.cpp's slots). Caches of conversations that ended are pooled for the next new one
+//! instead of going back to the allocator.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,11 @@ pub const MIN_SHARED_PREFIX: usize = 32;
 /// that, once it is put back, at most `capacity` remain. The most recently put back session
 /// is the most recently used one. A capacity of 0 behaves as 1.
 ///
+/// A session dropped to make room, or [forgotten](Self::forget), is cleared and kept as a
+/// spare (kept and spare sessions together stay within `capacity`); the next new
+/// conversation reuses its buffers rather than allocating. Spares count in
+/// [`cache_bytes`](Self::cache_bytes) and go first when the byte budget is short.
+///
 /// ```no_run
 /// use bevy_llm_dialogue::engine::{CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams, SessionSlots};
 ///
@@ -37,6 +43,8 @@ pub const MIN_SHARED_PREFIX: usize = 32;
 #[derive(Debug)]
 pub struct SessionSlots {
     slots: HashMap<u64, Slot>,
+    /// Cleared sessions whose buffers the next new conversation reuses.
+    spare: Vec<Session>,
     capacity: usize,
     /// The most bytes the kept sessions' caches may hold together.
     budget: Option<usize>,
@@ -54,6 +62,7 @@ impl SessionSlots {
     pub fn new(capacity: usize) -> Self {
         Self {
             slots: HashMap::new(),
+            spare: Vec::new(),
             capacity,
             budget: None,
             clock: 0,
@@ -79,6 +88,11 @@ impl SessionSlots {
         self.take_or_else(key, || engine.new_session())
     }
 
+    /// A spare cleared session if one is pooled, otherwise `fresh()`.
+    fn reuse_or(&mut self, fresh: impl FnOnce() -> Session) -> Session {
+        self.spare.pop().unwrap_or_else(fresh)
+    }
+
     /// Like [`take`](Self::take), for a conversation about to run `prompt`: one with nothing
     /// kept starts from a copy of the kept conversation whose cache shares the longest
     /// prefix with `prompt` (at least [`MIN_SHARED_PREFIX`] tokens), so a world preamble or a
@@ -95,7 +109,8 @@ impl SessionSlots {
         {
             copy.truncate(shared);
             // Copied before making room, so the source cannot be the one evicted first.
-            return self.take_or_else(key, || copy);
+            self.evict_lru(self.capacity.saturating_sub(1));
+            return copy;
         }
         self.take(key, engine)
     }
@@ -105,7 +120,7 @@ impl SessionSlots {
             Some(slot) => slot.session,
             None => {
                 self.evict_lru(self.capacity.saturating_sub(1));
-                fresh()
+                self.reuse_or(fresh)
             }
         }
     }
@@ -118,6 +133,8 @@ impl SessionSlots {
         self.clock += 1;
         let last_used = self.clock;
         self.slots.insert(key, Slot { session, last_used });
+        let room = self.capacity.max(1).saturating_sub(self.slots.len());
+        self.spare.truncate(room);
         if let Some(budget) = self.budget {
             self.shrink_to_bytes(budget);
         }
@@ -127,19 +144,44 @@ impl SessionSlots {
     /// only the most recently used is left. A caller whose sessions are partly out (being
     /// generated in) passes the budget less what those hold.
     pub fn shrink_to_bytes(&mut self, bytes: usize) {
+        while self.cache_bytes() > bytes && self.spare.pop().is_some() {}
         while self.slots.len() > 1 && self.cache_bytes() > bytes {
-            self.evict_lru(self.slots.len() - 1);
+            let keep = self.slots.len() - 1;
+            self.evict_lru(keep);
+            self.spare.clear();
         }
     }
 
-    /// Drops the session kept for `key` (the conversation is over); whether there was one.
+    /// Ends the conversation kept for `key`: its session is cleared and pooled for the next
+    /// new conversation. Whether there was one.
     pub fn forget(&mut self, key: u64) -> bool {
-        self.slots.remove(&key).is_some()
+        match self.slots.remove(&key) {
+            Some(slot) => {
+                self.pool(slot.session);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Drops every session (they belong to a model that is being replaced).
+    /// Drops every session, spares included (they belong to a model that is being replaced).
     pub fn clear(&mut self) {
         self.slots.clear();
+        self.spare.clear();
+    }
+
+    /// Spare sessions pooled for reuse.
+    pub fn spare(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Keeps `session`'s buffers for the next new conversation if kept and spare sessions
+    /// stay within the capacity; otherwise drops it.
+    fn pool(&mut self, mut session: Session) {
+        if self.slots.len() + self.spare.len() < self.capacity.max(1) {
+            session.clear();
+            self.spare.push(session);
+        }
     }
 
     /// Sessions kept.
@@ -157,9 +199,14 @@ impl SessionSlots {
         self.capacity
     }
 
-    /// Bytes held by the key/value caches of the sessions kept.
+    /// Bytes held by the key/value caches of the sessions kept and pooled.
     pub fn cache_bytes(&self) -> usize {
-        self.slots.values().map(|s| s.session.cache_bytes()).sum()
+        self.slots
+            .values()
+            .map(|s| &s.session)
+            .chain(&self.spare)
+            .map(Session::cache_bytes)
+            .sum()
     }
 
     /// Drops least recently used sessions until at most `keep` remain.
@@ -173,7 +220,9 @@ impl SessionSlots {
             else {
                 return;
             };
-            self.slots.remove(&oldest);
+            if let Some(slot) = self.slots.remove(&oldest) {
+                self.pool(slot.session);
+            }
         }
     }
 }
@@ -249,5 +298,45 @@ mod tests {
         }
         assert_eq!(keys(&none), [3]);
         assert_eq!(none.cache_bytes(), 0);
+    }
+
+    #[test]
+    fn ended_conversations_lend_their_buffers_to_new_ones() {
+        let made = std::cell::Cell::new(0);
+        let fresh = || {
+            made.set(made.get() + 1);
+            fresh()
+        };
+        let mut slots = SessionSlots::new(2);
+        for key in [1, 2] {
+            let mut session = slots.take_or_else(key, fresh);
+            session.tokens = vec![key as TokenId];
+            slots.put(key, session);
+        }
+        assert_eq!(made.get(), 2);
+
+        // A third conversation evicts the first and reuses its session, cleared.
+        let third = slots.take_or_else(3, fresh);
+        assert_eq!(made.get(), 2, "the evicted session was reused");
+        assert!(
+            third.cached_tokens().is_empty(),
+            "a reused session starts empty"
+        );
+        slots.put(3, third);
+
+        // A forgotten conversation is pooled, within the capacity, and reused next.
+        assert!(slots.forget(2));
+        assert_eq!((slots.len(), slots.spare()), (1, 1));
+        let fourth = slots.take_or_else(4, fresh);
+        assert_eq!((made.get(), slots.spare()), (2, 0));
+        slots.put(4, fourth);
+
+        // Kept and spare sessions never exceed the capacity; clear drops the spares.
+        assert!(slots.forget(3));
+        slots.put(5, fresh());
+        assert_eq!(slots.len() + slots.spare(), 2);
+        assert!(slots.forget(4));
+        slots.clear();
+        assert_eq!((slots.len(), slots.spare()), (0, 0));
     }
 }

@@ -15,6 +15,8 @@ mod narrator_systems;
 mod npc;
 mod pacing;
 mod receive;
+#[cfg(feature = "remote")]
+mod remote_worker;
 mod request;
 mod worker;
 mod worker_link;
@@ -98,6 +100,12 @@ pub struct LlmDialoguePlugin {
     pub kv_budget: Option<usize>,
     /// Where the model runs.
     pub backend: Backend,
+    /// Serve every request from an inference server over the OpenAI-compatible API instead
+    /// of a local model (`model`, `n_ctx`, `inference_threads`, `slots`, `max_batch`,
+    /// `kv_budget` and `backend` are then unused). Components, messages, assets and results
+    /// stay the same. `None`: the local model.
+    #[cfg(feature = "remote")]
+    pub remote: Option<crate::remote::RemoteConfig>,
     /// Generation settings for lines that set nothing else; runtime changes go through the
     /// [`DialogueSettings`] resource.
     pub defaults: GenerateParams,
@@ -113,6 +121,8 @@ impl Default for LlmDialoguePlugin {
             max_batch: 8,
             kv_budget: None,
             backend: Backend::Auto,
+            #[cfg(feature = "remote")]
+            remote: None,
             defaults: GenerateParams {
                 max_tokens: 96,
                 // What the player reads ends at a sentence end, after at most three
@@ -159,6 +169,8 @@ impl Plugin for LlmDialoguePlugin {
             kv_budget: self.kv_budget,
             asset_base: base,
             model: self.model.clone(),
+            #[cfg(feature = "remote")]
+            remote: self.remote.clone(),
         });
 
         app.init_asset::<Persona>()

@@ -95,4 +95,10 @@ pub enum DialogueError {
     /// [`ModelFailed`]: super::ModelFailed
     #[error("the inference worker crashed on this line ({0})")]
     WorkerCrashed(String),
+    /// The inference server of the remote backend failed this request: unreachable, a
+    /// refused key, busy after every retry, a timeout, a stream cut mid-line. The message
+    /// names the server's URL (and the key's variable when the key was refused). Nothing was
+    /// added to the history.
+    #[error("{0}")]
+    Server(String),
 }

@@ -175,7 +175,7 @@ struct Worker {
 const MAX_CRASHES: u32 = 3;
 
 /// What a caught panic said.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -17,6 +17,9 @@ pub(crate) struct WorkerSpec {
     pub(crate) kv_budget: Option<usize>,
     pub(crate) asset_base: PathBuf,
     pub(crate) model: Option<PathBuf>,
+    /// Serve requests from this inference server instead of a local model.
+    #[cfg(feature = "remote")]
+    pub(crate) remote: Option<crate::remote::RemoteConfig>,
 }
 
 /// The channels to the worker thread, and what is needed to start it again.
@@ -64,6 +67,12 @@ impl Drop for WorkerLink {
 impl WorkerLink {
     pub(crate) fn new(spec: WorkerSpec) -> Self {
         let model = spec.model.clone().map(|p| resolve(&spec.asset_base, p));
+        // A server has its model: "loading" it checks that the server answers.
+        #[cfg(feature = "remote")]
+        let model = match &spec.remote {
+            Some(remote) => Some(PathBuf::from(&remote.base_url)),
+            None => model,
+        };
         let (commands, reports, thread) = start(&spec);
         let mut link = Self {
             spec,
@@ -149,6 +158,13 @@ fn start(spec: &WorkerSpec) -> Started {
         max_batch: spec.max_batch,
         kv_budget: spec.kv_budget,
     };
+    #[cfg(feature = "remote")]
+    if let Some(remote) = spec.remote.clone() {
+        let thread = super::remote_worker::spawn(remote, cmd_rx, rep_tx)
+            .inspect_err(|e| tracing::error!("cannot start the remote backend's thread: {e}"))
+            .ok();
+        return (cmd_tx, rep_rx, thread);
+    }
     let thread = worker::spawn(config, cmd_rx, rep_tx)
         .inspect_err(|e| tracing::error!("cannot start the inference worker thread: {e}"))
         .ok();

@@ -300,6 +300,17 @@ fn a_byte_budget_drops_the_least_recently_used_caches() {
     talk(&mut tiny, 2);
     assert_eq!(tiny.len(), 1);
     assert!(tiny.forget(2));
+
+    // The ended conversations' buffers are pooled: a new one starts with them, empty.
+    assert_eq!(slots.spare(), 2);
+    assert_eq!(
+        slots.cache_bytes(),
+        2 * one,
+        "spares count in the bytes held"
+    );
+    let reused = slots.take(9, &engine);
+    assert!(reused.cache_bytes() > 0 && reused.cached_tokens().is_empty());
+    slots.put(9, reused);
 }
 
 /// A new conversation whose prompt starts like a kept one's (a shared world preamble) starts

@@ -11,6 +11,7 @@ pub use std::time::{Duration, Instant};
 
 pub use bevy::prelude::*;
 pub use bevy_llm_dialogue::prelude::*;
+pub use bevy_llm_dialogue::remote::{RemoteConfig, ServerKind};
 
 pub use crate::common::{model_path, scratch_dir};
 
@@ -104,7 +105,9 @@ pub fn scratch_assets(test: &str) -> PathBuf {
     dir
 }
 
-/// The plugin as tests use it: the real model, short lines, fixed seeds.
+/// The plugin as tests use it: the real model, short lines, fixed seeds. With
+/// `LLM_DIALOGUE_TEST_SERVER` set (a base URL such as `http://127.0.0.1:8088/v1`, as `.ci/run`
+/// sets it), the model is the one that server serves: the remote backend runs the tests.
 pub fn plugin() -> LlmDialoguePlugin {
     let mut plugin = LlmDialoguePlugin {
         model: Some(model_path()),
@@ -112,7 +115,36 @@ pub fn plugin() -> LlmDialoguePlugin {
     };
     plugin.defaults.max_tokens = 24;
     plugin.defaults.sampling = SamplingParams::default().with_seed(7);
+    if let Some(url) = test_server() {
+        plugin.remote = Some(RemoteConfig::new(url, "smollm2"));
+    }
     plugin
+}
+
+/// The server the plugin tests run against, if any (`LLM_DIALOGUE_TEST_SERVER`).
+pub fn test_server() -> Option<String> {
+    std::env::var("LLM_DIALOGUE_TEST_SERVER")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether this test checks something only the local backend has (prefix caches,
+/// batching, the pacer, model files); such a test says so and passes on a server run.
+pub fn local_only(what: &str) -> bool {
+    let remote = test_server().is_some();
+    if remote {
+        eprintln!("not run against a server: {what} is the local backend's");
+    }
+    remote
+}
+
+/// The plugin served by `config`'s server, with [`plugin`]'s line settings.
+pub fn remote_plugin(config: RemoteConfig) -> LlmDialoguePlugin {
+    LlmDialoguePlugin {
+        model: None,
+        remote: Some(config),
+        ..plugin()
+    }
 }
 
 /// A headless app with the plugin, not yet finished: add plugins, then [`ready`] it.

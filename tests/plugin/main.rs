@@ -2,10 +2,11 @@
 //! one test binary (every test binary links candle and Bevy), a module per concept, one
 //! harness.
 
-#![cfg(feature = "bevy")]
+#![cfg(all(feature = "bevy", feature = "remote"))]
 
 #[path = "../common/mod.rs"]
 mod common;
+mod fake_server;
 mod harness;
 
 mod actions;
@@ -15,5 +16,6 @@ mod history;
 mod lines;
 mod model;
 mod narrator;
+mod remote;
 mod shutdown;
 mod text_adventure;

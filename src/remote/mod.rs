@@ -1,0 +1,643 @@
+//! Generation on an inference server over the OpenAI-compatible chat completions API
+//! (llama.cpp's server, vLLM, SGLang, Ollama, TGI, hosted APIs), for games whose model does not
+//! run in the game process.
+//!
+//! Bevy-free, like the engine: [`RemoteClient::chat`] blocks its thread and streams the line
+//! through a callback, with the engine's stop strings, sentence rules and [`Generation`]
+//! result, so the plugin treats a server's line as it treats a local one. The server applies
+//! its own chat template to the messages.
+//!
+//! The HTTP client is `ureq`, blocking, on the caller's thread: the plugin already runs
+//! generation off the main thread, and an async runtime would be one more thread pool in
+//! every game for a handful of concurrent streams.
+//!
+//! ```no_run
+//! use bevy_llm_dialogue::engine::{CancelToken, ChatMessage, GenerateParams};
+//! use bevy_llm_dialogue::remote::{ChatRequest, RemoteClient, RemoteConfig};
+//!
+//! let client = RemoteClient::new(RemoteConfig::new("http://127.0.0.1:8080/v1", "smollm2"))?;
+//! let messages = [ChatMessage::user("Hello!")];
+//! let params = GenerateParams::default();
+//! let mut shown = String::new();
+//! let line = client.chat(
+//!     &ChatRequest { messages: &messages, params: &params, schema: None, logprobs: false },
+//!     &CancelToken::new(),
+//!     |delta| shown.push_str(delta),
+//! )?;
+//! assert_eq!(line.text, shown);
+//! # Ok::<(), bevy_llm_dialogue::remote::RemoteError>(())
+//! ```
+
+mod body;
+mod events;
+
+use std::io::{BufRead, BufReader, Read};
+use std::time::{Duration, Instant};
+
+use crate::engine::stream::TextStream;
+use crate::engine::{
+    CancelToken, ChatMessage, GenerateParams, Generation, GenerationStats, ModelInfo, StopReason,
+};
+use events::Event;
+
+/// Where the server is and how to talk to it.
+///
+/// ```
+/// use bevy_llm_dialogue::remote::{RemoteConfig, ServerKind};
+/// let vllm = RemoteConfig::new("http://10.0.0.5:8000/v1", "Qwen/Qwen2.5-7B-Instruct")
+///     .with_kind(ServerKind::Vllm)
+///     .with_api_key_env("VLLM_API_KEY");
+/// assert_eq!(vllm.max_in_flight, 16);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteConfig {
+    /// The API's base URL, up to and including `/v1`: `http://127.0.0.1:8080/v1`.
+    pub base_url: String,
+    /// The model name sent with every request (vLLM and hosted APIs need the served name;
+    /// llama.cpp's server answers with its one model whatever the name).
+    pub model: String,
+    /// The environment variable holding the API key, sent as `Authorization: Bearer`. Read
+    /// when the backend starts, never stored in assets or saves. `None`: no key.
+    pub api_key_env: Option<String>,
+    /// Which request fields the server takes (structured output differs between servers).
+    pub kind: ServerKind,
+    /// Requests sent at once; the rest wait in priority order. Servers batch concurrent
+    /// requests, so this is not the local worker's one batch.
+    pub max_in_flight: usize,
+    /// Longest wait to connect.
+    pub connect_timeout: Duration,
+    /// Longest wait for the server to start answering a request (its queue and the prompt).
+    pub response_timeout: Duration,
+    /// Longest wait for the next part of a stream that has started (a stalled server).
+    pub stall_timeout: Duration,
+    /// How many times a request the server refuses as busy (429, 503) is sent again.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each next one. A `Retry-After`
+    /// header (in seconds) is honoured up to eight times this.
+    pub retry_delay: Duration,
+}
+
+impl RemoteConfig {
+    /// A llama.cpp-style server at `base_url` serving `model`, no API key, 16 requests at
+    /// once, 5 s to connect, 60 s to start answering, 30 s between parts of a stream, 3
+    /// retries from 0.5 s.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key_env: None,
+            kind: ServerKind::default(),
+            max_in_flight: 16,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+            retries: 3,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Sends the key held by the environment variable `var`.
+    pub fn with_api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = Some(var.into());
+        self
+    }
+
+    /// Talks to a server of this kind.
+    pub fn with_kind(mut self, kind: ServerKind) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+/// The server's dialect of the chat completions API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerKind {
+    /// llama.cpp's `llama-server` and llama-cpp-python's server: structured output as
+    /// `response_format: {"type": "json_object", "schema": ...}`; `top_k`, `min_p` and
+    /// `repeat_penalty` pass through.
+    #[default]
+    LlamaCpp,
+    /// vLLM and SGLang: `response_format: {"type": "json_schema", ...}`; `top_k`, `min_p` and
+    /// `repetition_penalty` pass through.
+    Vllm,
+    /// OpenAI's API and servers that take only its fields: `json_schema` with `strict`, no
+    /// `top_k`/`min_p`/repeat penalty, at most 4 stop strings.
+    OpenAi,
+    /// A server that cannot constrain output: free-text lines only; scenes' choices and
+    /// actions fail with [`RemoteError::Unconstrained`] rather than come back unchecked.
+    TextOnly,
+}
+
+/// What can go wrong talking to a server. Every message names the server's URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The configuration cannot work (an empty URL).
+    #[error("remote backend: {0}")]
+    InvalidConfig(String),
+    /// [`RemoteConfig::api_key_env`] names a variable that is not set.
+    #[error("the API key variable {var} is not set (the remote backend reads the key from it)")]
+    MissingKey {
+        /// The variable.
+        var: String,
+    },
+    /// Nothing answered: the server is down, the address is wrong, or the network is.
+    #[error("the inference server at {url} cannot be reached: {reason}")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// What the connection said.
+        reason: String,
+    },
+    /// 401 or 403: the key is missing, wrong or not allowed.
+    #[error("the inference server at {url} refused the request ({status}): {hint}")]
+    Unauthorized {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// What to check: the key's variable, or that a key is needed.
+        hint: String,
+    },
+    /// 429 or 503 on every try: the server is overloaded or rate-limits this game.
+    #[error("the inference server at {url} was busy ({status}) on all {attempts} tries")]
+    Busy {
+        /// The URL called.
+        url: String,
+        /// The last HTTP status.
+        status: u16,
+        /// Requests sent.
+        attempts: u32,
+    },
+    /// Any other error status, with the server's message.
+    #[error("the inference server at {url} answered {status}: {message}")]
+    Status {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's error message (shortened).
+        message: String,
+    },
+    /// The server took longer than a [`RemoteConfig`] timeout.
+    #[error("the inference server at {url} timed out {what}")]
+    Timeout {
+        /// The URL called.
+        url: String,
+        /// When: connecting, before answering, or mid-stream.
+        what: String,
+    },
+    /// The stream ended before the server said the line was done.
+    #[error("the stream from {url} stopped in the middle of the line")]
+    StreamCut {
+        /// The URL called.
+        url: String,
+    },
+    /// The server sent something that is not a chat completion event.
+    #[error("the inference server at {url} sent a malformed event: {reason}")]
+    Malformed {
+        /// The URL called.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Structured output was asked of a server that cannot constrain it.
+    #[error(
+        "{kind:?} servers cannot constrain output; scenes' choices and actions need a server kind with structured output (LlamaCpp, Vllm, OpenAi)"
+    )]
+    Unconstrained {
+        /// The configured kind.
+        kind: ServerKind,
+    },
+    /// The constraint is a Lark or regex grammar; servers take JSON schemas.
+    #[error(
+        "an inference server constrains output by JSON schema; this request's grammar is not one"
+    )]
+    NotJsonSchema,
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = RemoteError> = std::result::Result<T, E>;
+
+/// One chat completion to ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct ChatRequest<'a> {
+    /// The conversation, system message first; the server renders it with its template.
+    pub messages: &'a [ChatMessage],
+    /// Length, sampling, stop strings and sentence rules, as for the engine.
+    pub params: &'a GenerateParams,
+    /// Output must match this JSON schema (the server constrains it; sentence rules and
+    /// stop strings do not apply, as under a grammar in the engine).
+    pub schema: Option<&'a serde_json::Value>,
+    /// Ask for token log-probabilities (summed into the result's `stats.logprob`, where the
+    /// server sends them; best-of ranks draws by them).
+    pub logprobs: bool,
+}
+
+/// A connection to one inference server; share it between threads (`&self` everywhere).
+#[derive(Debug)]
+pub struct RemoteClient {
+    config: RemoteConfig,
+    agent: ureq::Agent,
+    key: Option<String>,
+    chat_url: String,
+    models_url: String,
+}
+
+/// Longest part of an error body kept in a message.
+const MAX_MESSAGE: usize = 300;
+
+impl RemoteClient {
+    /// A client for `config`; reads the API key from its variable now.
+    pub fn new(config: RemoteConfig) -> Result<Self> {
+        let base = config.base_url.trim_end_matches('/').to_owned();
+        if base.is_empty() {
+            return Err(RemoteError::InvalidConfig(
+                "RemoteConfig::base_url is empty (it should look like http://127.0.0.1:8080/v1)"
+                    .into(),
+            ));
+        }
+        let key = match &config.api_key_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| RemoteError::MissingKey { var: var.clone() })?,
+            ),
+            None => None,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_recv_response(Some(config.response_timeout))
+            .timeout_per_read(Some(config.stall_timeout))
+            .build()
+            .new_agent();
+        Ok(Self {
+            chat_url: format!("{base}/chat/completions"),
+            models_url: format!("{base}/models"),
+            config,
+            agent,
+            key,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
+    /// Asks the server which models it serves (`GET /models`): checks that it is up and
+    /// that the key works, and describes the configured model.
+    pub fn connect(&self) -> Result<ModelInfo> {
+        let url = &self.models_url;
+        let mut request = self.agent.get(url);
+        if let Some(key) = &self.key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut response = request.call().map_err(|e| self.transport(url, e))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(self.status_error(url, status, &mut response));
+        }
+        let mut text = String::new();
+        response
+            .body_mut()
+            .as_reader()
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .map_err(|e| self.io(url, e))?;
+        let listed: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| RemoteError::Malformed {
+                url: url.clone(),
+                reason: format!("the model list is not JSON: {e}"),
+            })?;
+        let served: Vec<&str> = listed["data"]
+            .as_array()
+            .map(|models| models.iter().filter_map(|m| m["id"].as_str()).collect())
+            .unwrap_or_default();
+        let name = if self.config.model.is_empty() {
+            served.first().map(|s| (*s).to_owned())
+        } else {
+            Some(self.config.model.clone())
+        };
+        Ok(ModelInfo {
+            file: self.config.base_url.clone(),
+            architecture: "remote".into(),
+            name,
+            train_context: 0,
+            n_ctx: 0,
+            vocab_size: 0,
+            prefix_reuse: false,
+        })
+    }
+
+    /// Generates one reply, streaming its text through `on_delta` as it arrives (the deltas
+    /// add up to the result's text). Busy servers are retried per the configuration. A
+    /// cancel closes the stream and ends the result as [`StopReason::Cancelled`]. The
+    /// result has no token ids (`tokens` is empty); its counts come from the server's
+    /// usage figures where it sends them, else one token per streamed part.
+    pub fn chat(
+        &self,
+        request: &ChatRequest<'_>,
+        cancel: &CancelToken,
+        mut on_delta: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let params = request.params;
+        let body = body::chat_body(&self.config, request)?.to_string();
+        let started = Instant::now();
+        let cancelled = |stats: GenerationStats| Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            stop_reason: StopReason::Cancelled,
+            stats,
+        };
+        let Some(mut response) = self.send(&body, cancel)? else {
+            return Ok(cancelled(GenerationStats::default()));
+        };
+        let url = &self.chat_url;
+        let structured = request.schema.is_some();
+        let mut stream = if structured {
+            TextStream::new(&[])
+        } else {
+            TextStream::new(&params.stop).with_max_sentences(params.max_sentences)
+        };
+        let whole_sentences = params.whole_sentences && !structured;
+        // As in the engine: the last third of the budget shows only whole sentences.
+        let hold_from = params
+            .max_tokens
+            .saturating_sub((params.max_tokens / 3).max(8));
+        let mut stats = GenerationStats::default();
+        let mut parts = 0usize;
+        let mut first_at = None;
+        let mut finish: Option<String> = None;
+        let mut local_stop = None;
+        let mut done = false;
+        let mut reader = BufReader::new(response.body_mut().as_reader());
+        let mut line = String::new();
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(cancelled(stats));
+            }
+            line.clear();
+            let read = reader.read_line(&mut line).map_err(|e| self.io(url, e))?;
+            if read == 0 {
+                break;
+            }
+            let event = events::parse_line(&line).map_err(|reason| RemoteError::Malformed {
+                url: url.clone(),
+                reason,
+            })?;
+            let chunk = match event {
+                Event::Nothing => continue,
+                Event::Done => {
+                    done = true;
+                    break;
+                }
+                Event::Error(message) => {
+                    return Err(RemoteError::Status {
+                        url: url.clone(),
+                        status: 200,
+                        message: shorten(&message),
+                    });
+                }
+                Event::Chunk(chunk) => chunk,
+            };
+            if let Some(logprob) = chunk.logprob {
+                stats.logprob += logprob;
+            }
+            if let Some(usage) = chunk.usage {
+                stats.prompt_tokens = usage.prompt_tokens;
+                stats.cached_tokens = usage.cached_tokens;
+                stats.generated_tokens = usage.completion_tokens;
+            }
+            if !chunk.content.is_empty() {
+                parts += 1;
+                if first_at.is_none() {
+                    first_at = Some(Instant::now());
+                    stats.time_to_first_token = started.elapsed();
+                    stats.prefill_time = stats.time_to_first_token;
+                }
+                if whole_sentences && parts > hold_from {
+                    stream.hold_partial_sentences();
+                }
+                let push = stream.push(chunk.content.as_bytes());
+                if !push.delta.is_empty() {
+                    on_delta(&push.delta);
+                }
+                if push.stopped {
+                    local_stop = Some(StopReason::StopString);
+                } else if push.sentences_done {
+                    local_stop = Some(StopReason::SentenceLimit);
+                }
+                if local_stop.is_some() {
+                    // Dropping the response closes the stream: the server stops generating.
+                    done = true;
+                    break;
+                }
+            }
+            if let Some(reason) = chunk.finish_reason {
+                finish = Some(reason);
+            }
+        }
+        if !done && finish.is_none() {
+            return Err(RemoteError::StreamCut { url: url.clone() });
+        }
+        let reason = local_stop.unwrap_or(match finish.as_deref() {
+            Some("length") => StopReason::MaxTokens,
+            _ => StopReason::Eos,
+        });
+        let cut = matches!(reason, StopReason::MaxTokens | StopReason::Eos);
+        let rest = if whole_sentences && cut {
+            stream.finish_whole()
+        } else {
+            stream.finish()
+        };
+        if !rest.is_empty() {
+            on_delta(&rest);
+        }
+        if stats.generated_tokens == 0 {
+            stats.generated_tokens = parts;
+        }
+        stats.decode_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
+        Ok(Generation {
+            text: stream.text().to_owned(),
+            tokens: Vec::new(),
+            stop_reason: reason,
+            stats,
+        })
+    }
+
+    /// Posts `body`, retrying while the server is busy; `None` if cancelled meanwhile.
+    fn send(
+        &self,
+        body: &str,
+        cancel: &CancelToken,
+    ) -> Result<Option<ureq::http::Response<ureq::Body>>> {
+        let url = &self.chat_url;
+        let mut attempt = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            attempt += 1;
+            let mut request = self
+                .agent
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("Accept", "text/event-stream");
+            if let Some(key) = &self.key {
+                request = request.header("Authorization", format!("Bearer {key}"));
+            }
+            let mut response = request.send(body).map_err(|e| self.transport(url, e))?;
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(Some(response));
+            }
+            if !matches!(status, 429 | 503) {
+                return Err(self.status_error(url, status, &mut response));
+            }
+            if attempt > self.config.retries {
+                return Err(RemoteError::Busy {
+                    url: url.clone(),
+                    status,
+                    attempts: attempt,
+                });
+            }
+            let backoff = self.config.retry_delay * 2u32.saturating_pow(attempt - 1);
+            let asked = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            let wait = asked.map_or(backoff, |a| a.min(self.config.retry_delay * 8));
+            tracing::warn!("{url} is busy ({status}); retrying in {wait:?}");
+            // Wait in slices so that a cancel is noticed.
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if cancel.is_cancelled() {
+                    return Ok(None);
+                }
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+            }
+        }
+    }
+
+    fn status_error(
+        &self,
+        url: &str,
+        status: u16,
+        response: &mut ureq::http::Response<ureq::Body>,
+    ) -> RemoteError {
+        let mut text = String::new();
+        let _ = response
+            .body_mut()
+            .as_reader()
+            .take(16 << 10)
+            .read_to_string(&mut text);
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v["error"]["message"]
+                    .as_str()
+                    .or(v["error"].as_str())
+                    .or(v["detail"].as_str())
+                    .or(v["message"].as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or(text);
+        match status {
+            401 | 403 => RemoteError::Unauthorized {
+                url: url.to_owned(),
+                status,
+                hint: match &self.config.api_key_env {
+                    Some(var) => format!("check the API key in ${var} ({})", shorten(&message)),
+                    None => format!(
+                        "it may need an API key: set RemoteConfig::api_key_env ({})",
+                        shorten(&message)
+                    ),
+                },
+            },
+            _ => RemoteError::Status {
+                url: url.to_owned(),
+                status,
+                message: shorten(&message),
+            },
+        }
+    }
+
+    fn transport(&self, url: &str, e: ureq::Error) -> RemoteError {
+        match e {
+            ureq::Error::Timeout(what) => RemoteError::Timeout {
+                url: url.to_owned(),
+                what: self.timeout_text(&format!("{what:?}")),
+            },
+            ureq::Error::Io(io) => self.io(url, io),
+            other => RemoteError::Unreachable {
+                url: url.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn io(&self, url: &str, e: std::io::Error) -> RemoteError {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) || e.to_string().to_lowercase().contains("timeout")
+        {
+            return RemoteError::Timeout {
+                url: url.to_owned(),
+                what: format!(
+                    "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
+                    self.config.stall_timeout
+                ),
+            };
+        }
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe => RemoteError::StreamCut {
+                url: url.to_owned(),
+            },
+            _ => RemoteError::Unreachable {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// Which of the configured timeouts a ureq timeout was.
+    fn timeout_text(&self, what: &str) -> String {
+        let c = &self.config;
+        if what.contains("Connect") || what.contains("Resolve") {
+            format!(
+                "connecting ({:?}, RemoteConfig::connect_timeout)",
+                c.connect_timeout
+            )
+        } else if what.contains("RecvResponse") {
+            format!(
+                "before answering ({:?}, RemoteConfig::response_timeout)",
+                c.response_timeout
+            )
+        } else {
+            format!(
+                "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
+                c.stall_timeout
+            )
+        }
+    }
+}
+
+/// `text` cut to [`MAX_MESSAGE`] bytes at a character boundary, trimmed.
+fn shorten(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,238 @@
+//! A small OpenAI-compatible server on 127.0.0.1 that produces the faults a real server
+//! cannot on demand: refusals, busy answers, streams cut mid-line, garbage, stalls. The real
+//! llama.cpp server covers everything else (`.ci/run` runs the plugin tests against it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server does with one chat request.
+pub enum Reply {
+    /// An HTTP error status with extra headers and a body.
+    Status(u16, Vec<(&'static str, String)>, String),
+    /// A stream of text parts, `delay` apart, ending as `end` says.
+    Stream {
+        parts: Vec<String>,
+        delay: Duration,
+        end: End,
+    },
+    /// Headers never come: the connection stays open and silent this long.
+    Silent(Duration),
+}
+
+/// How a [`Reply::Stream`] ends.
+pub enum End {
+    /// A finish reason, then `[DONE]`.
+    Done,
+    /// The connection closes without either.
+    Cut,
+    /// A line that is not JSON.
+    Garbage,
+    /// Nothing for this long, then closes.
+    Stall(Duration),
+}
+
+/// A chat request as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub body: serde_json::Value,
+    pub authorization: Option<String>,
+}
+
+type Script = dyn Fn(usize, &serde_json::Value) -> Reply + Send + Sync;
+
+/// The server; it stops when the test process ends.
+pub struct FakeServer {
+    /// The base URL, `http://127.0.0.1:PORT/v1`.
+    pub url: String,
+    /// Chat requests in order of arrival.
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// Streams whose client hung up before the stream ended.
+    pub hung_up: Arc<AtomicUsize>,
+    /// The most streams open at once.
+    pub most_at_once: Arc<AtomicUsize>,
+    /// Status of `GET /models` (200 lists one model).
+    _listener: std::thread::JoinHandle<()>,
+}
+
+impl FakeServer {
+    /// Serves `/models` with `models_status` and each chat request with `script(n, body)`,
+    /// `n` counting from 0.
+    pub fn start(
+        models_status: u16,
+        script: impl Fn(usize, &serde_json::Value) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let hung_up = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let state = (
+            received.clone(),
+            hung_up.clone(),
+            most_at_once.clone(),
+            open,
+        );
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let script = script.clone();
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    let (received, hung_up, most, open) = state;
+                    serve(
+                        stream,
+                        models_status,
+                        &*script,
+                        &received,
+                        &hung_up,
+                        &most,
+                        &open,
+                    );
+                });
+            }
+        });
+        Self {
+            url,
+            received,
+            hung_up,
+            most_at_once,
+            _listener: thread,
+        }
+    }
+
+    /// Chat requests received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A streamed reply of `parts` with no delay, ending well.
+pub fn stream(parts: &[&str]) -> Reply {
+    Reply::Stream {
+        parts: parts.iter().map(|p| (*p).to_owned()).collect(),
+        delay: Duration::ZERO,
+        end: End::Done,
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    models_status: u16,
+    script: &Script,
+    received: &Mutex<Vec<Received>>,
+    hung_up: &AtomicUsize,
+    most: &AtomicUsize,
+    open: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let (mut length, mut authorization) = (0usize, None);
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':').unwrap_or((&header, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().unwrap_or(0),
+            "authorization" => authorization = Some(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let mut out = stream;
+    if request_line.starts_with("GET") {
+        let body = r#"{"object":"list","data":[{"id":"fake-model","object":"model"}]}"#;
+        let _ = respond(&mut out, models_status, &[], body);
+        return;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n = {
+        let mut received = received.lock().unwrap();
+        received.push(Received {
+            body: body.clone(),
+            authorization,
+        });
+        received.len() - 1
+    };
+    match script(n, &body) {
+        Reply::Status(status, headers, body) => {
+            let _ = respond(&mut out, status, &headers, &body);
+        }
+        Reply::Silent(time) => std::thread::sleep(time),
+        Reply::Stream { parts, delay, end } => {
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            if send_stream(&mut out, &parts, delay, end).is_err() {
+                hung_up.fetch_add(1, Ordering::SeqCst);
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn respond(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.write_all(body.as_bytes())?;
+    out.flush()
+}
+
+fn send_stream(
+    out: &mut TcpStream,
+    parts: &[String],
+    delay: Duration,
+    end: End,
+) -> std::io::Result<()> {
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
+    )?;
+    let event = |delta: serde_json::Value, finish: Option<&str>| {
+        let chunk = serde_json::json!({
+            "object": "chat.completion.chunk",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        });
+        format!("data: {chunk}\n\n")
+    };
+    out.write_all(event(serde_json::json!({ "role": "assistant" }), None).as_bytes())?;
+    out.write_all(b": keep-alive\n\n")?;
+    for part in parts {
+        std::thread::sleep(delay);
+        out.write_all(event(serde_json::json!({ "content": part }), None).as_bytes())?;
+        out.flush()?;
+    }
+    match end {
+        End::Done => {
+            out.write_all(event(serde_json::json!({}), Some("stop")).as_bytes())?;
+            out.write_all(b"data: [DONE]\n\n")?;
+        }
+        End::Cut => {}
+        End::Garbage => out.write_all(b"data: {\"choices\": [{\"delta\"\n\n")?,
+        End::Stall(time) => {
+            out.flush()?;
+            std::thread::sleep(time);
+        }
+    }
+    out.flush()
+}
