@@ -373,7 +373,6 @@ impl RemoteClient {
         let mut first_at = None;
         let mut finish: Option<String> = None;
         let mut local_stop = None;
-        let mut done = false;
         let mut reader = BufReader::new(response.body_mut().as_reader());
         let mut line = String::new();
         loop {
@@ -391,10 +390,7 @@ impl RemoteClient {
             })?;
             let chunk = match event {
                 Event::Nothing => continue,
-                Event::Done => {
-                    done = true;
-                    break;
-                }
+                Event::Done => break,
                 Event::Error(message) => {
                     return Err(RemoteError::Status {
                         url: url.clone(),
@@ -433,7 +429,6 @@ impl RemoteClient {
                 }
                 if local_stop.is_some() {
                     // Dropping the response closes the stream: the server stops generating.
-                    done = true;
                     break;
                 }
             }
@@ -441,7 +436,9 @@ impl RemoteClient {
                 finish = Some(reason);
             }
         }
-        if !done && finish.is_none() {
+        // A line the server did not finish (no finish reason: llama-cpp-python ends a stream
+        // it interrupts with a bare `[DONE]`) is cut, not done.
+        if finish.is_none() && local_stop.is_none() {
             return Err(RemoteError::StreamCut { url: url.clone() });
         }
         let reason = local_stop.unwrap_or(match finish.as_deref() {

@@ -75,7 +75,9 @@ fn despawning_an_npc_stops_its_line_and_frees_its_slot() {
     assert_eq!(log.deltas.len(), deltas_at_despawn);
     assert_eq!(log.failed.len(), 1, "{:?}", log.failed);
     assert!(log.failed[0].error.to_string().contains("not an NPC"));
-    // Only the other NPC's conversation keeps a cache.
+    // Only the other NPC's conversation keeps a cache (a server keeps its own).
     let status = app.world().resource::<DialogueModel>().status;
-    assert_eq!(status.slots_used, 1, "{status:?}");
+    if test_server().is_none() {
+        assert_eq!(status.slots_used, 1, "{status:?}");
+    }
 }

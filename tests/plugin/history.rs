@@ -58,6 +58,9 @@ fn a_saved_history_continues_the_conversation_in_a_new_app() {
 
 #[test]
 fn old_turns_give_way_to_the_context_budget_but_the_persona_stays() {
+    if local_only("fitting the history to n_ctx") {
+        return;
+    }
     let assets = scratch_assets("budget");
     let mut app = app(
         &assets,

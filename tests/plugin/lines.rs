@@ -59,6 +59,9 @@ fn an_npc_answers_and_its_deltas_concatenate_to_the_finished_line() {
 
 #[test]
 fn two_npcs_share_one_model_and_the_second_line_reuses_the_persona_prefix() {
+    if local_only("prefix reuse") {
+        return;
+    }
     let mut app = app(&scratch_assets("share"), plugin());
     let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
     let other = spawn_npc(&mut app, "personas/mira.persona.ron");
@@ -95,6 +98,11 @@ fn two_npcs_share_one_model_and_the_second_line_reuses_the_persona_prefix() {
 
 #[test]
 fn the_player_conversation_goes_before_background_chatter() {
+    if local_only(
+        "the one-line-at-a-time worker (remote::requests_go_out_max_in_flight_at_a_time_and_the_player_goes_first covers the server)",
+    ) {
+        return;
+    }
     // A batch of one generates a line at a time: the queue alone decides the order.
     let mut app = app(
         &scratch_assets("priority"),
@@ -142,6 +150,9 @@ fn the_player_conversation_goes_before_background_chatter() {
 
 #[test]
 fn npcs_talk_at_once_and_the_player_joins_a_full_batch() {
+    if local_only("batching") {
+        return;
+    }
     let mut app = app(
         &scratch_assets("batch"),
         LlmDialoguePlugin {
@@ -262,6 +273,9 @@ fn best_of_sends_the_chosen_line_whole_and_refuses_out_of_range() {
 
 #[test]
 fn frames_over_their_budget_pause_the_worker_and_lines_still_finish() {
+    if local_only("the pacer") {
+        return;
+    }
     let mut app = app(&scratch_assets("pacing"), plugin());
     let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
     // Every frame is over a budget of one nanosecond.
