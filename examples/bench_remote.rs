@@ -100,7 +100,13 @@ fn measure(app: &mut App, lines: usize, max_tokens: usize) -> Figures {
         loop {
             app.update();
             let world = app.world_mut();
-            if first.is_none() && world.resource_mut::<Messages<LineDelta>>().drain().count() > 0 {
+            // Every frame's deltas are drained, so none is left over for the next line.
+            let mine = world
+                .resource_mut::<Messages<LineDelta>>()
+                .drain()
+                .filter(|d| d.npc == npc)
+                .count();
+            if first.is_none() && mine > 0 {
                 first = Some(Instant::now());
             }
             if let Some(failed) = world.resource_mut::<Messages<LineFailed>>().drain().next() {
@@ -109,12 +115,20 @@ fn measure(app: &mut App, lines: usize, max_tokens: usize) -> Figures {
             let finished: Vec<LineFinished> = world
                 .resource_mut::<Messages<LineFinished>>()
                 .drain()
+                .filter(|l| l.npc == npc)
                 .collect();
             if let Some(line) = finished.into_iter().next() {
                 let first = first.unwrap_or_else(Instant::now);
                 figures.ttft.push(first - asked);
                 figures.tokens += line.stats.generated_tokens;
                 figures.streaming += first.elapsed();
+                eprintln!(
+                    "line {i}: first token after {:?}, {} tokens in {:?} ({:?})",
+                    first - asked,
+                    line.stats.generated_tokens,
+                    first.elapsed(),
+                    line.stop_reason
+                );
                 break;
             }
             assert!(
@@ -182,12 +196,15 @@ fn overhead(parts: usize) -> (f64, f64) {
         loop {
             app.update();
             let world = app.world_mut();
-            deltas += world.resource_mut::<Messages<LineDelta>>().drain().count();
+            deltas += world
+                .resource_mut::<Messages<LineDelta>>()
+                .drain()
+                .filter(|d| d.npc == npc)
+                .count();
             if world
                 .resource_mut::<Messages<LineFinished>>()
                 .drain()
-                .count()
-                > 0
+                .any(|l| l.npc == npc)
             {
                 break;
             }

@@ -179,7 +179,7 @@ impl Dispatcher<'_> {
             kind,
         };
         self.in_flight.active.insert(job.id, active);
-        self.link.send(Command::Generate(job));
+        self.link.send(Command::Generate(Box::new(job)));
     }
 
     /// Sends a command that is not a request.

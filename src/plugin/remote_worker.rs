@@ -86,7 +86,7 @@ impl Dispatcher {
         match cmd {
             // The server has its model: loading checks that it answers.
             Command::Load(_) => self.connect(),
-            Command::Generate(job) => self.queue.push((self.clock, job)),
+            Command::Generate(job) => self.queue.push((self.clock, *job)),
             // No caches here, and the server's threads are not the game's.
             Command::ForgetSlot(_) | Command::Pace(_) => {}
             #[cfg(feature = "fault-injection")]

@@ -53,7 +53,7 @@ pub(crate) enum Output {
 
 pub(crate) enum Command {
     Load(PathBuf),
-    Generate(Job),
+    Generate(Box<Job>),
     /// The NPC is gone: free its cache.
     ForgetSlot(u64),
     /// Wait this long between steps (the frame pacer).
@@ -286,7 +286,7 @@ impl Worker {
                 self.crashes = 0;
                 self.load(path);
             }
-            Command::Generate(job) => self.queue.push((self.clock, job)),
+            Command::Generate(job) => self.queue.push((self.clock, *job)),
             Command::Pace(pause) => self.pause = pause,
             Command::ForgetSlot(slot) => {
                 for a in self.active.iter_mut().filter(|a| a.slot == slot) {

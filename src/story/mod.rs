@@ -17,8 +17,8 @@ mod scene;
 
 pub use asset::{CHOICES, FixedChoice, FixedNode, StoryAsset};
 pub use narrate::{
-    SceneDraft, choice_list_from_json, choice_list_grammar, choice_list_schema, choices_ask,
-    list_params, prose_params, write_scenes,
+    SCENE_SENTENCES, SceneDraft, choice_list_from_json, choice_list_grammar, choice_list_schema,
+    choices_ask, list_params, prose_params, write_scenes,
 };
 pub use playthrough::{
     Choice, MAX_SAVED_CHOICES, MAX_SCENE_BYTES, MAX_SCENES, SceneNode, Story, StoryError,
