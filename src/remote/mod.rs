@@ -236,7 +236,6 @@ pub struct ChatRequest<'a> {
 }
 
 /// A connection to one inference server; share it between threads (`&self` everywhere).
-#[derive(Debug)]
 pub struct RemoteClient {
     config: RemoteConfig,
     agent: ureq::Agent,
@@ -245,13 +244,23 @@ pub struct RemoteClient {
     models_url: String,
 }
 
+impl std::fmt::Debug for RemoteClient {
+    /// Everything but the key, which must not reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteClient")
+            .field("config", &self.config)
+            .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Longest part of an error body kept in a message.
 const MAX_MESSAGE: usize = 300;
 
 impl RemoteClient {
     /// A client for `config`; reads the API key from its variable now.
     pub fn new(config: RemoteConfig) -> Result<Self> {
-        let base = config.base_url.trim_end_matches('/').to_owned();
+        let base = config.base_url.trim().trim_end_matches('/').to_owned();
         if base.is_empty() {
             return Err(RemoteError::InvalidConfig(
                 "RemoteConfig::base_url is empty (it should look like http://127.0.0.1:8080/v1)"
@@ -636,5 +645,47 @@ fn shorten(text: &str) -> String {
     match text.char_indices().nth(MAX_MESSAGE) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        // Cargo sets this variable for every test process: it stands in for a key.
+        let client = RemoteClient::new(
+            RemoteConfig::new("http://127.0.0.1:9/v1", "m").with_api_key_env("CARGO_PKG_NAME"),
+        )
+        .unwrap();
+        let shown = format!("{client:?}");
+        assert!(
+            shown.contains("<set>") && !shown.contains(env!("CARGO_PKG_NAME")),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_empty_url_or_an_unset_key_is_refused_up_front() {
+        assert!(matches!(
+            RemoteClient::new(RemoteConfig::new(" ", "m")),
+            Err(RemoteError::InvalidConfig(_))
+        ));
+        let missing = RemoteConfig::new("http://127.0.0.1:9/v1", "m")
+            .with_api_key_env("LLM_DIALOGUE_TEST_KEY_THAT_IS_NOT_SET");
+        assert!(matches!(
+            RemoteClient::new(missing),
+            Err(RemoteError::MissingKey { var }) if var == "LLM_DIALOGUE_TEST_KEY_THAT_IS_NOT_SET"
+        ));
+    }
+
+    #[test]
+    fn long_messages_are_shortened_at_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE + 10);
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), MAX_MESSAGE + 1);
+        assert!(short.ends_with('…'));
+        assert_eq!(shorten("  ok  "), "ok");
     }
 }
