@@ -6,6 +6,7 @@
 )]
 
 pub mod action;
+pub mod card;
 pub mod engine;
 pub mod persona;
 #[cfg(feature = "bevy")]

@@ -67,6 +67,15 @@ pub struct Persona {
     /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
     #[serde(default)]
     pub actions: Vec<ActionSpec>,
+    /// Other greetings the game may pick from (a character card's `alternate_greetings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternate_greetings: Vec<String>,
+    /// What a character card held beyond what the persona uses (its system prompt,
+    /// post-history instructions, lorebook, extensions, unknown fields), kept as written so
+    /// that [`CharacterCard::from_persona`](crate::card::CharacterCard::from_persona) gives
+    /// them back. `None` for personas written as RON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<crate::card::CardData>,
 }
 
 /// The old name of [`RonFileError`], which stories share.

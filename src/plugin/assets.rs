@@ -1,5 +1,6 @@
-//! Asset loaders for personas (`*.persona.ron`), stories (`*.story.ron`) and prompt templates
-//! (`*.jinja`), and whether a request's assets are ready.
+//! Asset loaders for personas (`*.persona.ron`, and character cards: `*.card.json`,
+//! `*.card.png`), stories (`*.story.ron`) and prompt templates (`*.jinja`), and whether a
+//! request's assets are ready.
 
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext, LoadState};
@@ -7,6 +8,7 @@ use bevy::prelude::*;
 
 use bevy::ecs::system::SystemParam;
 
+use crate::card::{CardError, CharacterCard, MAX_CARD_BYTES};
 use crate::persona::Persona;
 use crate::prompt::{PromptError, PromptTemplate};
 use crate::ron_file::RonFileError;
@@ -33,6 +35,9 @@ pub enum DialogueAssetError {
     /// A prompt template does not compile.
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    /// A character card is malformed or holds no card (the message names the file and field).
+    #[error(transparent)]
+    Card(#[from] CardError),
 }
 
 async fn read_text(
@@ -72,6 +77,46 @@ impl AssetLoader for PersonaLoader {
 
     fn extensions(&self) -> &[&str] {
         &["persona.ron"]
+    }
+}
+
+/// Loads character cards (V2 and V3, `*.card.json` or a `*.card.png` with the card in its
+/// text chunk) as [`Persona`]s: an NPC points at one as at a persona file.
+#[derive(Default, TypePath)]
+pub struct CardLoader;
+
+impl AssetLoader for CardLoader {
+    type Asset = Persona;
+    type Settings = ();
+    type Error = DialogueAssetError;
+
+    async fn load(
+        &self,
+        reader: &mut dyn Reader,
+        _settings: &(),
+        cx: &mut LoadContext<'_>,
+    ) -> Result<Persona, DialogueAssetError> {
+        let path = cx.path().to_string();
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|source| DialogueAssetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if bytes.len() > MAX_CARD_BYTES {
+            return Err(CardError::Png {
+                file: path,
+                reason: format!("is over {MAX_CARD_BYTES} bytes"),
+            }
+            .into());
+        }
+        Ok(CharacterCard::persona_from_bytes(&bytes, &path)?)
+    }
+
+    fn extensions(&self) -> &[&str] {
+        &["card.json", "card.png"]
     }
 }
 

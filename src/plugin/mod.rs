@@ -28,7 +28,9 @@ use bevy::prelude::*;
 #[expect(deprecated, reason = "the old names stay for one release")]
 pub use action::NpcAction;
 pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
-pub use assets::{DialogueAssetError, PersonaLoader, PromptTemplateLoader, StoryLoader};
+pub use assets::{
+    CardLoader, DialogueAssetError, PersonaLoader, PromptTemplateLoader, StoryLoader,
+};
 pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
 pub use model::{
     DialogueModel, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, model_ready,
@@ -177,6 +179,7 @@ impl Plugin for LlmDialoguePlugin {
             .init_asset::<PromptTemplate>()
             .init_asset::<StoryAsset>()
             .register_asset_loader(PersonaLoader)
+            .register_asset_loader(CardLoader)
             .register_asset_loader(PromptTemplateLoader)
             .register_asset_loader(StoryLoader)
             .register_type::<Npc>()

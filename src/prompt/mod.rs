@@ -10,8 +10,8 @@ mod template;
 pub use facts::Facts;
 pub use narrator::{choice_list, opening_ask};
 pub use npc::{
-    MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, UNPROMPTED_LINE, conversation,
-    relevant_facts,
+    DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,
+    UNPROMPTED_LINE, conversation, relevant_facts,
 };
 pub use template::{
     DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PROMPT_TEMPLATE_FUEL,

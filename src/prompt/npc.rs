@@ -138,6 +138,13 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// The world fact that names the player in prompts: a character card's `{{user}}` becomes
+/// its value (`DialogueContext::set("player_name", "Ann")`).
+pub const PLAYER_NAME_FACT: &str = "player_name";
+
+/// What `{{user}}` becomes when the world has no [`PLAYER_NAME_FACT`].
+pub const DEFAULT_PLAYER_NAME: &str = "the traveler";
+
 impl PromptTemplate {
     /// The messages for one NPC line: the rendered template as the system message, then the
     /// conversation so far (as [`conversation`] makes it), then the player's line (or
@@ -200,6 +207,17 @@ impl PromptTemplate {
             }
         }
         messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
+        // Character cards write the player as `{{user}}`.
+        let player = world
+            .0
+            .get(PLAYER_NAME_FACT)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(DEFAULT_PLAYER_NAME);
+        for m in &mut messages {
+            if m.content.contains("{{") || m.content.contains("<USER>") {
+                m.content = crate::card::resolve_user(&m.content, player);
+            }
+        }
         Ok(messages)
     }
 }

@@ -8,6 +8,7 @@ mod architectures;
 mod bad_models;
 mod batching;
 mod cancel_and_context;
+mod cards;
 mod chat_template;
 mod families;
 mod fuzz_regressions;

@@ -1,0 +1,472 @@
+//! Character Cards: the character format of LLM chat front ends (SillyTavern, RisuAI, chub),
+//! V2 (`chara_card_v2`) and V3 (`chara_card_v3`), as JSON or inside a PNG (a base64 `tEXt`
+//! chunk: `chara` for V2, `ccv3` for V3), turned into a [`Persona`].
+//!
+//! ```
+//! use bevy_llm_dialogue::card::CharacterCard;
+//! let card = CharacterCard::from_json(r#"{
+//!   "spec": "chara_card_v2", "spec_version": "2.0",
+//!   "data": {
+//!     "name": "Mira",
+//!     "description": "The blacksmith of Elmsbrook. {{char}} has forged for thirty years.",
+//!     "personality": "gruff, secretly kind",
+//!     "scenario": "{{user}} walks into the forge at dusk.",
+//!     "first_mes": "Need something forged, {{user}}?",
+//!     "mes_example": "<START>\n{{user}}: Hi.\n{{char}}: Steel doesn't lie, friend.",
+//!     "creator_notes": "", "system_prompt": "", "post_history_instructions": "",
+//!     "alternate_greetings": [], "tags": [], "creator": "", "character_version": "1",
+//!     "extensions": {}
+//!   }
+//! }"#, "mira.card.json")?;
+//! let mira = card.to_persona();
+//! assert_eq!(mira.description, "the blacksmith of Elmsbrook");
+//! assert_eq!(mira.personality, ["gruff", "secretly kind"]);
+//! assert_eq!(mira.example_lines, ["Steel doesn't lie, friend."]);
+//! assert_eq!(mira.greeting.as_deref(), Some("Need something forged, {{user}}?"));
+//! # Ok::<(), bevy_llm_dialogue::card::CardError>(())
+//! ```
+//!
+//! `{{char}}` (and `<BOT>`) become the character's name on import. `{{user}}` (and `<USER>`)
+//! stay in the persona and become the player's name when a prompt is built (the `player_name`
+//! fact of the world, "the traveler" when it is not set; [`resolve_user`]).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::persona::Persona;
+use crate::ron_file::Validate;
+
+/// The most bytes of a card, JSON or PNG (a card's portrait included).
+pub const MAX_CARD_BYTES: usize = 16 << 20;
+
+/// Why a card could not be read. Every message names the file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CardError {
+    /// Not JSON, or a field of the wrong type.
+    #[error("{file}:{line}:{column}: {message}")]
+    Json {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// JSON, but not a V2 or V3 character card, or a field the persona cannot take.
+    #[error("{file}: `{field}` {reason}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The field, such as `spec` or `data.name`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PNG that cannot be read, or holds no card.
+    #[error("{file}: {reason}")]
+    Png {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The card format versions this crate reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CardSpec {
+    /// `chara_card_v2`.
+    #[serde(rename = "chara_card_v2")]
+    V2,
+    /// `chara_card_v3`.
+    #[serde(rename = "chara_card_v3")]
+    V3,
+}
+
+/// A character card as written: every field of V2 and V3, unknown ones kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CharacterCard {
+    /// The format.
+    pub spec: CardSpec,
+    /// `2.0` or `3.0`.
+    #[serde(default)]
+    pub spec_version: String,
+    /// The character.
+    pub data: CardData,
+}
+
+/// The `data` object of a card.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CardData {
+    /// The character's name.
+    pub name: String,
+    /// Who they are (front ends put it in the system prompt).
+    pub description: String,
+    /// Their personality, often a list of traits.
+    pub personality: String,
+    /// The situation the chat starts in.
+    pub scenario: String,
+    /// The greeting.
+    pub first_mes: String,
+    /// Example conversations: `<START>` blocks of `{{user}}:` and `{{char}}:` lines.
+    pub mes_example: String,
+    /// Notes for people, not the model.
+    pub creator_notes: String,
+    /// A system prompt that replaces the front end's own (kept in [`Persona::card`]).
+    pub system_prompt: String,
+    /// Instructions after the history (kept in [`Persona::card`]).
+    pub post_history_instructions: String,
+    /// Other greetings.
+    pub alternate_greetings: Vec<String>,
+    /// The character's lorebook, kept as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub character_book: Option<Value>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Who made it.
+    pub creator: String,
+    /// Its version.
+    pub character_version: String,
+    /// Front ends' own data, kept as written.
+    pub extensions: Map<String, Value>,
+    /// V3: the name others call them, if not `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    /// Fields this crate does not know (V3's `assets`, `group_only_greetings`, ...), kept.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl CharacterCard {
+    /// Reads a card from JSON. `file` names it in errors.
+    pub fn from_json(text: &str, file: &str) -> Result<Self, CardError> {
+        if text.len() > MAX_CARD_BYTES {
+            return Err(invalid(file, "", format!("is over {MAX_CARD_BYTES} bytes")));
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| json_error(file, &e))?;
+        match value.get("spec").and_then(Value::as_str) {
+            Some("chara_card_v2" | "chara_card_v3") => {}
+            Some(other) => {
+                return Err(invalid(
+                    file,
+                    "spec",
+                    format!("is `{other}`; this reads chara_card_v2 and chara_card_v3"),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    file,
+                    "spec",
+                    "is missing: not a V2 or V3 character card (a V1 card has no `spec`)",
+                ));
+            }
+        }
+        let card: CharacterCard =
+            serde_json::from_value(value).map_err(|e| invalid(file, "data", e.to_string()))?;
+        if card.data.name.trim().is_empty() {
+            return Err(invalid(file, "data.name", "must not be empty"));
+        }
+        Ok(card)
+    }
+
+    /// Reads the card inside a PNG: its `ccv3` text chunk if it has one, else `chara`
+    /// (base64 of the card's JSON). `file` names it in errors.
+    pub fn from_png(bytes: &[u8], file: &str) -> Result<Self, CardError> {
+        let png = |reason: String| CardError::Png {
+            file: file.to_owned(),
+            reason,
+        };
+        if bytes.len() > MAX_CARD_BYTES {
+            return Err(png(format!("is over {MAX_CARD_BYTES} bytes")));
+        }
+        let limits = png::Limits { bytes: 64 << 20 };
+        let decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
+        let mut reader = decoder
+            .read_info()
+            .map_err(|e| png(format!("is not a readable PNG: {e}")))?;
+        // Front ends write the card after the image data: read to the end, skipping pixels.
+        reader
+            .finish()
+            .map_err(|e| png(format!("is not a readable PNG: {e}")))?;
+        let info = reader.info();
+        let chunk = |keyword: &str| {
+            info.uncompressed_latin1_text
+                .iter()
+                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
+                .map(|c| c.text.clone())
+                .or_else(|| {
+                    info.utf8_text
+                        .iter()
+                        .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
+                        .and_then(|c| c.get_text().ok())
+                })
+        };
+        let (keyword, encoded) = match (chunk("ccv3"), chunk("chara")) {
+            (Some(v3), _) => ("ccv3", v3),
+            (None, Some(v2)) => ("chara", v2),
+            (None, None) => {
+                return Err(png(
+                    "holds no character card (no `chara` or `ccv3` text chunk)".into(),
+                ));
+            }
+        };
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| png(format!("its `{keyword}` chunk is not base64: {e}")))?;
+        let json = String::from_utf8(json)
+            .map_err(|_| png(format!("its `{keyword}` chunk is not UTF-8 text")))?;
+        Self::from_json(&json, file)
+    }
+
+    /// The card as JSON (what a `*.card.json` file holds).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A V2 card of `persona`, for front ends: description, personality, knowledge as the
+    /// scenario, example lines, greeting; what a card kept on import ([`Persona::card`])
+    /// comes back.
+    pub fn from_persona(persona: &Persona) -> Self {
+        let kept = persona.card.clone().unwrap_or_default();
+        let mut description = format!("{{{{char}}}} is {}.", persona.description);
+        if !persona.speaking_style.is_empty() {
+            description.push_str(&format!(
+                " {{{{char}}}} speaks like this: {}",
+                persona.speaking_style
+            ));
+        }
+        let mes_example = persona
+            .example_lines
+            .iter()
+            .map(|line| format!("<START>\n{{{{char}}}}: {line}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        CharacterCard {
+            spec: CardSpec::V2,
+            spec_version: "2.0".into(),
+            data: CardData {
+                name: persona.name.clone(),
+                description,
+                personality: persona.personality.join(", "),
+                scenario: persona.knowledge.join(" "),
+                first_mes: persona.greeting.clone().unwrap_or_default(),
+                mes_example,
+                ..kept
+            },
+        }
+    }
+
+    /// The persona this card describes. `{{char}}` becomes the name; `{{user}}` stays for
+    /// the prompt to fill (see the [module](self) docs). The mapping:
+    ///
+    /// | card | persona |
+    /// |---|---|
+    /// | `nickname`, else `name` | `name` |
+    /// | `description`, first sentence (a phrase: "X is the blacksmith." → "the blacksmith") | `description` |
+    /// | `description`, the other sentences; `scenario` | `knowledge` (facts the prompt places by the question) |
+    /// | `personality`, split at commas | `personality` |
+    /// | `mes_example`, the character's lines | `example_lines` |
+    /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
+    /// | everything else (system prompt, post-history instructions, lorebook, extensions, unknown fields) | `card`, kept as written |
+    pub fn to_persona(&self) -> Persona {
+        let d = &self.data;
+        let name = d
+            .nickname
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(&d.name)
+            .trim()
+            .to_owned();
+        let fill = |text: &str| resolve_char(text, &name);
+        let description = fill(&d.description);
+        let sentences = split_sentences(&description);
+        let (phrase, rest) = match sentences.split_first() {
+            Some((first, rest)) => (as_phrase(first, &name), rest.to_vec()),
+            None => ("a character".to_owned(), Vec::new()),
+        };
+        let mut knowledge = rest;
+        knowledge.extend(split_sentences(&fill(&d.scenario)));
+        let mut kept = d.clone();
+        // What the persona holds is not repeated in what it keeps.
+        for field in [
+            &mut kept.description,
+            &mut kept.personality,
+            &mut kept.scenario,
+            &mut kept.first_mes,
+            &mut kept.mes_example,
+        ] {
+            field.clear();
+        }
+        kept.alternate_greetings.clear();
+        Persona {
+            name: name.clone(),
+            description: phrase,
+            personality: fill(&d.personality)
+                .split([',', ';', '\n'])
+                .map(|t| t.trim().trim_end_matches('.').to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            speaking_style: String::new(),
+            example_lines: example_lines(&d.mes_example, &name),
+            knowledge,
+            goals: Vec::new(),
+            greeting: Some(fill(&d.first_mes).trim().to_owned()).filter(|g| !g.is_empty()),
+            alternate_greetings: d
+                .alternate_greetings
+                .iter()
+                .map(|g| fill(g).trim().to_owned())
+                .filter(|g| !g.is_empty())
+                .collect(),
+            sampling: None,
+            max_tokens: None,
+            max_sentences: None,
+            stop: Vec::new(),
+            actions: Vec::new(),
+            card: Some(kept),
+        }
+    }
+
+    /// [`from_json`](Self::from_json) or [`from_png`](Self::from_png) by content, then
+    /// [`to_persona`](Self::to_persona), checked as a persona file is.
+    pub fn persona_from_bytes(bytes: &[u8], file: &str) -> Result<Persona, CardError> {
+        let card = if bytes.starts_with(b"\x89PNG") {
+            Self::from_png(bytes, file)?
+        } else {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| invalid(file, "", "is neither a PNG nor UTF-8 JSON"))?;
+            Self::from_json(text, file)?
+        };
+        let persona = card.to_persona();
+        persona
+            .validate()
+            .map_err(|e| invalid(file, &e.field, e.reason))?;
+        Ok(persona)
+    }
+}
+
+/// `text` with `{{user}}` and `<USER>` replaced by `player`.
+pub fn resolve_user(text: &str, player: &str) -> String {
+    replace_macro(text, &["{{user}}", "<USER>"], player)
+}
+
+/// `text` with `{{char}}` and `<BOT>` replaced by `name`.
+fn resolve_char(text: &str, name: &str) -> String {
+    replace_macro(text, &["{{char}}", "<BOT>"], name)
+}
+
+/// Replaces each macro, case-insensitively (`{{Char}}` is common).
+fn replace_macro(text: &str, macros: &[&str], with: &str) -> String {
+    let mut out = text.to_owned();
+    for m in macros {
+        let mut result = String::with_capacity(out.len());
+        let lower = out.to_ascii_lowercase();
+        let target = m.to_ascii_lowercase();
+        let mut last = 0;
+        for (at, _) in lower.match_indices(&target) {
+            result.push_str(&out[last..at]);
+            result.push_str(with);
+            last = at + m.len();
+        }
+        result.push_str(&out[last..]);
+        out = result;
+    }
+    out
+}
+
+/// The sentences of `text`, trimmed (a line break ends one too).
+fn split_sentences(text: &str) -> Vec<String> {
+    let mut sentences = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            push_sentence(&mut sentences, &mut current);
+            continue;
+        }
+        current.push(c);
+        if matches!(c, '.' | '!' | '?') && chars.peek().is_none_or(|n| n.is_whitespace()) {
+            push_sentence(&mut sentences, &mut current);
+        }
+    }
+    push_sentence(&mut sentences, &mut current);
+    sentences
+}
+
+fn push_sentence(sentences: &mut Vec<String>, current: &mut String) {
+    let s = current.trim();
+    if !s.is_empty() {
+        sentences.push(s.to_owned());
+    }
+    current.clear();
+}
+
+/// The persona's description phrase from a card's first sentence: "Mira is the blacksmith
+/// of Elmsbrook." → "the blacksmith of Elmsbrook"; a sentence in another shape is kept, its
+/// end mark dropped.
+fn as_phrase(sentence: &str, name: &str) -> String {
+    let s = sentence.trim().trim_end_matches(['.', '!', '?']);
+    for lead in [
+        format!("{name} is "),
+        format!("{name} was "),
+        "The ".to_owned(),
+    ] {
+        if let Some(rest) = s.strip_prefix(&lead) {
+            return if lead == "The " {
+                format!("the {rest}")
+            } else {
+                rest.to_owned()
+            };
+        }
+    }
+    s.to_owned()
+}
+
+/// The character's lines of a card's example conversations, in order.
+fn example_lines(mes_example: &str, name: &str) -> Vec<String> {
+    let text = resolve_char(mes_example, name);
+    let prefix = format!("{name}:");
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|line| line.trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {
+    CardError::Invalid {
+        file: file.to_owned(),
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn json_error(file: &str, e: &serde_json::Error) -> CardError {
+    CardError::Json {
+        file: file.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macros_resolve_in_any_case_and_sentences_split() {
+        assert_eq!(resolve_char("{{Char}} and <BOT>", "Mira"), "Mira and Mira");
+        assert_eq!(resolve_user("Hi {{user}}, <USER>!", "Ann"), "Hi Ann, Ann!");
+        assert_eq!(
+            split_sentences("One. Two!\nThree 3.5 four"),
+            ["One.", "Two!", "Three 3.5 four"]
+        );
+        assert_eq!(as_phrase("Mira is the smith.", "Mira"), "the smith");
+        assert_eq!(as_phrase("A quiet girl.", "Mira"), "A quiet girl");
+    }
+}

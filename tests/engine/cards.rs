@@ -1,0 +1,175 @@
+//! Character cards (V2 and V3, JSON and PNG) of our own, written at test time, become
+//! personas with every field mapped or kept; malformed ones fail naming the file and field.
+
+use base64::Engine as _;
+use bevy_llm_dialogue::card::{CardError, CardSpec, CharacterCard};
+use serde_json::json;
+
+fn v2() -> serde_json::Value {
+    json!({
+        "spec": "chara_card_v2",
+        "spec_version": "2.0",
+        "data": {
+            "name": "Wren",
+            "description": "{{char}} is the herbalist of the Old Forest. She grew up among the wolves. <BOT> trusts nobody from the city.",
+            "personality": "wary, dry humour; loyal to friends",
+            "scenario": "{{user}} finds {{char}}'s hut after dark.",
+            "first_mes": "Close the door, {{user}}. The wolves listen.",
+            "mes_example": "<START>\n{{user}}: What are you brewing?\n{{char}}: Nothing you could pay for.\n<START>\n{{user}}: Hello.\n{{char}}: You're letting the cold in.",
+            "creator_notes": "Made for the tests.",
+            "system_prompt": "You are {{char}}.",
+            "post_history_instructions": "Stay terse.",
+            "alternate_greetings": ["Lost again, {{user}}?", "  "],
+            "character_book": { "entries": [ { "keys": ["wolves"], "content": "The wolves guard the forest." } ] },
+            "tags": ["forest", "herbalist"],
+            "creator": "us",
+            "character_version": "1.2",
+            "extensions": { "depth_prompt": { "depth": 4, "prompt": "Wren is tired." } }
+        }
+    })
+}
+
+fn v3() -> serde_json::Value {
+    let mut card = v2();
+    card["spec"] = json!("chara_card_v3");
+    card["spec_version"] = json!("3.0");
+    card["data"]["nickname"] = json!("Wrenna");
+    card["data"]["group_only_greetings"] = json!(["Everyone, sit."]);
+    card["data"]["assets"] =
+        json!([{ "type": "icon", "uri": "ccdefault:", "name": "main", "ext": "png" }]);
+    card
+}
+
+/// A 2×1 PNG with `chunks` (keyword, text) as tEXt chunks after the image data, where
+/// front ends write them.
+fn png_with(chunks: &[(&str, String)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, 2, 1);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[10, 20, 30, 40, 50, 60]).unwrap();
+        for (keyword, text) in chunks {
+            writer
+                .write_text_chunk(&png::text_metadata::TEXtChunk::new(*keyword, text.clone()))
+                .unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    bytes
+}
+
+fn b64(card: &serde_json::Value) -> String {
+    base64::engine::general_purpose::STANDARD.encode(card.to_string())
+}
+
+#[test]
+fn a_v2_card_maps_every_field_and_keeps_the_rest() {
+    let card = CharacterCard::from_json(&v2().to_string(), "wren.card.json").unwrap();
+    assert_eq!(card.spec, CardSpec::V2);
+    let wren = card.to_persona();
+    assert_eq!(wren.name, "Wren");
+    assert_eq!(wren.description, "the herbalist of the Old Forest");
+    assert_eq!(
+        wren.knowledge,
+        [
+            "She grew up among the wolves.",
+            "Wren trusts nobody from the city.",
+            "{{user}} finds Wren's hut after dark."
+        ]
+    );
+    assert_eq!(wren.personality, ["wary", "dry humour", "loyal to friends"]);
+    assert_eq!(
+        wren.example_lines,
+        ["Nothing you could pay for.", "You're letting the cold in."]
+    );
+    assert_eq!(
+        wren.greeting.as_deref(),
+        Some("Close the door, {{user}}. The wolves listen.")
+    );
+    assert_eq!(wren.alternate_greetings, ["Lost again, {{user}}?"]);
+    let kept = wren
+        .card
+        .as_ref()
+        .expect("the card's other fields are kept");
+    assert_eq!(kept.system_prompt, "You are {{char}}.");
+    assert_eq!(kept.post_history_instructions, "Stay terse.");
+    assert_eq!(kept.creator_notes, "Made for the tests.");
+    assert_eq!(kept.tags, ["forest", "herbalist"]);
+    assert_eq!(kept.character_version, "1.2");
+    assert_eq!(
+        kept.character_book.as_ref().unwrap()["entries"][0]["keys"][0],
+        "wolves"
+    );
+    assert_eq!(kept.extensions["depth_prompt"]["depth"], 4);
+
+    // Exported again as a V2 card, then imported: the persona comes back.
+    let again = CharacterCard::from_persona(&wren);
+    let round = CharacterCard::from_json(&again.to_json(), "again.card.json")
+        .unwrap()
+        .to_persona();
+    assert_eq!(round.name, wren.name);
+    assert_eq!(round.description, wren.description);
+    assert_eq!(round.personality, wren.personality);
+    assert_eq!(round.example_lines, wren.example_lines);
+    assert_eq!(round.greeting, wren.greeting);
+    assert_eq!(round.card.unwrap().extensions, kept.extensions);
+}
+
+#[test]
+fn a_v3_card_uses_its_nickname_and_keeps_unknown_fields() {
+    let card = CharacterCard::from_json(&v3().to_string(), "wren.card.json").unwrap();
+    assert_eq!(card.spec, CardSpec::V3);
+    let wren = card.to_persona();
+    assert_eq!(wren.name, "Wrenna");
+    let kept = wren.card.unwrap();
+    assert_eq!(kept.nickname.as_deref(), Some("Wrenna"));
+    assert_eq!(kept.other["group_only_greetings"][0], "Everyone, sit.");
+    assert_eq!(kept.other["assets"][0]["type"], "icon");
+    // Written back out, the unknown fields are still there.
+    let json: serde_json::Value = serde_json::from_str(&card.to_json()).unwrap();
+    assert_eq!(json["data"]["assets"][0]["name"], "main");
+}
+
+#[test]
+fn png_cards_are_read_from_their_text_chunk_v3_first() {
+    let v2_png = png_with(&[("chara", b64(&v2()))]);
+    let persona = CharacterCard::persona_from_bytes(&v2_png, "wren.card.png").unwrap();
+    assert_eq!(persona.name, "Wren");
+
+    let both = png_with(&[("chara", b64(&v2())), ("ccv3", b64(&v3()))]);
+    let card = CharacterCard::from_png(&both, "wren.card.png").unwrap();
+    assert_eq!(card.spec, CardSpec::V3, "the V3 chunk wins");
+}
+
+#[test]
+fn malformed_cards_fail_naming_the_file_and_what_is_wrong() {
+    let err = |bytes: &[u8]| {
+        CharacterCard::persona_from_bytes(bytes, "bad.card")
+            .unwrap_err()
+            .to_string()
+    };
+    // Not JSON: line and column.
+    let e = CharacterCard::from_json("{\n  \"spec\": ", "bad.card.json").unwrap_err();
+    assert!(matches!(e, CardError::Json { line: 2, .. }), "{e:?}");
+    // A V1 card (no spec), another spec, an empty name, a field of the wrong type.
+    assert!(err(br#"{"name": "Old"}"#).contains("`spec` is missing"));
+    assert!(err(br#"{"spec": "chara_card_v9", "data": {}}"#).contains("chara_card_v9"));
+    let mut nameless = v2();
+    nameless["data"]["name"] = json!(" ");
+    assert!(err(nameless.to_string().as_bytes()).contains("`data.name` must not be empty"));
+    let mut wrong = v2();
+    wrong["data"]["tags"] = json!("not a list");
+    let e = err(wrong.to_string().as_bytes());
+    assert!(
+        e.starts_with("bad.card: `data`") && e.contains("invalid type"),
+        "{e}"
+    );
+    // PNGs: no card, bad base64, truncated, neither PNG nor text.
+    assert!(err(&png_with(&[("Title", "x".into())])).contains("holds no character card"));
+    assert!(err(&png_with(&[("chara", "%%%".into())])).contains("not base64"));
+    let whole = png_with(&[("chara", b64(&v2()))]);
+    assert!(err(&whole[..whole.len() / 2]).contains("not a readable PNG"));
+    assert!(err(&[0xff, 0xfe, 0x00]).contains("neither a PNG nor UTF-8 JSON"));
+}
