@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::request::DialogueError;
+use super::request::{DialogueError, Priority};
 use super::worker::{Command, Job, Output, Report, WorkerStatus, panic_message};
 use crate::engine::{ChatMessage, GenerateParams, Generation, StopReason};
 use crate::remote::{ChatRequest, RemoteClient, RemoteConfig, RemoteError};
@@ -114,15 +114,18 @@ impl Dispatcher {
         }
     }
 
-    /// Sends queued requests, best first, while fewer than `max_in_flight` are out; an NPC
-    /// with a request out waits for it.
+    /// Sends queued requests, best first, while fewer than `max_in_flight` are out (a
+    /// [`Priority::Player`] line goes out even then: the player never waits for chatter);
+    /// an NPC with a request out waits for it.
     fn send_ready(&mut self) {
-        while self.busy.len() < self.config.max_in_flight.max(1) {
+        loop {
+            let full = self.busy.len() >= self.config.max_in_flight.max(1);
             let Some(i) = self
                 .queue
                 .iter()
                 .enumerate()
                 .filter(|(_, (_, job))| !self.busy.contains(&job.slot))
+                .filter(|(_, (_, job))| !full || job.priority == Priority::Player)
                 .max_by(|(_, a), (_, b)| a.1.priority.cmp(&b.1.priority).then(b.0.cmp(&a.0)))
                 .map(|(i, _)| i)
             else {
@@ -147,7 +150,7 @@ impl Dispatcher {
             let inject = std::mem::take(&mut self.panic_next);
             #[cfg(not(feature = "fault-injection"))]
             let inject = false;
-            let slot = job.slot;
+            let (slot, id) = (job.slot, job.id);
             let spawned = std::thread::Builder::new()
                 .name("llm-dialogue-request".into())
                 .spawn(move || {
@@ -157,6 +160,10 @@ impl Dispatcher {
             if let Err(e) = spawned {
                 tracing::error!("cannot start a request thread: {e}");
                 self.busy.retain(|&s| s != slot);
+                let _ = self.reports.send(Report::Failed {
+                    id,
+                    error: DialogueError::Server(format!("cannot start a request thread: {e}")),
+                });
             }
         }
     }
@@ -166,6 +173,9 @@ impl Dispatcher {
 fn run_request(client: &RemoteClient, job: Job, reports: &Sender<Report>, inject: bool) {
     let id = job.id;
     let cancel = job.cancel.clone();
+    if cancel.is_cancelled() {
+        return;
+    }
     let _ = reports.send(Report::Started {
         id,
         prompt: shown_prompt(&job.messages).into(),

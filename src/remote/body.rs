@@ -4,9 +4,6 @@ use serde_json::{Map, Value, json};
 
 use super::{ChatRequest, RemoteConfig, RemoteError, Result, ServerKind};
 
-/// OpenAI's API takes at most this many stop strings.
-const OPENAI_MAX_STOPS: usize = 4;
-
 /// The JSON body of a streamed chat completion for `request`.
 pub(super) fn chat_body(config: &RemoteConfig, request: &ChatRequest<'_>) -> Result<Value> {
     let params = request.params;
@@ -28,16 +25,6 @@ pub(super) fn chat_body(config: &RemoteConfig, request: &ChatRequest<'_>) -> Res
         // Servers take a signed 64-bit seed; keep it in range.
         body.insert("seed".into(), json!(seed & (i64::MAX as u64)));
     }
-    let mut stop: Vec<&str> = if request.schema.is_some() {
-        Vec::new()
-    } else {
-        params
-            .stop
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
     match config.kind {
         ServerKind::LlamaCpp | ServerKind::Vllm => {
             if s.top_k > 0 {
@@ -51,18 +38,11 @@ pub(super) fn chat_body(config: &RemoteConfig, request: &ChatRequest<'_>) -> Res
             };
             body.insert(penalty.into(), json!(s.repeat_penalty));
         }
-        ServerKind::OpenAi => {
-            if stop.len() > OPENAI_MAX_STOPS {
-                // The rest still end the text on our side; the server just generates a little
-                // past them.
-                stop.truncate(OPENAI_MAX_STOPS);
-            }
-        }
-        ServerKind::TextOnly => {}
+        ServerKind::OpenAi | ServerKind::TextOnly => {}
     }
-    if !stop.is_empty() {
-        body.insert("stop".into(), json!(stop));
-    }
+    // Stop strings are not sent: the client ends the text at one and closes the stream (the
+    // server stops), so a line that ends at one is reported as such, as locally, rather
+    // than as a finished turn that the sentence rules would then cut.
     if request.logprobs && config.kind != ServerKind::TextOnly {
         body.insert("logprobs".into(), json!(true));
         // llama-cpp-python sends none unless at least one alternative is asked for.
@@ -71,15 +51,41 @@ pub(super) fn chat_body(config: &RemoteConfig, request: &ChatRequest<'_>) -> Res
     if let Some(schema) = request.schema {
         let format = match config.kind {
             ServerKind::LlamaCpp => json!({ "type": "json_object", "schema": schema }),
-            ServerKind::Vllm | ServerKind::OpenAi => json!({
+            ServerKind::Vllm => json!({
                 "type": "json_schema",
                 "json_schema": { "name": "output", "schema": schema, "strict": true },
+            }),
+            ServerKind::OpenAi => json!({
+                "type": "json_schema",
+                "json_schema": { "name": "output", "schema": wrap(schema), "strict": true },
             }),
             ServerKind::TextOnly => return Err(RemoteError::Unconstrained { kind: config.kind }),
         };
         body.insert("response_format".into(), format);
     }
     Ok(Value::Object(body))
+}
+
+/// Whether the answer to a request of `kind` with `schema` comes wrapped (see [`wrap`]).
+pub(super) fn wraps_schema(kind: ServerKind, schema: Option<&Value>) -> bool {
+    kind == ServerKind::OpenAi && schema.is_some()
+}
+
+/// `schema` as the one property of an object: OpenAI's strict mode takes only objects at
+/// the top.
+fn wrap(schema: &Value) -> Value {
+    json!({
+        "type": "object",
+        "properties": { "value": schema },
+        "required": ["value"],
+        "additionalProperties": false,
+    })
+}
+
+/// The `value` of a wrapped answer, as compact JSON.
+pub(super) fn unwrap_schema_answer(text: &str) -> Option<String> {
+    let answer: Value = serde_json::from_str(text).ok()?;
+    answer.get("value").map(Value::to_string)
 }
 
 #[cfg(test)]
@@ -114,14 +120,16 @@ mod tests {
         assert_eq!(llama["max_tokens"], 12);
         assert_eq!(llama["seed"], i64::MAX);
         assert!(llama.get("repeat_penalty").is_some() && llama.get("min_p").is_some());
-        assert_eq!(llama["stop"].as_array().unwrap().len(), 5);
+        assert!(
+            llama.get("stop").is_none(),
+            "stop strings end the text on our side"
+        );
 
         let vllm = body(ServerKind::Vllm, None).unwrap();
         assert!(vllm.get("repetition_penalty").is_some() && vllm.get("repeat_penalty").is_none());
 
         let openai = body(ServerKind::OpenAi, None).unwrap();
         assert!(openai.get("min_p").is_none() && openai.get("top_k").is_none());
-        assert_eq!(openai["stop"].as_array().unwrap().len(), OPENAI_MAX_STOPS);
     }
 
     #[test]
@@ -133,6 +141,15 @@ mod tests {
         assert!(llama.get("stop").is_none(), "stop strings do not cut JSON");
         let vllm = body(ServerKind::Vllm, Some(&schema)).unwrap();
         assert_eq!(vllm["response_format"]["json_schema"]["schema"], schema);
+        let openai = body(ServerKind::OpenAi, Some(&schema)).unwrap();
+        let sent = &openai["response_format"]["json_schema"]["schema"];
+        assert_eq!(sent["type"], "object", "strict mode wants an object on top");
+        assert_eq!(sent["properties"]["value"], schema);
+        assert!(wraps_schema(ServerKind::OpenAi, Some(&schema)));
+        assert_eq!(
+            unwrap_schema_answer(r#"{"value": ["a", "b"]}"#).as_deref(),
+            Some(r#"["a","b"]"#)
+        );
         assert!(matches!(
             body(ServerKind::TextOnly, Some(&schema)),
             Err(RemoteError::Unconstrained { .. })

@@ -85,6 +85,15 @@ struct RawDetails {
 /// a `data` line is not a chat completion chunk.
 pub(super) fn parse_line(line: &str) -> Result<Event, String> {
     let line = line.trim_end_matches(['\r', '\n']);
+    // llama.cpp's server sends an error inside a stream as an `error:` field.
+    if let Some(error) = line.strip_prefix("error:") {
+        let error = error.trim();
+        let message = serde_json::from_str::<serde_json::Value>(error)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| error.to_owned());
+        return Ok(Event::Error(message));
+    }
     let Some(data) = line.strip_prefix("data:") else {
         // Blank lines end events, `:` lines are comments, other fields (event, id, retry)
         // carry nothing a chat completion needs.
@@ -165,6 +174,11 @@ mod tests {
         assert_eq!(
             parse_line(r#"data: {"error":{"message":"context too long"}}"#).unwrap(),
             Event::Error("context too long".into())
+        );
+        assert_eq!(
+            parse_line(r#"error: {"code":400,"message":"exceeds the context","type":"x"}"#)
+                .unwrap(),
+            Event::Error("exceeds the context".into())
         );
         let bad = parse_line("data: {\"choices\": [").unwrap_err();
         assert!(bad.contains("EOF"), "{bad}");

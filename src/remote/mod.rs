@@ -32,6 +32,7 @@ mod body;
 mod events;
 
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::stream::TextStream;
@@ -66,9 +67,10 @@ pub struct RemoteConfig {
     pub max_in_flight: usize,
     /// Longest wait to connect.
     pub connect_timeout: Duration,
-    /// Longest wait for the server to start answering a request (its queue and the prompt).
+    /// Longest wait for the first text of an answer (the server's queue and the prompt).
     pub response_timeout: Duration,
-    /// Longest wait for the next part of a stream that has started (a stalled server).
+    /// Longest wait between two parts of an answer once its text has started (a stalled
+    /// server).
     pub stall_timeout: Duration,
     /// How many times a request the server refuses as busy (429, 503) is sent again.
     pub retries: u32,
@@ -122,7 +124,9 @@ pub enum ServerKind {
     /// `repetition_penalty` pass through.
     Vllm,
     /// OpenAI's API and servers that take only its fields: `json_schema` with `strict`, no
-    /// `top_k`/`min_p`/repeat penalty, at most 4 stop strings.
+    /// `top_k`/`min_p`/repeat penalty. Its strict mode wants an object at the top of a
+    /// schema, so other schemas (an action's `anyOf`, a choice list's array) are sent inside
+    /// `{"value": ...}` and taken out of the answer.
     OpenAi,
     /// A server that cannot constrain output: free-text lines only; scenes' choices and
     /// actions fail with [`RemoteError::Unconstrained`] rather than come back unchecked.
@@ -178,6 +182,15 @@ pub enum RemoteError {
         /// The HTTP status.
         status: u16,
         /// The server's error message (shortened).
+        message: String,
+    },
+    /// The server reported an error inside the stream, or ended the line for a reason
+    /// other than its end or its length (an abort, a content filter).
+    #[error("the inference server at {url} failed the line: {message}")]
+    Failed {
+        /// The URL called.
+        url: String,
+        /// The server's message.
         message: String,
     },
     /// The server took longer than a [`RemoteConfig`] timeout.
@@ -237,6 +250,11 @@ pub struct ChatRequest<'a> {
 
 /// A connection to one inference server; share it between threads (`&self` everywhere).
 pub struct RemoteClient {
+    shared: Arc<Shared>,
+}
+
+/// What a request's HTTP thread needs of the client.
+struct Shared {
     config: RemoteConfig,
     agent: ureq::Agent,
     key: Option<String>,
@@ -248,14 +266,28 @@ impl std::fmt::Debug for RemoteClient {
     /// Everything but the key, which must not reach logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteClient")
-            .field("config", &self.config)
-            .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .field("config", &self.shared.config)
+            .field("key", &self.shared.key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
 
 /// Longest part of an error body kept in a message.
 const MAX_MESSAGE: usize = 300;
+
+/// Longest line of an event stream (a broken server or proxy must not fill the memory).
+const MAX_EVENT_LINE: u64 = 1 << 20;
+
+/// How often a waiting request looks at its cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// What a request's HTTP thread sends the waiting caller.
+enum Received {
+    /// One line of the event stream.
+    Line(String),
+    /// The stream ended (`Ok`) or failed.
+    End(Result<()>),
+}
 
 impl RemoteClient {
     /// A client for `config`; reads the API key from its variable now.
@@ -276,39 +308,46 @@ impl RemoteClient {
             ),
             None => None,
         };
+        // The response and stall timeouts are enforced by the waiting caller (which knows
+        // whether text has started); these only end an HTTP thread nobody waits for.
+        let backstop = config.response_timeout.max(config.stall_timeout);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(config.connect_timeout))
-            .timeout_recv_response(Some(config.response_timeout))
-            .timeout_per_read(Some(config.stall_timeout))
+            .timeout_recv_response(Some(backstop))
+            .timeout_per_read(Some(backstop))
             .build()
             .new_agent();
         Ok(Self {
-            chat_url: format!("{base}/chat/completions"),
-            models_url: format!("{base}/models"),
-            config,
-            agent,
-            key,
+            shared: Arc::new(Shared {
+                chat_url: format!("{base}/chat/completions"),
+                models_url: format!("{base}/models"),
+                config,
+                agent,
+                key,
+            }),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &RemoteConfig {
-        &self.config
+        &self.shared.config
     }
 
-    /// Asks the server which models it serves (`GET /models`): checks that it is up and
-    /// that the key works, and describes the configured model.
+    /// Asks the server which models it serves (`GET /models`): checks that it is up, that
+    /// the key works and (for [`ServerKind::Vllm`] and [`ServerKind::OpenAi`], which route by
+    /// name) that it serves [`RemoteConfig::model`], and describes that model.
     pub fn connect(&self) -> Result<ModelInfo> {
-        let url = &self.models_url;
-        let mut request = self.agent.get(url);
-        if let Some(key) = &self.key {
+        let s = &self.shared;
+        let url = &s.models_url;
+        let mut request = s.agent.get(url);
+        if let Some(key) = &s.key {
             request = request.header("Authorization", format!("Bearer {key}"));
         }
-        let mut response = request.call().map_err(|e| self.transport(url, e))?;
+        let mut response = request.call().map_err(|e| s.transport(url, e, false))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
-            return Err(self.status_error(url, status, &mut response));
+            return Err(s.status_error(url, status, &mut response));
         }
         let mut text = String::new();
         response
@@ -316,7 +355,7 @@ impl RemoteClient {
             .as_reader()
             .take(1 << 20)
             .read_to_string(&mut text)
-            .map_err(|e| self.io(url, e))?;
+            .map_err(|e| s.io(url, e, false))?;
         let listed: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| RemoteError::Malformed {
                 url: url.clone(),
@@ -326,13 +365,29 @@ impl RemoteClient {
             .as_array()
             .map(|models| models.iter().filter_map(|m| m["id"].as_str()).collect())
             .unwrap_or_default();
-        let name = if self.config.model.is_empty() {
+        let model = &s.config.model;
+        let routes_by_name = matches!(s.config.kind, ServerKind::Vllm | ServerKind::OpenAi);
+        if routes_by_name
+            && !model.is_empty()
+            && !served.is_empty()
+            && !served.contains(&model.as_str())
+        {
+            return Err(RemoteError::Status {
+                url: url.clone(),
+                status,
+                message: shorten(&format!(
+                    "it does not serve `{model}` (it serves: {})",
+                    served.join(", ")
+                )),
+            });
+        }
+        let name = if model.is_empty() {
             served.first().map(|s| (*s).to_owned())
         } else {
-            Some(self.config.model.clone())
+            Some(model.clone())
         };
         Ok(ModelInfo {
-            file: self.config.base_url.clone(),
+            file: s.config.base_url.clone(),
             architecture: "remote".into(),
             name,
             train_context: 0,
@@ -344,17 +399,24 @@ impl RemoteClient {
 
     /// Generates one reply, streaming its text through `on_delta` as it arrives (the deltas
     /// add up to the result's text). Busy servers are retried per the configuration. A
-    /// cancel closes the stream and ends the result as [`StopReason::Cancelled`]. The
-    /// result has no token ids (`tokens` is empty); its counts come from the server's
-    /// usage figures where it sends them, else one token per streamed part.
+    /// cancel returns at once (within [`CANCEL_POLL`]) as [`StopReason::Cancelled`]; the
+    /// stream closes at its next part. The result has no token ids (`tokens` is empty); its
+    /// counts come from the server's usage figures where it sends them, else one token per
+    /// streamed part.
+    ///
+    /// The HTTP exchange runs on a thread of its own, so that a cancel or a timeout never
+    /// waits for the server: [`RemoteConfig::response_timeout`] bounds the wait for the
+    /// first text, [`RemoteConfig::stall_timeout`] each wait after it.
     pub fn chat(
         &self,
         request: &ChatRequest<'_>,
         cancel: &CancelToken,
         mut on_delta: impl FnMut(&str),
     ) -> Result<Generation> {
+        let config = &self.shared.config;
         let params = request.params;
-        let body = body::chat_body(&self.config, request)?.to_string();
+        let wrapped = body::wraps_schema(config.kind, request.schema);
+        let body = body::chat_body(config, request)?.to_string();
         let started = Instant::now();
         let cancelled = |stats: GenerationStats| Generation {
             text: String::new(),
@@ -362,10 +424,8 @@ impl RemoteClient {
             stop_reason: StopReason::Cancelled,
             stats,
         };
-        let Some(mut response) = self.send(&body, cancel)? else {
-            return Ok(cancelled(GenerationStats::default()));
-        };
-        let url = &self.chat_url;
+        let url = self.shared.chat_url.clone();
+        let lines = self.spawn_exchange(body, cancel.clone())?;
         let structured = request.schema.is_some();
         let mut stream = if structured {
             TextStream::new(&[])
@@ -379,19 +439,57 @@ impl RemoteClient {
             .saturating_sub((params.max_tokens / 3).max(8));
         let mut stats = GenerationStats::default();
         let mut parts = 0usize;
-        let mut first_at = None;
+        let mut first_at: Option<Instant> = None;
+        let mut last_part = Instant::now();
         let mut finish: Option<String> = None;
         let mut local_stop = None;
-        let mut reader = BufReader::new(response.body_mut().as_reader());
-        let mut line = String::new();
+        // Text of a wrapped schema answer is shown once unwrapped.
+        let mut shown = |text: &str| {
+            if !wrapped && !text.is_empty() {
+                on_delta(text);
+            }
+        };
         loop {
+            let (limit, what) = match first_at {
+                None => (
+                    config.response_timeout,
+                    format!(
+                        "before answering ({:?}, RemoteConfig::response_timeout)",
+                        config.response_timeout
+                    ),
+                ),
+                Some(_) => (
+                    config.stall_timeout,
+                    format!(
+                        "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
+                        config.stall_timeout
+                    ),
+                ),
+            };
+            let since = if first_at.is_none() {
+                started
+            } else {
+                last_part
+            };
+            let line = match lines.recv_timeout(CANCEL_POLL) {
+                Ok(Received::Line(line)) => line,
+                Ok(Received::End(Ok(()))) => break,
+                Ok(Received::End(Err(e))) => return Err(e),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if cancel.is_cancelled() {
+                        return Ok(cancelled(stats));
+                    }
+                    if since.elapsed() > limit {
+                        return Err(RemoteError::Timeout { url, what });
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(RemoteError::StreamCut { url });
+                }
+            };
             if cancel.is_cancelled() {
                 return Ok(cancelled(stats));
-            }
-            line.clear();
-            let read = reader.read_line(&mut line).map_err(|e| self.io(url, e))?;
-            if read == 0 {
-                break;
             }
             let event = events::parse_line(&line).map_err(|reason| RemoteError::Malformed {
                 url: url.clone(),
@@ -401,9 +499,8 @@ impl RemoteClient {
                 Event::Nothing => continue,
                 Event::Done => break,
                 Event::Error(message) => {
-                    return Err(RemoteError::Status {
-                        url: url.clone(),
-                        status: 200,
+                    return Err(RemoteError::Failed {
+                        url,
                         message: shorten(&message),
                     });
                 }
@@ -419,8 +516,9 @@ impl RemoteClient {
             }
             if !chunk.content.is_empty() {
                 parts += 1;
+                last_part = Instant::now();
                 if first_at.is_none() {
-                    first_at = Some(Instant::now());
+                    first_at = Some(last_part);
                     stats.time_to_first_token = started.elapsed();
                     stats.prefill_time = stats.time_to_first_token;
                 }
@@ -428,16 +526,15 @@ impl RemoteClient {
                     stream.hold_partial_sentences();
                 }
                 let push = stream.push(chunk.content.as_bytes());
-                if !push.delta.is_empty() {
-                    on_delta(&push.delta);
-                }
+                shown(&push.delta);
                 if push.stopped {
                     local_stop = Some(StopReason::StopString);
                 } else if push.sentences_done {
                     local_stop = Some(StopReason::SentenceLimit);
                 }
                 if local_stop.is_some() {
-                    // Dropping the response closes the stream: the server stops generating.
+                    // Dropping the receiver closes the stream at its next part: the server
+                    // stops generating.
                     break;
                 }
             }
@@ -446,35 +543,106 @@ impl RemoteClient {
             }
         }
         // A line the server did not finish (no finish reason: llama-cpp-python ends a stream
-        // it interrupts with a bare `[DONE]`) is cut, not done.
-        if finish.is_none() && local_stop.is_none() {
-            return Err(RemoteError::StreamCut { url: url.clone() });
-        }
-        let reason = local_stop.unwrap_or(match finish.as_deref() {
-            Some("length") => StopReason::MaxTokens,
-            _ => StopReason::Eos,
-        });
+        // it interrupts with a bare `[DONE]`) is cut, not done; one it ended for a reason
+        // other than its end or its length (vLLM's `abort`, a `content_filter`) failed.
+        let reason = match (local_stop, finish.as_deref()) {
+            (Some(reason), _) => reason,
+            (None, Some("length")) => StopReason::MaxTokens,
+            (None, Some("stop" | "eos" | "end_turn" | "stop_sequence")) => StopReason::Eos,
+            (None, Some(other)) => {
+                return Err(RemoteError::Failed {
+                    url,
+                    message: format!("the server ended the line early (`{other}`)"),
+                });
+            }
+            (None, None) => return Err(RemoteError::StreamCut { url }),
+        };
         let cut = matches!(reason, StopReason::MaxTokens | StopReason::Eos);
         let rest = if whole_sentences && cut {
             stream.finish_whole()
         } else {
             stream.finish()
         };
-        if !rest.is_empty() {
-            on_delta(&rest);
+        shown(&rest);
+        let mut text = stream.text().to_owned();
+        if wrapped {
+            text = body::unwrap_schema_answer(&text).ok_or_else(|| RemoteError::Malformed {
+                url: url.clone(),
+                reason: format!(
+                    "the structured answer is not the object asked for: {}",
+                    shorten(&text)
+                ),
+            })?;
+            on_delta(&text);
         }
         if stats.generated_tokens == 0 {
             stats.generated_tokens = parts;
         }
         stats.decode_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
         Ok(Generation {
-            text: stream.text().to_owned(),
+            text,
             tokens: Vec::new(),
             stop_reason: reason,
             stats,
         })
     }
 
+    /// Starts the HTTP exchange for `body` on its own thread; its stream's lines arrive on
+    /// the returned channel. The thread ends when the stream does, when the receiver is
+    /// dropped (at the next line), or at the agent's backstop timeouts.
+    fn spawn_exchange(
+        &self,
+        body: String,
+        cancel: CancelToken,
+    ) -> Result<std::sync::mpsc::Receiver<Received>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(256);
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("llm-dialogue-http".into())
+            .spawn(move || {
+                let url = shared.chat_url.clone();
+                let response = match shared.send(&body, &cancel) {
+                    Ok(Some(response)) => response,
+                    // Cancelled while waiting to retry: nobody is listening.
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Received::End(Err(e)));
+                        return;
+                    }
+                };
+                let mut reader = BufReader::new(response.into_body().into_reader());
+                loop {
+                    let mut line = String::new();
+                    let read = (&mut reader).take(MAX_EVENT_LINE).read_line(&mut line);
+                    let message = match read {
+                        Ok(0) => Received::End(Ok(())),
+                        Ok(n) if n as u64 == MAX_EVENT_LINE && !line.ends_with('\n') => {
+                            Received::End(Err(RemoteError::Malformed {
+                                url: url.clone(),
+                                reason: format!(
+                                    "a line of the stream is over {MAX_EVENT_LINE} bytes"
+                                ),
+                            }))
+                        }
+                        Ok(_) => Received::Line(line),
+                        Err(e) => Received::End(Err(shared.io(&url, e, true))),
+                    };
+                    let end = matches!(message, Received::End(_));
+                    // A caller that stopped listening (a cancel, a stop string) closes the
+                    // stream by dropping the response here.
+                    if tx.send(message).is_err() || end {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                RemoteError::InvalidConfig(format!("cannot start a request thread: {e}"))
+            })?;
+        Ok(rx)
+    }
+}
+
+impl Shared {
     /// Posts `body`, retrying while the server is busy; `None` if cancelled meanwhile.
     fn send(
         &self,
@@ -496,7 +664,9 @@ impl RemoteClient {
             if let Some(key) = &self.key {
                 request = request.header("Authorization", format!("Bearer {key}"));
             }
-            let mut response = request.send(body).map_err(|e| self.transport(url, e))?;
+            let mut response = request
+                .send(body)
+                .map_err(|e| self.transport(url, e, false))?;
             let status = response.status().as_u16();
             if (200..300).contains(&status) {
                 return Ok(Some(response));
@@ -527,7 +697,7 @@ impl RemoteClient {
                 if cancel.is_cancelled() {
                     return Ok(None);
                 }
-                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+                std::thread::sleep((until - Instant::now()).min(CANCEL_POLL));
             }
         }
     }
@@ -575,13 +745,24 @@ impl RemoteClient {
         }
     }
 
-    fn transport(&self, url: &str, e: ureq::Error) -> RemoteError {
+    /// A transport error; `streaming` says whether the answer had begun.
+    fn transport(&self, url: &str, e: ureq::Error, streaming: bool) -> RemoteError {
         match e {
             ureq::Error::Timeout(what) => RemoteError::Timeout {
                 url: url.to_owned(),
-                what: self.timeout_text(&format!("{what:?}")),
+                what: if format!("{what:?}").contains("Connect") {
+                    format!(
+                        "connecting ({:?}, RemoteConfig::connect_timeout)",
+                        self.config.connect_timeout
+                    )
+                } else {
+                    format!(
+                        "before answering ({:?}, RemoteConfig::response_timeout)",
+                        self.config.response_timeout
+                    )
+                },
             },
-            ureq::Error::Io(io) => self.io(url, io),
+            ureq::Error::Io(io) => self.io(url, io, streaming),
             other => RemoteError::Unreachable {
                 url: url.to_owned(),
                 reason: other.to_string(),
@@ -589,52 +770,32 @@ impl RemoteClient {
         }
     }
 
-    fn io(&self, url: &str, e: std::io::Error) -> RemoteError {
-        if matches!(
+    fn io(&self, url: &str, e: std::io::Error, streaming: bool) -> RemoteError {
+        let timed_out = matches!(
             e.kind(),
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ) || e.to_string().to_lowercase().contains("timeout")
-        {
+        ) || e.to_string().to_lowercase().contains("timeout");
+        if timed_out {
             return RemoteError::Timeout {
                 url: url.to_owned(),
-                what: format!(
-                    "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
-                    self.config.stall_timeout
-                ),
+                what: "mid-stream (the connection's own read timeout)".into(),
             };
         }
         match e.kind() {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe => RemoteError::StreamCut {
-                url: url.to_owned(),
-            },
+            | std::io::ErrorKind::BrokenPipe
+                if streaming =>
+            {
+                RemoteError::StreamCut {
+                    url: url.to_owned(),
+                }
+            }
             _ => RemoteError::Unreachable {
                 url: url.to_owned(),
                 reason: e.to_string(),
             },
-        }
-    }
-
-    /// Which of the configured timeouts a ureq timeout was.
-    fn timeout_text(&self, what: &str) -> String {
-        let c = &self.config;
-        if what.contains("Connect") || what.contains("Resolve") {
-            format!(
-                "connecting ({:?}, RemoteConfig::connect_timeout)",
-                c.connect_timeout
-            )
-        } else if what.contains("RecvResponse") {
-            format!(
-                "before answering ({:?}, RemoteConfig::response_timeout)",
-                c.response_timeout
-            )
-        } else {
-            format!(
-                "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
-                c.stall_timeout
-            )
         }
     }
 }

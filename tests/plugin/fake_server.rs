@@ -32,6 +32,10 @@ pub enum End {
     Garbage,
     /// Nothing for this long, then closes.
     Stall(Duration),
+    /// This finish reason, then `[DONE]`.
+    Finish(&'static str),
+    /// An `error:` field as llama.cpp's server sends it, then `[DONE]`.
+    Error(&'static str),
 }
 
 /// A chat request as received.
@@ -232,6 +236,14 @@ fn send_stream(
         End::Stall(time) => {
             out.flush()?;
             std::thread::sleep(time);
+        }
+        End::Finish(reason) => {
+            out.write_all(event(serde_json::json!({}), Some(reason)).as_bytes())?;
+            out.write_all(b"data: [DONE]\n\n")?;
+        }
+        End::Error(message) => {
+            let error = serde_json::json!({ "code": 400, "message": message });
+            out.write_all(format!("error: {error}\n\ndata: [DONE]\n\n").as_bytes())?;
         }
     }
     out.flush()

@@ -11,6 +11,7 @@ pub use std::time::{Duration, Instant};
 
 pub use bevy::prelude::*;
 pub use bevy_llm_dialogue::prelude::*;
+#[cfg(feature = "remote")]
 pub use bevy_llm_dialogue::remote::{RemoteConfig, ServerKind};
 
 pub use crate::common::{model_path, scratch_dir};
@@ -115,6 +116,7 @@ pub fn plugin() -> LlmDialoguePlugin {
     };
     plugin.defaults.max_tokens = 24;
     plugin.defaults.sampling = SamplingParams::default().with_seed(7);
+    #[cfg(feature = "remote")]
     if let Some(url) = test_server() {
         plugin.remote = Some(RemoteConfig::new(url, "smollm2"));
     }
@@ -139,6 +141,7 @@ pub fn local_only(what: &str) -> bool {
 }
 
 /// The plugin served by `config`'s server, with [`plugin`]'s line settings.
+#[cfg(feature = "remote")]
 pub fn remote_plugin(config: RemoteConfig) -> LlmDialoguePlugin {
     LlmDialoguePlugin {
         model: None,

@@ -99,7 +99,7 @@ fn two_npcs_share_one_model_and_the_second_line_reuses_the_persona_prefix() {
 #[test]
 fn the_player_conversation_goes_before_background_chatter() {
     if local_only(
-        "the one-line-at-a-time worker (remote::requests_go_out_max_in_flight_at_a_time_and_the_player_goes_first covers the server)",
+        "the one-line-at-a-time worker (remote::requests_go_out_max_in_flight_at_a_time_and_the_player_goes_out_even_then covers the server)",
     ) {
         return;
     }

@@ -2,10 +2,11 @@
 //! one test binary (every test binary links candle and Bevy), a module per concept, one
 //! harness.
 
-#![cfg(all(feature = "bevy", feature = "remote"))]
+#![cfg(feature = "bevy")]
 
 #[path = "../common/mod.rs"]
 mod common;
+#[cfg(feature = "remote")]
 mod fake_server;
 mod harness;
 
@@ -16,6 +17,7 @@ mod history;
 mod lines;
 mod model;
 mod narrator;
+#[cfg(feature = "remote")]
 mod remote;
 mod shutdown;
 mod text_adventure;
