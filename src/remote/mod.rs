@@ -399,7 +399,7 @@ impl RemoteClient {
 
     /// Generates one reply, streaming its text through `on_delta` as it arrives (the deltas
     /// add up to the result's text). Busy servers are retried per the configuration. A
-    /// cancel returns at once (within [`CANCEL_POLL`]) as [`StopReason::Cancelled`]; the
+    /// cancel returns at once (within 20 ms) as [`StopReason::Cancelled`]; the
     /// stream closes at its next part. The result has no token ids (`tokens` is empty); its
     /// counts come from the server's usage figures where it sends them, else one token per
     /// streamed part.
