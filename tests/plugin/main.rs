@@ -13,6 +13,7 @@ mod harness;
 mod actions;
 mod assets;
 mod cancel;
+mod cards;
 mod history;
 mod lines;
 mod model;
