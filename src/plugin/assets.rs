@@ -40,20 +40,27 @@ pub enum DialogueAssetError {
     Card(#[from] CardError),
 }
 
-async fn read_text(
+async fn read_bytes(
     reader: &mut dyn Reader,
     cx: &LoadContext<'_>,
-) -> Result<String, DialogueAssetError> {
-    let path = cx.path().to_string();
+) -> Result<Vec<u8>, DialogueAssetError> {
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)
         .await
         .map_err(|source| DialogueAssetError::Io {
-            path: path.clone(),
+            path: cx.path().to_string(),
             source,
         })?;
-    String::from_utf8(bytes).map_err(|_| DialogueAssetError::NotUtf8(path))
+    Ok(bytes)
+}
+
+async fn read_text(
+    reader: &mut dyn Reader,
+    cx: &LoadContext<'_>,
+) -> Result<String, DialogueAssetError> {
+    let bytes = read_bytes(reader, cx).await?;
+    String::from_utf8(bytes).map_err(|_| DialogueAssetError::NotUtf8(cx.path().to_string()))
 }
 
 /// Loads [`Persona`]s from `*.persona.ron`.
@@ -97,14 +104,7 @@ impl AssetLoader for CardLoader {
         cx: &mut LoadContext<'_>,
     ) -> Result<Persona, DialogueAssetError> {
         let path = cx.path().to_string();
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|source| DialogueAssetError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let bytes = read_bytes(reader, cx).await?;
         if bytes.len() > MAX_CARD_BYTES {
             return Err(CardError::Png {
                 file: path,

@@ -38,7 +38,11 @@ fn an_npc_speaks_from_a_card_and_the_player_is_named() {
         }
     });
     std::fs::write(assets.join("personas/wren.card.png"), card_png(&card)).unwrap();
-    std::fs::write(assets.join("personas/broken.card.png"), b"\x89PNG not really").unwrap();
+    std::fs::write(
+        assets.join("personas/broken.card.png"),
+        b"\x89PNG not really",
+    )
+    .unwrap();
     let mut app = app(&assets, plugin());
     app.world_mut()
         .resource_mut::<DialogueContext>()
@@ -55,8 +59,14 @@ fn an_npc_speaks_from_a_card_and_the_player_is_named() {
     let line = log.finished_for(wren)[0];
     assert!(!line.text.is_empty());
     let prompt = &log.started[0].prompt;
-    assert!(prompt.contains("Wren") && prompt.contains("herbalist"), "{prompt}");
-    assert!(prompt.contains("You're letting the cold in."), "the card's example line");
+    assert!(
+        prompt.contains("Wren") && prompt.contains("herbalist"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("You're letting the cold in."),
+        "the card's example line"
+    );
     assert!(
         prompt.contains("Ann knocks on Wren's door") && !prompt.contains("{{user}}"),
         "{prompt}"

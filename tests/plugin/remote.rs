@@ -26,6 +26,24 @@ fn app_on(test: &str, config: RemoteConfig) -> (App, Entity) {
     (app, mira)
 }
 
+/// An app on `config` whose guard (one declared action) is asked to decide, run until the
+/// decision or its failure arrives.
+fn guard_decides(test: &str, config: RemoteConfig) -> App {
+    let assets = scratch_assets(test);
+    std::fs::write(
+        assets.join("personas/guard.persona.ron"),
+        r#"(name: "Tobin", description: "a guard", actions: [(name: "refuse", description: "keep the door shut")])"#,
+    )
+    .unwrap();
+    let mut app = app(&assets, remote_plugin(config));
+    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
+    app.world_mut().write_message(RequestAction::new(guard));
+    update_until(&mut app, LONG, "the decision", |log| {
+        !log.actions.is_empty() || !log.action_failures.is_empty()
+    });
+    app
+}
+
 fn line_error(app: &App) -> String {
     let log = app.world().resource::<Log>();
     log.failed
@@ -271,21 +289,10 @@ fn openai_strict_schemas_are_wrapped_and_the_answer_unwrapped() {
         );
         stream(&[r#"{"value": {"action": "refuse", "#, r#""args": {}}}"#])
     });
-    let assets = scratch_assets("remote_openai");
-    std::fs::write(
-        assets.join("personas/guard.persona.ron"),
-        r#"(name: "Tobin", description: "a guard", actions: [(name: "refuse", description: "keep the door shut")])"#,
-    )
-    .unwrap();
-    let mut app = app(
-        &assets,
-        remote_plugin(config(&server.url).with_kind(ServerKind::OpenAi)),
+    let app = guard_decides(
+        "remote_openai",
+        config(&server.url).with_kind(ServerKind::OpenAi),
     );
-    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
-    app.world_mut().write_message(RequestAction::new(guard));
-    update_until(&mut app, LONG, "the decision", |log| {
-        !log.actions.is_empty() || !log.action_failures.is_empty()
-    });
     let log = app.world().resource::<Log>();
     assert!(log.action_failures.is_empty(), "{:?}", log.action_failures);
     assert_eq!(log.actions[0].name, "refuse");
@@ -426,21 +433,10 @@ fn requests_go_out_max_in_flight_at_a_time_and_the_player_goes_out_even_then() {
 #[test]
 fn a_server_that_cannot_constrain_refuses_actions_instead_of_guessing() {
     let server = FakeServer::start(200, |_, _| stream(&["{\"action\":\"refuse\"}"]));
-    let assets = scratch_assets("remote_text_only");
-    std::fs::write(
-        assets.join("personas/guard.persona.ron"),
-        r#"(name: "Tobin", description: "a guard", actions: [(name: "refuse", description: "keep the door shut")])"#,
-    )
-    .unwrap();
-    let mut app = app(
-        &assets,
-        remote_plugin(config(&server.url).with_kind(ServerKind::TextOnly)),
+    let app = guard_decides(
+        "remote_text_only",
+        config(&server.url).with_kind(ServerKind::TextOnly),
     );
-    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
-    app.world_mut().write_message(RequestAction::new(guard));
-    update_until(&mut app, LONG, "the refusal", |log| {
-        !log.action_failures.is_empty()
-    });
     let failure = &app.world().resource::<Log>().action_failures[0];
     assert!(
         failure
