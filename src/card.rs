@@ -272,7 +272,8 @@ impl CharacterCard {
     /// | `personality`, split at commas | `personality` |
     /// | `mes_example`, the character's lines | `example_lines` |
     /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
-    /// | everything else (system prompt, post-history instructions, lorebook, extensions, unknown fields) | `card`, kept as written |
+    /// | `character_book` | `lore` ([`from_character_book`](crate::lore::from_character_book)), and kept |
+    /// | everything else (system prompt, post-history instructions, extensions, unknown fields) | `card`, kept as written |
     pub fn to_persona(&self) -> Persona {
         let d = &self.data;
         let name = d
@@ -327,6 +328,11 @@ impl CharacterCard {
             max_sentences: None,
             stop: Vec::new(),
             actions: Vec::new(),
+            lore: d
+                .character_book
+                .as_ref()
+                .map(crate::lore::from_character_book)
+                .filter(|book| !book.entries.is_empty()),
             card: Some(kept),
         }
     }

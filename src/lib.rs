@@ -8,6 +8,7 @@
 pub mod action;
 pub mod card;
 pub mod engine;
+pub mod lore;
 pub mod persona;
 #[cfg(feature = "bevy")]
 pub mod plugin;

@@ -67,6 +67,10 @@ pub struct Persona {
     /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
     #[serde(default)]
     pub actions: Vec<ActionSpec>,
+    /// The character's own lore: entries fire on words in the recent turns or on game facts
+    /// and go next to the newest turn (a character card's `character_book` becomes this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lore: Option<crate::lore::Lorebook>,
     /// Other greetings the game may pick from (a character card's `alternate_greetings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_greetings: Vec<String>,
@@ -127,6 +131,10 @@ impl Validate for Persona {
             action
                 .validate()
                 .map_err(|e| Invalid::new("actions", e.to_string()))?;
+        }
+        if let Some(lore) = &self.lore {
+            lore.validate()
+                .map_err(|e| Invalid::new(format!("lore.{}", e.field), e.reason))?;
         }
         Ok(())
     }

@@ -121,12 +121,13 @@ fn line_job(
         return Ok(None);
     };
     let messages = template
-        .npc_messages(
+        .npc_messages_with_lore(
             persona,
             &env.world.facts,
             &npc_facts.facts,
             &history.turns,
             request.player_line.as_deref(),
+            &[&env.world.lore],
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     let params = line_params(&env.settings.defaults, persona, overrides, request)?;

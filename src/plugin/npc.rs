@@ -103,6 +103,11 @@ impl NpcContext {
 pub struct DialogueContext {
     /// Key/values the template sees as `world`.
     pub facts: Facts,
+    /// Lore every NPC may be told: entries fire on words in the recent turns or on `facts`
+    /// and go next to the newest turn ([`Lorebook`](crate::lore::Lorebook)).
+    #[serde(default)]
+    #[reflect(ignore)]
+    pub lore: crate::lore::Lorebook,
 }
 
 impl DialogueContext {

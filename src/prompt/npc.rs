@@ -7,6 +7,7 @@ use minijinja::{Value, context};
 use super::facts::Facts;
 use super::template::{PromptError, PromptTemplate};
 use crate::engine::{ChatMessage, Role};
+use crate::lore::Lorebook;
 use crate::persona::Persona;
 
 /// How many of a persona's example lines become earlier turns of its conversations.
@@ -160,6 +161,21 @@ impl PromptTemplate {
         history: &[ChatMessage],
         player_line: Option<&str>,
     ) -> Result<Vec<ChatMessage>, PromptError> {
+        self.npc_messages_with_lore(persona, world, npc, history, player_line, &[])
+    }
+
+    /// [`npc_messages`](Self::npc_messages), with lore: the entries of `lore` and of the
+    /// persona's own book that fire on the recent turns or on the facts go, with the facts
+    /// the player asks about, into a note next to the newest turn.
+    pub fn npc_messages_with_lore(
+        &self,
+        persona: &Persona,
+        world: &Facts,
+        npc: &Facts,
+        history: &[ChatMessage],
+        player_line: Option<&str>,
+        lore: &[&Lorebook],
+    ) -> Result<Vec<ChatMessage>, PromptError> {
         if let Some(line) = player_line
             && line.len() > MAX_TURN_BYTES
         {
@@ -194,17 +210,32 @@ impl PromptTemplate {
             messages.push(ChatMessage::assistant(line.clone()));
         }
         messages.extend(history.iter().cloned());
-        if let Some(line) = player_line {
-            // Facts the player asks about go next to the question, where a small model
-            // looks, not only at the top of the prompt.
-            let facts = relevant_facts(&persona.knowledge, line);
-            if !facts.is_empty() {
-                messages.push(ChatMessage::system(format!(
-                    "{} knows: {}",
-                    persona.name,
-                    facts.join(" ")
-                )));
+        // Facts the player asks about, and the lore that fires, go next to the question,
+        // where a small model looks, not only at the top of the prompt.
+        let mut near: Vec<&str> = player_line
+            .map(|line| relevant_facts(&persona.knowledge, line))
+            .unwrap_or_default();
+        let mut books: Vec<&Lorebook> = lore.to_vec();
+        books.extend(persona.lore.as_ref());
+        if !books.is_empty() {
+            let turns: Vec<&str> = history
+                .iter()
+                .map(|m| m.content.as_str())
+                .chain(player_line)
+                .collect();
+            for entry in crate::lore::select(&books, &turns, world, npc) {
+                let content = entry.content.trim();
+                if !near.contains(&content) {
+                    near.push(content);
+                }
             }
+        }
+        if !near.is_empty() {
+            messages.push(ChatMessage::system(format!(
+                "{} knows: {}",
+                persona.name,
+                near.join(" ")
+            )));
         }
         messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
         // Character cards write the player as `{{user}}`.

@@ -103,6 +103,12 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
         "wolves"
     );
     assert_eq!(kept.extensions["depth_prompt"]["depth"], 4);
+    let lore = wren
+        .lore
+        .as_ref()
+        .expect("the card's book is the persona's lore");
+    assert_eq!(lore.entries[0].keys, ["wolves"]);
+    assert_eq!(lore.entries[0].content, "The wolves guard the forest.");
 
     // Exported again as a V2 card, then imported: the persona comes back.
     let again = CharacterCard::from_persona(&wren);

@@ -15,5 +15,6 @@ mod fuzz_regressions;
 mod generation;
 mod hostile_models;
 mod kernels;
+mod lore;
 mod story;
 mod tokenizer_vs_llamacpp;

@@ -16,6 +16,7 @@ mod cancel;
 mod cards;
 mod history;
 mod lines;
+mod lore;
 mod model;
 mod narrator;
 #[cfg(feature = "remote")]
