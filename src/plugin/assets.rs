@@ -1,6 +1,6 @@
 //! Asset loaders for personas (`*.persona.ron`, and character cards: `*.card.json`,
-//! `*.card.png`), stories (`*.story.ron`) and prompt templates (`*.jinja`), and whether a
-//! request's assets are ready.
+//! `*.card.png`), lorebooks (`*.lore.ron`), stories (`*.story.ron`) and prompt templates
+//! (`*.jinja`), and whether a request's assets are ready.
 
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext, LoadState};
@@ -117,6 +117,34 @@ impl AssetLoader for CardLoader {
 
     fn extensions(&self) -> &[&str] {
         &["card.json", "card.png"]
+    }
+}
+
+/// Loads [`Lorebook`](crate::lore::Lorebook)s from `*.lore.ron`, for
+/// [`DialogueContext::lore`](super::DialogueContext) or a persona (copy the loaded book in).
+#[derive(Default, TypePath)]
+pub struct LoreLoader;
+
+impl AssetLoader for LoreLoader {
+    type Asset = crate::lore::Lorebook;
+    type Settings = ();
+    type Error = DialogueAssetError;
+
+    async fn load(
+        &self,
+        reader: &mut dyn Reader,
+        _settings: &(),
+        cx: &mut LoadContext<'_>,
+    ) -> Result<crate::lore::Lorebook, DialogueAssetError> {
+        let text = read_text(reader, cx).await?;
+        Ok(crate::lore::Lorebook::from_ron(
+            &text,
+            &cx.path().to_string(),
+        )?)
+    }
+
+    fn extensions(&self) -> &[&str] {
+        &["lore.ron"]
     }
 }
 

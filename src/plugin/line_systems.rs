@@ -120,6 +120,7 @@ fn line_job(
     let Some(template) = template.or_fail(DialogueError::Template)? else {
         return Ok(None);
     };
+    let memories = history.memory_lore();
     let messages = template
         .npc_messages_with_lore(
             persona,
@@ -127,7 +128,7 @@ fn line_job(
             &npc_facts.facts,
             &history.turns,
             request.player_line.as_deref(),
-            &[&env.world.lore],
+            &[&memories, &env.world.lore],
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     let params = line_params(&env.settings.defaults, persona, overrides, request)?;

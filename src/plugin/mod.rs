@@ -29,7 +29,7 @@ use bevy::prelude::*;
 pub use action::NpcAction;
 pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
 pub use assets::{
-    CardLoader, DialogueAssetError, PersonaLoader, PromptTemplateLoader, StoryLoader,
+    CardLoader, DialogueAssetError, LoreLoader, PersonaLoader, PromptTemplateLoader, StoryLoader,
 };
 pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
 pub use model::{
@@ -180,6 +180,8 @@ impl Plugin for LlmDialoguePlugin {
             .init_asset::<StoryAsset>()
             .register_asset_loader(PersonaLoader)
             .register_asset_loader(CardLoader)
+            .init_asset::<crate::lore::Lorebook>()
+            .register_asset_loader(LoreLoader)
             .register_asset_loader(PromptTemplateLoader)
             .register_asset_loader(StoryLoader)
             .register_type::<Npc>()

@@ -50,6 +50,11 @@ impl Npc {
 pub struct DialogueHistory {
     /// Oldest first.
     pub turns: Vec<ChatMessage>,
+    /// What the NPC remembers whatever the history keeps: facts the game recorded with
+    /// [`remember`](Self::remember), oldest first. They go into every prompt next to the
+    /// newest turn and are saved with the history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memories: Vec<String>,
 }
 
 impl DialogueHistory {
@@ -70,6 +75,52 @@ impl DialogueHistory {
         self.turns.push(ChatMessage::assistant(reply));
         let excess = self.turns.len().saturating_sub(Self::MAX_TURNS);
         self.turns.drain(..excess);
+    }
+
+    /// The most memories kept: past it, the oldest is forgotten.
+    pub const MAX_MEMORIES: usize = 32;
+
+    /// The longest memory, in bytes (a longer one is cut at a character boundary).
+    pub const MAX_MEMORY_BYTES: usize = 512;
+
+    /// Records something the NPC should remember from now on ("the player returned the
+    /// ring"). A memory already kept is not repeated; blank text is ignored.
+    pub fn remember(&mut self, fact: impl Into<String>) {
+        let mut fact: String = fact.into().trim().to_owned();
+        if fact.len() > Self::MAX_MEMORY_BYTES {
+            let mut end = Self::MAX_MEMORY_BYTES;
+            while !fact.is_char_boundary(end) {
+                end -= 1;
+            }
+            fact.truncate(end);
+        }
+        if fact.is_empty() || self.memories.contains(&fact) {
+            return;
+        }
+        self.memories.push(fact);
+        let excess = self.memories.len().saturating_sub(Self::MAX_MEMORIES);
+        self.memories.drain(..excess);
+    }
+
+    /// The memories as a lorebook whose entries are always in, for the prompt.
+    pub(crate) fn memory_lore(&self) -> crate::lore::Lorebook {
+        crate::lore::Lorebook {
+            entries: self
+                .memories
+                .iter()
+                .map(|m| crate::lore::LoreEntry {
+                    constant: true,
+                    content: if m.ends_with(['.', '!', '?']) {
+                        m.clone()
+                    } else {
+                        format!("{m}.")
+                    },
+                    ..crate::lore::LoreEntry::default()
+                })
+                .collect(),
+            token_budget: Self::MAX_MEMORIES * Self::MAX_MEMORY_BYTES / 4,
+            ..crate::lore::Lorebook::default()
+        }
     }
 }
 

@@ -18,6 +18,10 @@ fn a_saved_history_continues_the_conversation_in_a_new_app() {
         update_until(&mut app, LONG, "the first line", |log| {
             log.results_for(mira) == 1
         });
+        // Something the game wants Mira to remember past any history limit.
+        let mut remembered = app.world_mut().get_mut::<DialogueHistory>(mira).unwrap();
+        remembered.remember("Ada returned the silver ring");
+        remembered.remember("Ada returned the silver ring");
         let history = app.world().get::<DialogueHistory>(mira).unwrap();
         let context = app.world().resource::<DialogueContext>();
         ron::to_string(&(history, context)).unwrap()
@@ -25,6 +29,11 @@ fn a_saved_history_continues_the_conversation_in_a_new_app() {
 
     let (history, context): (DialogueHistory, DialogueContext) = ron::from_str(&saved).unwrap();
     assert_eq!(history.turns.len(), 2);
+    assert_eq!(
+        history.memories,
+        ["Ada returned the silver ring"],
+        "kept once, saved"
+    );
     let mut app = app(&assets, plugin());
     app.insert_resource(context);
     let persona = app
@@ -46,6 +55,10 @@ fn a_saved_history_continues_the_conversation_in_a_new_app() {
     assert!(prompt.contains("My name is Ada. Remember it."));
     assert!(prompt.contains(&history.turns[1].content));
     assert!(prompt.contains("player name: Ada"));
+    assert!(
+        prompt.contains("knows: ") && prompt.contains("Ada returned the silver ring."),
+        "the memory is in the note by the question: {prompt}"
+    );
     assert_eq!(
         app.world()
             .get::<DialogueHistory>(mira)
@@ -84,7 +97,7 @@ fn old_turns_give_way_to_the_context_budget_but_the_persona_stays() {
     }
     let mira = app
         .world_mut()
-        .spawn((Npc::new(persona), DialogueHistory { turns }))
+        .spawn((Npc::new(persona), DialogueHistory { turns, ..default() }))
         .id();
     request(&mut app, RequestLine::new(mira).saying("And tomorrow?"));
     update_until(&mut app, LONG, "the line", |log| log.results_for(mira) == 1);
@@ -128,6 +141,7 @@ fn a_saved_history_with_system_orders_and_unprompted_lines_is_used_safely() {
     // A save a player edited: an order in a system turn, NPC lines nobody prompted, and a
     // player line that got no answer.
     app.world_mut().entity_mut(mira).insert(DialogueHistory {
+        memories: Vec::new(),
         turns: vec![
             ChatMessage::assistant("Welcome, stranger."),
             ChatMessage::assistant("Still here?"),
