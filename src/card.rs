@@ -328,6 +328,7 @@ impl CharacterCard {
             max_sentences: None,
             stop: Vec::new(),
             actions: Vec::new(),
+            disposition: None,
             lore: d
                 .character_book
                 .as_ref()

@@ -28,10 +28,11 @@ pub mod prelude {
     pub use crate::plugin::{
         ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueContext,
         DialogueError, DialogueHistory, DialogueModel, DialogueOverrides, DialogueSettings,
-        DialogueSystems, LineDelta, LineFailed, LineFinished, LineStarted, LlmDialoguePlugin,
-        LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc,
-        NpcContext, Priority, RequestAction, RequestId, RequestLine, RequestScene, SceneDelta,
-        SceneFailed, SceneFinished, Speaking, model_ready,
+        DialogueSystems, DispositionChanged, LineDelta, LineFailed, LineFinished, LineStarted,
+        LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState,
+        Narrating, Narrator, Npc, NpcContext, NpcDisposition, Priority, RequestAction, RequestId,
+        RequestLine, RequestScene, SceneDelta, SceneFailed, SceneFinished, Speaking,
+        UpdateDisposition, model_ready,
     };
     pub use crate::prompt::{Facts, PromptTemplate};
     pub use crate::ron_file::RonFileError;

@@ -71,6 +71,10 @@ pub struct Persona {
     /// and go next to the newest turn (a character card's `character_book` becomes this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lore: Option<crate::lore::Lorebook>,
+    /// The moods and the range of regard for the player this NPC has, if it keeps an
+    /// [`NpcDisposition`](crate::plugin::NpcDisposition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<DispositionSpec>,
     /// Other greetings the game may pick from (a character card's `alternate_greetings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_greetings: Vec<String>,
@@ -80,6 +84,83 @@ pub struct Persona {
     /// them back. `None` for personas written as RON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<crate::card::CardData>,
+}
+
+/// An NPC's mood and its regard for the player, declared by the designer: the moods it may
+/// be in, the range of its affinity, and how far one update may move it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispositionSpec {
+    /// The moods, as the game and the prompt name them: `["calm", "wary", "angry"]`.
+    pub moods: Vec<String>,
+    /// The mood it starts in (default: the first).
+    #[serde(default)]
+    pub start_mood: Option<String>,
+    /// The lowest and highest affinity (default `(-10, 10)`).
+    #[serde(default = "default_affinity")]
+    pub affinity: (i32, i32),
+    /// The affinity it starts at (default 0, or the nearest end of the range).
+    #[serde(default)]
+    pub start_affinity: i32,
+    /// The most one update may move the affinity either way (default 2).
+    #[serde(default = "default_step")]
+    pub max_step: i32,
+}
+
+fn default_affinity() -> (i32, i32) {
+    (-10, 10)
+}
+
+fn default_step() -> i32 {
+    2
+}
+
+impl DispositionSpec {
+    /// The starting mood and affinity.
+    pub fn start(&self) -> (String, i32) {
+        let mood = self
+            .start_mood
+            .clone()
+            .or_else(|| self.moods.first().cloned())
+            .unwrap_or_default();
+        (mood, self.clamp(self.start_affinity))
+    }
+
+    /// `affinity` kept inside the declared range.
+    pub fn clamp(&self, affinity: i32) -> i32 {
+        affinity.clamp(self.affinity.0, self.affinity.1.max(self.affinity.0))
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.moods.is_empty() || self.moods.iter().any(|m| m.trim().is_empty()) {
+            return Err(Invalid::new(
+                "disposition.moods",
+                "must name at least one mood, none empty",
+            ));
+        }
+        if let Some(start) = &self.start_mood
+            && !self.moods.contains(start)
+        {
+            return Err(Invalid::new(
+                "disposition.start_mood",
+                format!("`{start}` is not one of the moods"),
+            ));
+        }
+        let (low, high) = self.affinity;
+        if low >= high || low < -1000 || high > 1000 {
+            return Err(Invalid::new(
+                "disposition.affinity",
+                format!("({low}, {high}) must be a range inside -1000..=1000"),
+            ));
+        }
+        if !(1..=100).contains(&self.max_step) {
+            return Err(Invalid::new(
+                "disposition.max_step",
+                format!("is {}, outside 1..=100", self.max_step),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The old name of [`RonFileError`], which stories share.
@@ -131,6 +212,9 @@ impl Validate for Persona {
             action
                 .validate()
                 .map_err(|e| Invalid::new("actions", e.to_string()))?;
+        }
+        if let Some(d) = &self.disposition {
+            d.validate()?;
         }
         if let Some(lore) = &self.lore {
             lore.validate()

@@ -5,6 +5,9 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use super::assets::DialogueAssets;
+use super::disposition::{
+    DispositionChanged, NpcDisposition, UpdateDisposition, apply, feel_action, with_disposition,
+};
 use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
 use super::npc::{DialogueHistory, Npc, NpcContext};
 use super::request::{DialogueError, Priority, RequestId};
@@ -92,6 +95,7 @@ pub struct ActionFailed {
 pub(crate) struct ActionWriters<'w> {
     finished: MessageWriter<'w, ActionFinished>,
     failed: MessageWriter<'w, ActionFailed>,
+    changed: MessageWriter<'w, DispositionChanged>,
 }
 
 impl ActionWriters<'_> {
@@ -124,16 +128,34 @@ pub struct Deciding {
     pub request: RequestId,
 }
 
+/// What a decision decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decide {
+    /// An action among the declared ones ([`RequestAction`]).
+    Act,
+    /// The NPC's disposition ([`UpdateDisposition`]).
+    Feel,
+}
+
 /// Decisions waiting for their persona.
 #[derive(Resource, Default)]
-pub(crate) struct WaitingActions(Vec<(RequestId, RequestAction)>);
+pub(crate) struct WaitingActions(Vec<(RequestId, RequestAction, Decide)>);
 
 /// Decision requests: those still waiting, then the new ones.
 #[derive(SystemParam)]
 pub(crate) struct ActionRequests<'w, 's> {
     waiting: ResMut<'w, WaitingActions>,
     requests: MessageReader<'w, 's, RequestAction>,
+    updates: MessageReader<'w, 's, UpdateDisposition>,
 }
+
+/// What a decision's NPC query reads.
+type DecidingNpc<'a> = (
+    &'a Npc,
+    &'a DialogueHistory,
+    &'a NpcContext,
+    Option<&'a NpcDisposition>,
+);
 
 /// The decision's token budget: the longest declared JSON is far shorter.
 const DECISION_TOKENS: usize = 96;
@@ -143,43 +165,58 @@ pub(crate) fn dispatch_actions(
     mut commands: Commands,
     mut dispatcher: Dispatcher,
     mut requests: ActionRequests,
-    npcs: Query<(&Npc, &DialogueHistory, &NpcContext)>,
+    npcs: Query<DecidingNpc>,
     assets: DialogueAssets,
     env: RequestEnv,
     mut out: ActionWriters,
 ) {
     let mut todo = std::mem::take(&mut requests.waiting.0);
-    for request in requests.requests.read() {
+    let updates: Vec<(RequestAction, Decide)> = requests
+        .updates
+        .read()
+        .map(|u| {
+            let mut request = RequestAction::new(u.npc);
+            request.situation.clone_from(&u.situation);
+            (request, Decide::Feel)
+        })
+        .collect();
+    let new = requests
+        .requests
+        .read()
+        .map(|r| (r.clone(), Decide::Act))
+        .chain(updates);
+    for (request, decide) in new {
         let id = dispatcher.in_flight.next_id();
-        let others = todo.iter().filter(|(_, r)| r.npc == request.npc).count();
+        let others = todo.iter().filter(|(_, r, _)| r.npc == request.npc).count();
         match dispatcher.in_flight.admit(request.npc, todo.len(), others) {
-            Ok(()) => todo.push((id, request.clone())),
+            Ok(()) => todo.push((id, request, decide)),
             Err(error) => out.fail(&mut commands, request.npc, id, error),
         }
     }
-    for (id, request) in todo {
-        match action_job(id, &request, &npcs, &assets, &env) {
-            Ok(Some((job, actions))) => {
-                dispatcher.send(job, request.npc, ActiveKind::Action(actions));
+    for (id, request, decide) in todo {
+        match action_job(id, &request, decide, &npcs, &assets, &env) {
+            Ok(Some((job, kind))) => {
+                dispatcher.send(job, request.npc, kind);
                 commands
                     .entity(request.npc)
                     .try_insert(Deciding { request: id });
             }
-            Ok(None) => requests.waiting.0.push((id, request)),
+            Ok(None) => requests.waiting.0.push((id, request, decide)),
             Err(error) => out.fail(&mut commands, request.npc, id, error),
         }
     }
 }
 
-/// The job for a decision and the actions it chooses from; `None` while the persona loads.
+/// The job for a decision and what its result turns into; `None` while the persona loads.
 fn action_job(
     id: RequestId,
     request: &RequestAction,
-    npcs: &Query<(&Npc, &DialogueHistory, &NpcContext)>,
+    decide: Decide,
+    npcs: &Query<DecidingNpc>,
     assets: &DialogueAssets,
     env: &RequestEnv,
-) -> Result<Option<(Job, Vec<ActionSpec>)>, DialogueError> {
-    let (npc, history, facts) = npcs
+) -> Result<Option<(Job, ActiveKind)>, DialogueError> {
+    let (npc, history, facts, disposition) = npcs
         .get(request.npc)
         .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
     let Some(persona) = assets
@@ -188,10 +225,24 @@ fn action_job(
     else {
         return Ok(None);
     };
-    let actions = request
-        .actions
-        .clone()
-        .unwrap_or_else(|| persona.actions.clone());
+    let (actions, kind) = match decide {
+        Decide::Act => {
+            let actions = request
+                .actions
+                .clone()
+                .unwrap_or_else(|| persona.actions.clone());
+            (actions.clone(), ActiveKind::Action(actions))
+        }
+        Decide::Feel => {
+            let spec = persona.disposition.clone().ok_or_else(|| {
+                DialogueError::InvalidRequest(format!(
+                    "{} declares no disposition (a `disposition` in the persona)",
+                    persona.name
+                ))
+            })?;
+            (vec![feel_action(&spec)], ActiveKind::Disposition(spec))
+        }
+    };
     if actions.is_empty() {
         return Err(DialogueError::InvalidRequest(format!(
             "{} has no actions to choose from",
@@ -215,7 +266,7 @@ fn action_job(
         .action_messages(
             persona,
             &env.world.facts,
-            &facts.facts,
+            &with_disposition(&facts.facts, disposition),
             &actions,
             &situation,
         )
@@ -242,7 +293,7 @@ fn action_job(
             alternatives: 1,
         },
     };
-    Ok(Some((job, actions)))
+    Ok(Some((job, kind)))
 }
 
 /// `PreUpdate`, after the reports: decisions become [`ActionFinished`] or [`ActionFailed`].
@@ -250,6 +301,7 @@ pub(crate) fn deliver_actions(
     mut commands: Commands,
     mut inbox: ResMut<Inbox>,
     in_flight: Res<InFlight>,
+    dispositions: Query<&NpcDisposition>,
     mut out: ActionWriters,
 ) {
     for (request, npc, progress) in std::mem::take(&mut inbox.actions) {
@@ -265,10 +317,40 @@ pub(crate) fn deliver_actions(
         match progress {
             Progress::Started(_) | Progress::Delta(_) => {}
             Progress::Done(active, generations) => {
-                let ActiveKind::Action(actions) = active.kind else {
-                    continue;
-                };
                 let text = generations.first().map_or("", |g| g.text.as_str());
+                let actions = match active.kind {
+                    ActiveKind::Action(actions) => actions,
+                    ActiveKind::Disposition(spec) => {
+                        match parse_action(text, &[feel_action(&spec)]) {
+                            Ok(decision) => {
+                                let before = dispositions.get(npc).cloned().unwrap_or_else(|_| {
+                                    let (mood, affinity) = spec.start();
+                                    NpcDisposition { mood, affinity }
+                                });
+                                let after = apply(&spec, &before, &decision.args);
+                                let ev = DispositionChanged {
+                                    npc,
+                                    request,
+                                    mood_before: before.mood,
+                                    mood: after.mood.clone(),
+                                    affinity_before: before.affinity,
+                                    affinity: after.affinity,
+                                };
+                                if let Ok(mut entity) = commands.get_entity(npc) {
+                                    entity.try_insert(after);
+                                    commands.trigger(ev.clone());
+                                }
+                                out.changed.write(ev);
+                            }
+                            Err(e) => {
+                                let error = DialogueError::Structure(e.to_string());
+                                out.fail(&mut commands, npc, request, error);
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
                 match parse_action(text, &actions) {
                     Ok(decision) => {
                         let ev = ActionFinished {

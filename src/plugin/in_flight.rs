@@ -34,6 +34,8 @@ pub(crate) enum ActiveKind {
     Scene(Box<PendingScene>),
     /// An NPC's decision among actions.
     Action(Vec<ActionSpec>),
+    /// An NPC's new disposition, within its persona's declaration.
+    Disposition(crate::persona::DispositionSpec),
 }
 
 /// A scene being written.
@@ -116,7 +118,10 @@ impl InFlight {
     pub(crate) fn decision_of(&self, npc: Entity) -> Option<RequestId> {
         self.active
             .iter()
-            .filter(|(_, a)| a.entity == npc && matches!(a.kind, ActiveKind::Action(_)))
+            .filter(|(_, a)| {
+                a.entity == npc
+                    && matches!(a.kind, ActiveKind::Action(_) | ActiveKind::Disposition(_))
+            })
             .map(|(id, _)| *id)
             .min()
     }
@@ -158,7 +163,7 @@ impl Inbox {
         match kind {
             ActiveKind::Line { .. } => &mut self.lines,
             ActiveKind::Scene(_) => &mut self.scenes,
-            ActiveKind::Action(_) => &mut self.actions,
+            ActiveKind::Action(_) | ActiveKind::Disposition(_) => &mut self.actions,
         }
     }
 }

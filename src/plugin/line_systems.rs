@@ -58,6 +58,7 @@ type NpcData<'a> = (
     &'a DialogueHistory,
     &'a NpcContext,
     Option<&'a DialogueOverrides>,
+    Option<&'a super::disposition::NpcDisposition>,
 );
 
 /// `PostUpdate`: requests whose persona and template are loaded become prompts and go to the
@@ -107,7 +108,7 @@ fn line_job(
             line.len()
         )));
     }
-    let (npc, history, npc_facts, overrides) = npcs
+    let (npc, history, npc_facts, overrides, disposition) = npcs
         .get(request.npc)
         .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
     let Some(persona) = assets
@@ -125,7 +126,7 @@ fn line_job(
         .npc_messages_with_lore(
             persona,
             &env.world.facts,
-            &npc_facts.facts,
+            &super::disposition::with_disposition(&npc_facts.facts, disposition),
             &history.turns,
             request.player_line.as_deref(),
             &[&memories, &env.world.lore],

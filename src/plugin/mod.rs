@@ -6,6 +6,7 @@
 
 mod action;
 mod assets;
+mod disposition;
 mod in_flight;
 mod line;
 mod line_systems;
@@ -31,6 +32,7 @@ pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
 pub use assets::{
     CardLoader, DialogueAssetError, LoreLoader, PersonaLoader, PromptTemplateLoader, StoryLoader,
 };
+pub use disposition::{DispositionChanged, NpcDisposition, UpdateDisposition};
 pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
 pub use model::{
     DialogueModel, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, model_ready,
@@ -189,6 +191,7 @@ impl Plugin for LlmDialoguePlugin {
             .register_type::<NpcContext>()
             .register_type::<DialogueOverrides>()
             .register_type::<Speaking>()
+            .register_type::<NpcDisposition>()
             .register_type::<Narrator>()
             .register_type::<Narrating>()
             .register_type::<Deciding>()
@@ -214,6 +217,8 @@ impl Plugin for LlmDialoguePlugin {
             .add_message::<RequestAction>()
             .add_message::<ActionFinished>()
             .add_message::<ActionFailed>()
+            .add_message::<UpdateDisposition>()
+            .add_message::<DispositionChanged>()
             .insert_resource(DialogueSettings {
                 defaults: self.defaults.clone(),
                 best_of: 1,

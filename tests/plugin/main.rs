@@ -14,6 +14,7 @@ mod actions;
 mod assets;
 mod cancel;
 mod cards;
+mod disposition;
 mod history;
 mod lines;
 mod lore;
