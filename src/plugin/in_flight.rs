@@ -36,6 +36,11 @@ pub(crate) enum ActiveKind {
     Action(Vec<ActionSpec>),
     /// An NPC's new disposition, within its persona's declaration.
     Disposition(crate::persona::DispositionSpec),
+    /// A note of an NPC's `turns` oldest turns, which it replaces.
+    Summary {
+        /// How many turns it covers.
+        turns: usize,
+    },
 }
 
 /// A scene being written.
@@ -155,6 +160,7 @@ pub(crate) struct Inbox {
     pub(crate) lines: Vec<(RequestId, Entity, Progress)>,
     pub(crate) scenes: Vec<(RequestId, Entity, Progress)>,
     pub(crate) actions: Vec<(RequestId, Entity, Progress)>,
+    pub(crate) summaries: Vec<(RequestId, Entity, Progress)>,
 }
 
 impl Inbox {
@@ -164,6 +170,7 @@ impl Inbox {
             ActiveKind::Line { .. } => &mut self.lines,
             ActiveKind::Scene(_) => &mut self.scenes,
             ActiveKind::Action(_) | ActiveKind::Disposition(_) => &mut self.actions,
+            ActiveKind::Summary { .. } => &mut self.summaries,
         }
     }
 }

@@ -19,6 +19,7 @@ mod receive;
 #[cfg(feature = "remote")]
 mod remote_worker;
 mod request;
+mod summary;
 mod worker;
 mod worker_link;
 
@@ -223,6 +224,7 @@ impl Plugin for LlmDialoguePlugin {
                 defaults: self.defaults.clone(),
                 best_of: 1,
                 frame_budget: None,
+                summarize_after: Some(crate::prompt::MAX_HISTORY_TURNS),
             })
             .init_resource::<pacing::FrameClock>()
             .add_systems(First, pacing::start_frame)
@@ -244,6 +246,7 @@ impl Plugin for LlmDialoguePlugin {
                     line_systems::deliver_lines,
                     narrator_systems::deliver_scenes,
                     action::deliver_actions,
+                    summary::deliver_summaries,
                 )
                     .chain()
                     .in_set(DialogueSystems::Receive),
@@ -258,6 +261,7 @@ impl Plugin for LlmDialoguePlugin {
                     narrator_systems::take_choices,
                     narrator_systems::dispatch_scenes,
                     action::dispatch_actions,
+                    summary::summarize_histories,
                 )
                     .chain()
                     .in_set(DialogueSystems::Dispatch),

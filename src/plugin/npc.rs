@@ -55,6 +55,11 @@ pub struct DialogueHistory {
     /// newest turn and are saved with the history.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<String>,
+    /// The model's note of turns that were summarised away
+    /// ([`DialogueSettings::summarize_after`](super::DialogueSettings)); it goes into every
+    /// prompt next to the newest turn and is saved with the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 impl DialogueHistory {
@@ -104,10 +109,11 @@ impl DialogueHistory {
 
     /// The memories as a lorebook whose entries are always in, for the prompt.
     pub(crate) fn memory_lore(&self) -> crate::lore::Lorebook {
+        let summary = self.summary.as_ref().map(|s| format!("Earlier: {s}"));
         crate::lore::Lorebook {
-            entries: self
-                .memories
+            entries: summary
                 .iter()
+                .chain(&self.memories)
                 .map(|m| crate::lore::LoreEntry {
                     constant: true,
                     content: if m.ends_with(['.', '!', '?']) {

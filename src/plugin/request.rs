@@ -46,6 +46,13 @@ pub struct DialogueSettings {
     /// between its steps, up to 50 ms, and stops pausing once frames are back under it
     /// (`DialogueModel::pause` shows the pause). `None` (the default): never paced.
     pub frame_budget: Option<std::time::Duration>,
+    /// When an NPC's history holds more turns than this, the model summarises the oldest
+    /// (all but the newest half of this many) into [`DialogueHistory::summary`], which
+    /// replaces them, instead of letting them fall out of the prompt unsaid. `None`: never.
+    /// The default, 48, is the most turns a prompt shows.
+    ///
+    /// [`DialogueHistory::summary`]: super::DialogueHistory::summary
+    pub summarize_after: Option<usize>,
 }
 
 /// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.
