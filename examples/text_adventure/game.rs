@@ -244,7 +244,17 @@ fn setup(
     mut commands: Commands,
     assets: Res<AssetServer>,
     mut scenes: MessageWriter<RequestScene>,
+    mut world: ResMut<DialogueContext>,
 ) {
+    // The world's lore: a small file, parsed once (it is also a `*.lore.ron` asset a game
+    // could load and copy in).
+    match bevy_llm_dialogue::lore::Lorebook::from_ron(
+        include_str!("../../assets/lore/silver_key.lore.ron"),
+        "lore/silver_key.lore.ron",
+    ) {
+        Ok(lore) => world.lore = lore,
+        Err(e) => error!("{e}"),
+    }
     for member in &CAST {
         commands
             .spawn((
@@ -300,6 +310,7 @@ struct Turn<'w, 's> {
     story: Single<'w, 's, (Entity, &'static Story, Has<Narrating>), With<StoryTeller>>,
     lines: MessageWriter<'w, RequestLine>,
     decisions: MessageWriter<'w, RequestAction>,
+    feelings: MessageWriter<'w, UpdateDisposition>,
     choices: MessageWriter<'w, ChooseOption>,
     scenes: MessageWriter<'w, RequestScene>,
 }
@@ -325,6 +336,13 @@ impl Turn<'_, '_> {
             RequestAction::new(npc).situation(format!("The traveller says to you: \"{text}\""));
         decision.sampling = self.config.sampling();
         self.decisions.write(decision);
+        // Aldous's persona declares a disposition: how he feels about the traveller moves.
+        if to == "aldous" {
+            self.feelings.write(
+                UpdateDisposition::new(npc)
+                    .situation(format!("The traveller says to you: \"{text}\"")),
+            );
+        }
     }
 
     /// The character with this id, if they are here; otherwise the transcript says why not.

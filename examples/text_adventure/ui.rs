@@ -57,17 +57,17 @@ struct View<'w, 's> {
     model: Res<'w, DialogueModel>,
     time: Res<'w, Time<Real>>,
     story: Single<'w, 's, (&'static Story, Has<Narrating>), With<StoryTeller>>,
-    characters: Query<
-        'w,
-        's,
-        (
-            &'static Character,
-            &'static Name,
-            Has<Speaking>,
-            Has<Deciding>,
-        ),
-    >,
+    characters: Query<'w, 's, CharacterView>,
 }
+
+/// What the panel shows of a character.
+type CharacterView = (
+    &'static Character,
+    &'static Name,
+    Has<Speaking>,
+    Has<Deciding>,
+    Option<&'static NpcDisposition>,
+);
 
 impl View<'_, '_> {
     /// The characters where the player is: id and name.
@@ -83,7 +83,7 @@ impl View<'_, '_> {
     /// deciding", "the narrator writing", or "nothing".
     fn in_progress(&self) -> String {
         let mut doing = Vec::new();
-        for (_, name, speaking, deciding) in &self.characters {
+        for (_, name, speaking, deciding, _) in &self.characters {
             if speaking {
                 doing.push(format!("{name} speaking"));
             }
@@ -182,17 +182,19 @@ fn where_panel(
     ui.add_space(8.0);
     ui.strong("Who is here");
     let mut anyone = false;
-    for (character, name, speaking, _) in &view.characters {
+    for (character, name, speaking, _, disposition) in &view.characters {
         if character.location != state.location {
             continue;
         }
         anyone = true;
         let selected = ui_state.talking_to == Some(character.id);
-        let label = if speaking {
-            format!("{name} (speaking)")
-        } else {
-            name.to_string()
-        };
+        let mut label = name.to_string();
+        if let Some(d) = disposition {
+            label.push_str(&format!(" — {}, regard {:+}", d.mood, d.affinity));
+        }
+        if speaking {
+            label.push_str(" (speaking)");
+        }
         if ui.selectable_label(selected, label).clicked() {
             ui_state.talking_to = Some(character.id);
         }

@@ -99,6 +99,9 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
     assert_eq!(transcript.entries[0].speaker, Speaker::Narrator);
     assert_eq!(transcript.entries[0].text, opening);
     assert_eq!(fact(app.world(), "traveller_carries"), "nothing");
+    // The world's lore file was read: its entries fire on the game's facts and words.
+    let lore = &app.world().resource::<DialogueContext>().lore;
+    assert!(lore.entries.iter().any(|e| !e.when.is_empty()), "{lore:?}");
 
     // Ask Mira until she gives something: her decisions are constrained to her persona's
     // actions, and a gift lands in the inventory.
