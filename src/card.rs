@@ -40,6 +40,35 @@ use crate::ron_file::Validate;
 /// The most bytes of a card, JSON or PNG (a card's portrait included).
 pub const MAX_CARD_BYTES: usize = 16 << 20;
 
+/// The key of this crate's extension in a card's `extensions`: the persona fields cards have
+/// no place for (speaking style, goals, sampling, lengths, stop strings, actions,
+/// disposition, lore), so that a persona written out as a card comes back the same.
+pub const EXTENSION: &str = "bevy_llm_dialogue";
+
+/// The persona fields a card keeps in its [`EXTENSION`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PersonaExtras {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    speaking_style: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    goals: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling: Option<crate::engine::SamplingParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sentences: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    actions: Vec<crate::action::ActionSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disposition: Option<crate::persona::DispositionSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lore: Option<crate::lore::Lorebook>,
+}
+
 /// Why a card could not be read. Every message names the file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -229,16 +258,32 @@ impl CharacterCard {
     }
 
     /// A V2 card of `persona`, for front ends: description, personality, knowledge as the
-    /// scenario, example lines, greeting; what a card kept on import ([`Persona::card`])
-    /// comes back.
+    /// scenario, example lines, greetings; the fields cards have no place for in the
+    /// [`EXTENSION`]; what a card kept on import ([`Persona::card`]) comes back. Read back with
+    /// [`to_persona`](Self::to_persona), a persona whose knowledge facts are one sentence each
+    /// and whose traits have no commas comes back equal (its `card` aside).
     pub fn from_persona(persona: &Persona) -> Self {
-        let kept = persona.card.clone().unwrap_or_default();
-        let mut description = format!("{{{{char}}}} is {}.", persona.description);
-        if !persona.speaking_style.is_empty() {
-            description.push_str(&format!(
-                " {{{{char}}}} speaks like this: {}",
-                persona.speaking_style
-            ));
+        let mut kept = persona.card.clone().unwrap_or_default();
+        let description = format!("{{{{char}}}} is {}.", persona.description);
+        let extras = PersonaExtras {
+            speaking_style: persona.speaking_style.clone(),
+            goals: persona.goals.clone(),
+            sampling: persona.sampling.clone(),
+            max_tokens: persona.max_tokens,
+            max_sentences: persona.max_sentences,
+            stop: persona.stop.clone(),
+            actions: persona.actions.clone(),
+            disposition: persona.disposition.clone(),
+            // Lore that came from the card's own book goes back as that book.
+            lore: persona
+                .lore
+                .clone()
+                .filter(|_| kept.character_book.is_none()),
+        };
+        if extras != PersonaExtras::default()
+            && let Ok(value) = serde_json::to_value(&extras)
+        {
+            kept.extensions.insert(EXTENSION.into(), value);
         }
         let mes_example = persona
             .example_lines
@@ -256,6 +301,7 @@ impl CharacterCard {
                 scenario: persona.knowledge.join(" "),
                 first_mes: persona.greeting.clone().unwrap_or_default(),
                 mes_example,
+                alternate_greetings: persona.alternate_greetings.clone(),
                 ..kept
             },
         }
@@ -273,6 +319,7 @@ impl CharacterCard {
     /// | `mes_example`, the character's lines | `example_lines` |
     /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
     /// | `character_book` | `lore` ([`from_character_book`](crate::lore::from_character_book)), and kept |
+    /// | `extensions.bevy_llm_dialogue` ([`EXTENSION`]): speaking style, goals, sampling, lengths, stop strings, actions, disposition, lore | those fields |
     /// | everything else (system prompt, post-history instructions, extensions, unknown fields) | `card`, kept as written |
     pub fn to_persona(&self) -> Persona {
         let d = &self.data;
@@ -304,6 +351,16 @@ impl CharacterCard {
             field.clear();
         }
         kept.alternate_greetings.clear();
+        let extras: PersonaExtras = d
+            .extensions
+            .get(EXTENSION)
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default();
+        let card_lore = d
+            .character_book
+            .as_ref()
+            .map(crate::lore::from_character_book)
+            .filter(|book| !book.entries.is_empty());
         Persona {
             name: name.clone(),
             description: phrase,
@@ -312,10 +369,10 @@ impl CharacterCard {
                 .map(|t| t.trim().trim_end_matches('.').to_owned())
                 .filter(|t| !t.is_empty())
                 .collect(),
-            speaking_style: String::new(),
+            speaking_style: extras.speaking_style,
             example_lines: example_lines(&d.mes_example, &name),
             knowledge,
-            goals: Vec::new(),
+            goals: extras.goals,
             greeting: Some(fill(&d.first_mes).trim().to_owned()).filter(|g| !g.is_empty()),
             alternate_greetings: d
                 .alternate_greetings
@@ -323,17 +380,13 @@ impl CharacterCard {
                 .map(|g| fill(g).trim().to_owned())
                 .filter(|g| !g.is_empty())
                 .collect(),
-            sampling: None,
-            max_tokens: None,
-            max_sentences: None,
-            stop: Vec::new(),
-            actions: Vec::new(),
-            disposition: None,
-            lore: d
-                .character_book
-                .as_ref()
-                .map(crate::lore::from_character_book)
-                .filter(|book| !book.entries.is_empty()),
+            sampling: extras.sampling,
+            max_tokens: extras.max_tokens,
+            max_sentences: extras.max_sentences,
+            stop: extras.stop,
+            actions: extras.actions,
+            disposition: extras.disposition,
+            lore: extras.lore.or(card_lore),
             card: Some(kept),
         }
     }
@@ -348,6 +401,11 @@ impl CharacterCard {
                 .map_err(|_| invalid(file, "", "is neither a PNG nor UTF-8 JSON"))?;
             Self::from_json(text, file)?
         };
+        if let Some(extension) = card.data.extensions.get(EXTENSION) {
+            serde_json::from_value::<PersonaExtras>(extension.clone()).map_err(|e| {
+                invalid(file, &format!("data.extensions.{EXTENSION}"), e.to_string())
+            })?;
+        }
         let persona = card.to_persona();
         persona
             .validate()

@@ -120,7 +120,9 @@ pub const CAST: [CastMember; 3] = [
     CastMember {
         id: "wren",
         name: "Wren",
-        persona: "personas/wren.persona.ron",
+        // Wren comes from a character card (the format of LLM chat front ends): the same
+        // character as personas/wren.persona.ron, her game fields in the card's extension.
+        persona: "personas/wren.card.json",
         location: Location::Forest,
     },
     CastMember {

@@ -179,3 +179,48 @@ fn malformed_cards_fail_naming_the_file_and_what_is_wrong() {
     assert!(err(&whole[..whole.len() / 2]).contains("not a readable PNG"));
     assert!(err(&[0xff, 0xfe, 0x00]).contains("neither a PNG nor UTF-8 JSON"));
 }
+
+/// The persona without what only a card keeps.
+fn without_card(
+    mut persona: bevy_llm_dialogue::persona::Persona,
+) -> bevy_llm_dialogue::persona::Persona {
+    persona.card = None;
+    persona
+}
+
+/// Every persona the crate ships comes back equal from a card written of it (the fields
+/// cards have no place for travel in the crate's extension), and the example game's Wren,
+/// shipped as a card, is her persona file.
+#[test]
+fn shipped_personas_survive_a_trip_through_a_card() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/personas");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".persona.ron") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let persona = bevy_llm_dialogue::persona::Persona::from_ron(&text, &name).unwrap();
+        let card = CharacterCard::from_persona(&persona).to_json();
+        let back = CharacterCard::persona_from_bytes(card.as_bytes(), &name).unwrap();
+        assert_eq!(without_card(back), persona, "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} personas");
+
+    let wren_card = std::fs::read(dir.join("wren.card.json")).unwrap();
+    let wren_ron = std::fs::read_to_string(dir.join("wren.persona.ron")).unwrap();
+    assert_eq!(
+        without_card(CharacterCard::persona_from_bytes(&wren_card, "wren.card.json").unwrap()),
+        bevy_llm_dialogue::persona::Persona::from_ron(&wren_ron, "wren.persona.ron").unwrap()
+    );
+    // A malformed extension is an error naming it, not silently ignored.
+    let mut bad: serde_json::Value = serde_json::from_slice(&wren_card).unwrap();
+    bad["data"]["extensions"]["bevy_llm_dialogue"]["max_tokens"] = json!("many");
+    let e = CharacterCard::persona_from_bytes(bad.to_string().as_bytes(), "bad.card.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("data.extensions.bevy_llm_dialogue"), "{e}");
+}
