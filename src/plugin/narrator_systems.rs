@@ -190,7 +190,7 @@ fn scene_job(
         )));
     }
     let messages = template
-        .narrator_messages(asset, story, &env.world.facts)
+        .narrator_messages_with_lore(asset, story, &env.world.facts, &[&env.world.lore])
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     let mut params = env.settings.defaults.clone();
     if let Some(s) = request.sampling.clone().or_else(|| asset.sampling.clone()) {

@@ -112,4 +112,39 @@ impl PromptTemplate {
         messages.push(ChatMessage::user(ask));
         Ok(messages)
     }
+
+    /// [`narrator_messages`](Self::narrator_messages), with lore: the entries of `lore` (the
+    /// world's) and of the story's own book that fire on the recent scenes and choices, or
+    /// on the facts, go into a note next to the newest ask.
+    pub fn narrator_messages_with_lore(
+        &self,
+        asset: &StoryAsset,
+        story: &Story,
+        world: &Facts,
+        lore: &[&crate::lore::Lorebook],
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let mut messages = self.narrator_messages(asset, story, world)?;
+        let mut books = lore.to_vec();
+        books.extend(asset.lore.as_ref());
+        if books.is_empty() {
+            return Ok(messages);
+        }
+        let turns: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.role != crate::engine::Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let fired: Vec<String> = crate::lore::select(&books, &turns, world, &Facts::new())
+            .into_iter()
+            .map(|e| e.content.trim().to_owned())
+            .collect();
+        if !fired.is_empty() {
+            let at = messages.len() - 1;
+            messages.insert(
+                at,
+                ChatMessage::system(format!("The narrator knows: {}", fired.join(" "))),
+            );
+        }
+        Ok(messages)
+    }
 }

@@ -57,6 +57,11 @@ pub struct StoryAsset {
     /// Sampling for the narrator; unset fields take the defaults.
     #[serde(default)]
     pub sampling: Option<SamplingParams>,
+    /// The narrator's own lore: entries that fire on the recent scenes and choices or on
+    /// game facts go next to the narrator's newest ask, with the world's
+    /// (`DialogueContext::lore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lore: Option<crate::lore::Lorebook>,
 }
 
 fn default_choices() -> usize {
@@ -151,6 +156,10 @@ impl Validate for StoryAsset {
                     ));
                 }
             }
+        }
+        if let Some(lore) = &self.lore {
+            lore.validate()
+                .map_err(|e| Invalid::new(format!("lore.{}", e.field), e.reason))?;
         }
         Ok(())
     }

@@ -265,3 +265,55 @@ fn the_readme_example_parses() {
     assert_eq!(lore.entries.len(), 4);
     assert_eq!(lore.entries[1].selective, Selective::AndAll);
 }
+
+/// The narrator's own lore and the world's fire on the recent scenes and facts, next to the
+/// newest ask; a story without fired lore gets the same prompt as before.
+#[test]
+fn the_narrator_hears_its_lore_next_to_its_newest_ask() {
+    use bevy_llm_dialogue::story::{Story, StoryAsset};
+    let asset = StoryAsset::from_ron(
+        r#"(title: "The Lighthouse", premise: "You row to the old lighthouse at dusk.",
+            lore: Some((entries: [(keys: ["lighthouse"], content: "The keeper vanished last winter.")])))"#,
+        "lighthouse.story.ron",
+    )
+    .unwrap();
+    let world_lore = book(vec![LoreEntry::when_fact(
+        "storm",
+        "coming",
+        "A storm is coming.",
+    )]);
+    let world: Facts = [("storm", "coming")].into_iter().collect();
+    let template = PromptTemplate::default_narrator();
+    let story = Story::default();
+    let messages = template
+        .narrator_messages_with_lore(&asset, &story, &world, &[&world_lore])
+        .unwrap();
+    let note = &messages[messages.len() - 2];
+    assert_eq!(note.role, Role::System);
+    assert_eq!(
+        note.content,
+        "The narrator knows: A storm is coming. The keeper vanished last winter."
+    );
+    let quiet = template
+        .narrator_messages_with_lore(
+            &StoryAsset {
+                lore: None,
+                ..asset.clone()
+            },
+            &story,
+            &Facts::new(),
+            &[&world_lore],
+        )
+        .unwrap();
+    let plain = template
+        .narrator_messages(
+            &StoryAsset {
+                lore: None,
+                ..asset
+            },
+            &story,
+            &Facts::new(),
+        )
+        .unwrap();
+    assert_eq!(quiet, plain);
+}
