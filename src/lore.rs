@@ -282,6 +282,10 @@ impl Validate for Lorebook {
 /// A character card's `character_book` as a lorebook (V2 fields: `keys`, `secondary_keys`,
 /// `selective`, `constant`, `insertion_order`, `priority`, `case_sensitive`, `enabled`,
 /// `content`; the book's `scan_depth` and `token_budget`). Entries it cannot read are skipped.
+/// V3 decorators at the top of an entry's content are dropped from it (`@@dont_activate`
+/// disables the entry; the others, such as `@@depth`, are front-end placement rules this
+/// crate does not follow: lore always goes next to the newest turn). Keys are matched as
+/// words even where V3's `use_regex` asks for regular expressions.
 pub fn from_character_book(book: &serde_json::Value) -> Lorebook {
     let defaults = Lorebook::default();
     let strings = |v: &serde_json::Value| -> Vec<String> {
@@ -302,7 +306,22 @@ pub fn from_character_book(book: &serde_json::Value) -> Lorebook {
             entries
                 .iter()
                 .filter_map(|e| {
-                    let content = e["content"].as_str()?.trim().to_owned();
+                    // V3 decorators (`@@depth 4`, `@@dont_activate`, ...) open the content
+                    // one per line: they are instructions to front ends, not lore.
+                    let raw = e["content"].as_str()?;
+                    let decorators: Vec<&str> = raw
+                        .lines()
+                        .map(str::trim)
+                        .take_while(|l| l.starts_with("@@"))
+                        .collect();
+                    let content = raw
+                        .lines()
+                        .skip(decorators.len())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .trim()
+                        .to_owned();
+                    let dont_activate = decorators.iter().any(|d| d.starts_with("@@dont_activate"));
                     let keys = strings(&e["keys"]);
                     let constant = e["constant"].as_bool().unwrap_or(false);
                     if content.is_empty() || (keys.is_empty() && !constant) {
@@ -323,7 +342,7 @@ pub fn from_character_book(book: &serde_json::Value) -> Lorebook {
                         order: e["insertion_order"].as_i64().unwrap_or(100) as i32,
                         priority: e["priority"].as_i64().unwrap_or(0) as i32,
                         case_sensitive: e["case_sensitive"].as_bool().unwrap_or(false),
-                        enabled: e["enabled"].as_bool().unwrap_or(true),
+                        enabled: e["enabled"].as_bool().unwrap_or(true) && !dont_activate,
                     })
                 })
                 .collect()

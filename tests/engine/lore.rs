@@ -165,10 +165,17 @@ fn a_cards_book_and_a_ron_book_read_and_bad_entries_are_refused() {
             { "keys": ["tower"], "content": "The tower is barred.", "insertion_order": 3, "priority": 2,
               "selective": true, "secondary_keys": ["door"], "case_sensitive": false, "enabled": true },
             { "keys": [], "content": "Never fires." },
+            { "keys": ["well"], "content": "@@depth 4\n@@activate_only_after 2\nThe well is dry." },
+            { "keys": ["crypt"], "content": "@@dont_activate\nThe crypt is sealed." },
             { "keys": ["x"], "content": "  " }
         ]
     }));
-    assert_eq!(from_card.entries.len(), 1);
+    assert_eq!(from_card.entries.len(), 3);
+    assert_eq!(
+        from_card.entries[1].content, "The well is dry.",
+        "V3 decorators are not lore"
+    );
+    assert!(!from_card.entries[2].enabled, "@@dont_activate");
     assert_eq!((from_card.scan_depth, from_card.token_budget), (2, 50));
     assert_eq!(from_card.entries[0].secondary_keys, ["door"]);
     assert_eq!(from_card.entries[0].order, 3);
