@@ -171,6 +171,17 @@ pub struct CardData {
     pub other: Map<String, Value>,
 }
 
+impl CardData {
+    /// This crate's fields in the card's [`EXTENSION`], none if it has none.
+    fn extras(&self) -> Result<PersonaExtras, serde_json::Error> {
+        self.extensions
+            .get(EXTENSION)
+            .map_or(Ok(PersonaExtras::default()), |e| {
+                serde_json::from_value(e.clone())
+            })
+    }
+}
+
 impl CharacterCard {
     /// Reads a card from JSON. `file` names it in errors.
     pub fn from_json(text: &str, file: &str) -> Result<Self, CardError> {
@@ -351,11 +362,8 @@ impl CharacterCard {
             field.clear();
         }
         kept.alternate_greetings.clear();
-        let extras: PersonaExtras = d
-            .extensions
-            .get(EXTENSION)
-            .and_then(|e| serde_json::from_value(e.clone()).ok())
-            .unwrap_or_default();
+        // A malformed extension reads as none here; persona_from_bytes refuses it.
+        let extras = d.extras().unwrap_or_default();
         let card_lore = d
             .character_book
             .as_ref()
@@ -401,11 +409,9 @@ impl CharacterCard {
                 .map_err(|_| invalid(file, "", "is neither a PNG nor UTF-8 JSON"))?;
             Self::from_json(text, file)?
         };
-        if let Some(extension) = card.data.extensions.get(EXTENSION) {
-            serde_json::from_value::<PersonaExtras>(extension.clone()).map_err(|e| {
-                invalid(file, &format!("data.extensions.{EXTENSION}"), e.to_string())
-            })?;
-        }
+        card.data
+            .extras()
+            .map_err(|e| invalid(file, &format!("data.extensions.{EXTENSION}"), e.to_string()))?;
         let persona = card.to_persona();
         persona
             .validate()

@@ -251,6 +251,24 @@ pub fn select<'a>(
     fired
 }
 
+/// The trimmed contents of the entries of `books` that fire ([`select`]), each once: what
+/// a prompt's note next to the newest turn says.
+pub fn fired_contents<'a>(
+    books: &[&'a Lorebook],
+    turns: &[&str],
+    world: &Facts,
+    npc: &Facts,
+) -> Vec<&'a str> {
+    let mut contents: Vec<&str> = Vec::new();
+    for entry in select(books, turns, world, npc) {
+        let content = entry.content.trim();
+        if !contents.contains(&content) {
+            contents.push(content);
+        }
+    }
+    contents
+}
+
 impl Validate for Lorebook {
     /// Keys and secondary keys must not be empty strings; an entry needs content.
     fn validate(&self) -> Result<(), Invalid> {

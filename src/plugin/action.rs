@@ -6,7 +6,8 @@ use bevy::prelude::*;
 
 use super::assets::DialogueAssets;
 use super::disposition::{
-    DispositionChanged, NpcDisposition, UpdateDisposition, apply, feel_action, with_disposition,
+    DispositionChanged, NpcDisposition, UpdateDisposition, change_disposition, feel_action,
+    with_disposition,
 };
 use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
 use super::npc::{DialogueHistory, Npc, NpcContext};
@@ -323,23 +324,15 @@ pub(crate) fn deliver_actions(
                     ActiveKind::Disposition(spec) => {
                         match parse_action(text, &[feel_action(&spec)]) {
                             Ok(decision) => {
-                                let before = dispositions.get(npc).cloned().unwrap_or_else(|_| {
-                                    let (mood, affinity) = spec.start();
-                                    NpcDisposition { mood, affinity }
-                                });
-                                let after = apply(&spec, &before, &decision.args);
-                                let ev = DispositionChanged {
+                                let before = dispositions.get(npc).ok();
+                                let ev = change_disposition(
+                                    &mut commands,
+                                    &spec,
+                                    before,
+                                    &decision.args,
                                     npc,
                                     request,
-                                    mood_before: before.mood,
-                                    mood: after.mood.clone(),
-                                    affinity_before: before.affinity,
-                                    affinity: after.affinity,
-                                };
-                                if let Ok(mut entity) = commands.get_entity(npc) {
-                                    entity.try_insert(after);
-                                    commands.trigger(ev.clone());
-                                }
+                                );
                                 out.changed.write(ev);
                             }
                             Err(e) => {

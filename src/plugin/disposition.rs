@@ -123,6 +123,37 @@ pub(crate) fn apply(
     }
 }
 
+/// Applies a decision's `args` to `npc`'s disposition (`before`, or the persona's start
+/// when it has none yet): inserts the new component and triggers the entity event, and
+/// returns the event for the message.
+pub(crate) fn change_disposition(
+    commands: &mut Commands,
+    spec: &DispositionSpec,
+    before: Option<&NpcDisposition>,
+    args: &serde_json::Map<String, serde_json::Value>,
+    npc: Entity,
+    request: RequestId,
+) -> DispositionChanged {
+    let before = before.cloned().unwrap_or_else(|| {
+        let (mood, affinity) = spec.start();
+        NpcDisposition { mood, affinity }
+    });
+    let after = apply(spec, &before, args);
+    let ev = DispositionChanged {
+        npc,
+        request,
+        mood_before: before.mood,
+        mood: after.mood.clone(),
+        affinity_before: before.affinity,
+        affinity: after.affinity,
+    };
+    if let Ok(mut entity) = commands.get_entity(npc) {
+        entity.try_insert(after);
+        commands.trigger(ev.clone());
+    }
+    ev
+}
+
 /// `facts` with the disposition's `mood` and `affinity` added, for the prompt.
 pub(crate) fn with_disposition(facts: &Facts, disposition: Option<&NpcDisposition>) -> Facts {
     let mut facts = facts.clone();

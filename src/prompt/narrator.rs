@@ -134,10 +134,7 @@ impl PromptTemplate {
             .filter(|m| m.role != crate::engine::Role::System)
             .map(|m| m.content.as_str())
             .collect();
-        let fired: Vec<String> = crate::lore::select(&books, &turns, world, &Facts::new())
-            .into_iter()
-            .map(|e| e.content.trim().to_owned())
-            .collect();
+        let fired = crate::lore::fired_contents(&books, &turns, world, &Facts::new());
         if !fired.is_empty() {
             let at = messages.len() - 1;
             messages.insert(

@@ -223,8 +223,7 @@ impl PromptTemplate {
                 .map(|m| m.content.as_str())
                 .chain(player_line)
                 .collect();
-            for entry in crate::lore::select(&books, &turns, world, npc) {
-                let content = entry.content.trim();
+            for content in crate::lore::fired_contents(&books, &turns, world, npc) {
                 if !near.contains(&content) {
                     near.push(content);
                 }
