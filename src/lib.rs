@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod card;
+pub mod content;
 pub mod engine;
 pub mod lore;
 pub mod persona;

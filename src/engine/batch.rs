@@ -12,10 +12,11 @@ use super::generate::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
 };
 use super::grammar::{self, Grammar};
+use super::guard::GuardHit;
 use super::load::Engine;
 use super::model::Fed;
 use super::sampling::Sampler;
-use super::stream::TextStream;
+use super::stream::{Mark, TextStream};
 use super::tokenizer::TokenId;
 
 /// Prompt tokens one sequence computes per step; bounds memory and lets a cancel (and the
@@ -72,6 +73,13 @@ pub struct Decoding {
     next: Option<TokenId>,
     /// The last logits as the model gave them.
     raw: Vec<f32>,
+    /// Per generated token: where the stream stood after it, and its log-probability.
+    marks: Vec<(Mark, f64)>,
+    /// Tokens taken back by the guard, by the position they may not be sampled at again.
+    banned: Vec<(usize, TokenId)>,
+    /// The rules of the guard's hits.
+    filtered: Vec<String>,
+    max_rollbacks: usize,
     outcome: Option<Result<Generation>>,
 }
 
@@ -128,10 +136,14 @@ impl Decoding {
             self.stats.prefill_time = self.started.elapsed();
         }
         self.stats.decode_time = self.first_token_at.map_or(Duration::ZERO, |t| t.elapsed());
-        // A text cut by its budget, or one the model ended without ending its sentence.
+        // A text cut by its budget or its guard, or one the model ended without ending its
+        // sentence.
         let cut = matches!(
             reason,
-            StopReason::MaxTokens | StopReason::ContextFull | StopReason::Eos
+            StopReason::MaxTokens
+                | StopReason::ContextFull
+                | StopReason::Eos
+                | StopReason::Filtered
         );
         let rest = if self.whole_sentences && cut {
             self.stream.finish_whole()
@@ -145,12 +157,61 @@ impl Decoding {
                 generated: self.generated.len(),
             });
         }
+        self.stats.guard_time = self.stream.guard_time();
         self.outcome = Some(Ok(Generation {
             text: self.stream.text().to_owned(),
             tokens: std::mem::take(&mut self.generated),
             stop_reason: reason,
             stats: self.stats.clone(),
+            filtered: std::mem::take(&mut self.filtered),
         }));
+    }
+
+    /// Takes back the tokens that made the guard's `hit` and bans the first of them at its
+    /// position, so the next step samples another in its place. `false` when it cannot: the
+    /// rollback budget is spent, or the hit starts inside a token that was partly shown.
+    fn roll_back(&mut self, hit: GuardHit) -> bool {
+        self.filtered.push(hit.rule);
+        if self.stats.rollbacks >= self.max_rollbacks {
+            return false;
+        }
+        let at = hit.range.start.max(self.stream.emitted());
+        // The first token whose text reaches past `at` (the newest has no mark yet).
+        let k = self
+            .marks
+            .iter()
+            .position(|(mark, _)| mark.len > at)
+            .unwrap_or(self.marks.len())
+            .min(self.generated.len().saturating_sub(1));
+        if self.generated.is_empty() {
+            return false;
+        }
+        let before = k.checked_sub(1).map(|i| self.marks[i].0.clone());
+        if before.as_ref().map_or(0, |m| m.len) < self.stream.emitted() {
+            return false;
+        }
+        if let Some(m) = self.matcher.as_deref_mut()
+            && m.rollback(self.generated.len() - k).is_err()
+        {
+            return false;
+        }
+        self.stream.rewind(&before.unwrap_or_default());
+        self.banned.retain(|&(at, _)| at < k);
+        self.banned.push((k, self.generated[k]));
+        self.generated.truncate(k);
+        self.marks.truncate(k);
+        self.stats.logprob = self.marks.iter().map(|(_, lp)| lp).sum();
+        self.stats.generated_tokens = k;
+        self.stats.rollbacks += 1;
+        // The cache keeps everything before the token to sample again; the token before it
+        // is fed again for its logits.
+        let (keep, feed) = match k.checked_sub(1) {
+            Some(last) => (self.prompt.len() + last, self.generated[last]),
+            None => (self.prompt.len() - 1, self.prompt[self.prompt.len() - 1]),
+        };
+        self.session.tokens.truncate(keep);
+        self.next = Some(feed);
+        true
     }
 
     /// The tokens to run in the next step, at most `budget` of a prompt.
@@ -191,7 +252,8 @@ impl Engine {
             sampler: None,
             matcher: None,
             stream: TextStream::new(if free { &params.stop } else { no_stops })
-                .with_max_sentences(params.max_sentences.filter(|_| free)),
+                .with_max_sentences(params.max_sentences.filter(|_| free))
+                .with_guard(params.guard.clone()),
             whole_sentences: params.whole_sentences && free,
             // The last third of the budget (at least 8 tokens) streams whole sentences only.
             hold_from: params
@@ -206,6 +268,10 @@ impl Engine {
             first_token_at: None,
             next: None,
             raw: Vec::new(),
+            marks: Vec::new(),
+            banned: Vec::new(),
+            filtered: Vec::new(),
+            max_rollbacks: params.guard.as_ref().map_or(0, |g| g.max_rollbacks()),
             outcome: None,
         };
         match self.prepare(prompt, params, grammar) {
@@ -349,12 +415,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The guard flagged `d`'s text: it goes back to before the hit, or, past its budget,
+    /// ends before it (a structured output fails: its structure would be cut).
+    fn filtered(&self, d: &mut Decoding, hit: GuardHit, on_delta: &mut dyn FnMut(&Delta<'_>)) {
+        if d.roll_back(hit) {
+            return;
+        }
+        if d.matcher.is_some() {
+            let rule = d.filtered.last().cloned().unwrap_or_default();
+            return d.fail(EngineError::Filtered {
+                rule,
+                rollbacks: d.stats.rollbacks,
+            });
+        }
+        d.end(StopReason::Filtered, on_delta);
+    }
+
     /// Samples the next token of `d` from `logits`, streams it and decides whether `d` ends.
     fn sample(&self, d: &mut Decoding, logits: &mut [f32], on_delta: &mut dyn FnMut(&Delta<'_>)) {
         // The raw scores, kept for the sampled token's log-probability (sampling rewrites
         // them), in a buffer the decoding keeps from token to token.
         d.raw.clear();
         d.raw.extend_from_slice(logits);
+        let position = d.generated.len();
+        for &(_, token) in d.banned.iter().filter(|(at, _)| *at == position) {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
         let sampler = d
             .sampler
             .as_mut()
@@ -391,13 +479,18 @@ impl Engine {
             }
         };
         d.stats.generated_tokens += 1;
-        d.stats.logprob += log_probability(&d.raw, token);
-        if d.stats.generated_tokens == 1 {
+        let logprob = log_probability(&d.raw, token);
+        d.stats.logprob += logprob;
+        if d.stats.time_to_first_token.is_zero() {
             d.stats.time_to_first_token = d.started.elapsed();
             d.first_token_at = Some(Instant::now());
         }
         d.next = Some(token);
         if !d.params.ignore_eos && self.tokenizer.is_end_of_generation(token) {
+            // The text as it would end must pass the guard first.
+            if let Some(hit) = d.stream.final_hit() {
+                return self.filtered(d, hit, on_delta);
+            }
             return d.end(StopReason::Eos, on_delta);
         }
         let structure_done = d.matcher.as_deref().is_some_and(|m| m.is_stopped());
@@ -406,6 +499,10 @@ impl Engine {
             d.stream.hold_partial_sentences();
         }
         let push = d.stream.push(self.tokenizer.token_bytes(token));
+        if let Some(hit) = push.hit {
+            return self.filtered(d, hit, on_delta);
+        }
+        d.marks.push((d.stream.mark(), logprob));
         on_delta(&Delta {
             text: &push.delta,
             token: Some(token),

@@ -78,6 +78,17 @@ pub enum EngineError {
     /// A grammar or JSON schema is invalid, or constrained output could not be completed.
     #[error("constrained output: {0}")]
     Grammar(String),
+    /// A structured output kept breaking the content guard's rules past its rollback budget
+    /// (a free text ends early instead, [`StopReason::Filtered`](super::StopReason::Filtered)).
+    #[error(
+        "the structured output kept breaking the content rule `{rule}` ({rollbacks} rollbacks)"
+    )]
+    Filtered {
+        /// The last rule it broke.
+        rule: String,
+        /// Times it was taken back before giving up.
+        rollbacks: usize,
+    },
     /// The tensor library failed during loading or inference.
     #[error("inference failed: {0}")]
     Compute(#[from] candle_core::Error),

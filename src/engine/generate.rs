@@ -33,6 +33,13 @@ pub struct GenerateParams {
     /// without ending its sentence) ends at its last sentence end, or, if nothing shown so far
     /// ends one, trails off with `…`. Ignored under a grammar. Off by default in the engine; the plugin turns it on for lines and scenes.
     pub whole_sentences: bool,
+    /// A content check enforced while generating: text it flags is taken back (the key/value
+    /// cache with it) and other tokens are sampled in its place, so no flagged text reaches a
+    /// [`Delta`]. Past its rollback budget the text ends before the hit
+    /// ([`StopReason::Filtered`]). `None`: nothing is checked. Not saved with the parameters.
+    #[serde(skip)]
+    #[cfg_attr(feature = "bevy", reflect(ignore))]
+    pub guard: Option<super::guard::Guard>,
 }
 
 impl Default for GenerateParams {
@@ -44,6 +51,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             max_sentences: None,
             whole_sentences: false,
+            guard: None,
         }
     }
 }
@@ -84,6 +92,10 @@ pub enum StopReason {
     ContextFull,
     /// The caller cancelled.
     Cancelled,
+    /// [`GenerateParams::guard`] flagged the text more times than its rollback budget allows:
+    /// the text ends before the last hit (at its last sentence end, with
+    /// [`GenerateParams::whole_sentences`]).
+    Filtered,
 }
 
 /// Figures for one generation.
@@ -107,6 +119,13 @@ pub struct GenerationStats {
     /// that ended the turn included), from its raw scores: before temperature, repetition
     /// penalty, top-k/top-p or a grammar's mask. Closer to zero means the model was surer.
     pub logprob: f64,
+    /// Times [`GenerateParams::guard`] flagged the text and it was taken back and sampled
+    /// again.
+    #[serde(default)]
+    pub rollbacks: usize,
+    /// Time spent in [`GenerateParams::guard`]'s checks.
+    #[serde(default)]
+    pub guard_time: Duration,
 }
 
 impl GenerationStats {
@@ -155,6 +174,10 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Timing and token counts.
     pub stats: GenerationStats,
+    /// The rule of each hit [`GenerateParams::guard`] found, in order (a hit that was taken
+    /// back, and the last one if it ended the text).
+    #[serde(default)]
+    pub filtered: Vec<String>,
 }
 
 /// One step of a streaming generation, passed to the caller's callback.

@@ -26,6 +26,7 @@ mod fit;
 mod generate;
 mod gguf;
 mod grammar;
+mod guard;
 mod kernels;
 pub mod limits;
 mod load;
@@ -46,6 +47,7 @@ pub use generate::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
 };
 pub use grammar::Grammar;
+pub use guard::{Guard, GuardHit, TextGuard};
 pub use load::{Engine, open_model_file};
 pub use progress::ProgressReader;
 pub use sampling::{Sampler, SamplingParams};

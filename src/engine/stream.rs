@@ -1,6 +1,13 @@
 //! Incremental detokenization for streaming: valid UTF-8 only, stop strings never leaked.
 
+use std::time::{Duration, Instant};
+
+use super::guard::{Guard, GuardHit};
 use super::sentences::{ends_sentence, sentence_ends};
+
+/// How far before the shown text a guard looks again, in bytes: a banned phrase may start in
+/// text already shown and end in new text.
+const GUARD_LOOKBACK: usize = 96;
 
 /// Turns token bytes into text deltas.
 ///
@@ -13,6 +20,10 @@ use super::sentences::{ends_sentence, sentence_ends};
 /// sentences (near the end of a line's budget) it shows only whole sentences, so that
 /// [`TextStream::finish_whole`] can end the text at a sentence end without taking back
 /// anything already shown.
+///
+/// With a [`Guard`] it also holds back what the guard has not settled, and a push whose text
+/// the guard flags shows nothing and reports the hit, for the caller to
+/// [`rewind`](TextStream::rewind) to before it.
 #[derive(Debug, Default)]
 pub(crate) struct TextStream {
     pending: Vec<u8>,
@@ -21,6 +32,20 @@ pub(crate) struct TextStream {
     stops: Vec<String>,
     max_sentences: Option<usize>,
     hold_partial: bool,
+    guard: Option<Guard>,
+    guard_time: Duration,
+    /// How much would have been shown without the guard's holding back: at the end, that
+    /// much stands (once checked), so a guard that finds nothing changes no text.
+    unguarded: usize,
+}
+
+/// Where a stream stood after a token: [`TextStream::mark`], for [`TextStream::rewind`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Mark {
+    /// Length of the text.
+    pub(crate) len: usize,
+    /// Bytes of an unfinished character.
+    pending: Vec<u8>,
 }
 
 /// What one push produced.
@@ -32,6 +57,9 @@ pub(crate) struct Push {
     pub stopped: bool,
     /// The sentence limit was reached; the text ends after the last sentence.
     pub sentences_done: bool,
+    /// The guard flagged the text: nothing was shown and the text stays as it was, for the
+    /// caller to rewind to before the hit.
+    pub hit: Option<GuardHit>,
 }
 
 impl TextStream {
@@ -48,9 +76,99 @@ impl TextStream {
         self
     }
 
+    /// Checks the text with `guard` as it grows.
+    pub(crate) fn with_guard(mut self, guard: Option<Guard>) -> Self {
+        self.guard = guard;
+        self
+    }
+
     /// From now on, shows only whole sentences.
     pub(crate) fn hold_partial_sentences(&mut self) {
         self.hold_partial = true;
+    }
+
+    /// Bytes of text shown so far.
+    pub(crate) fn emitted(&self) -> usize {
+        self.emitted
+    }
+
+    /// Time spent in the guard's checks.
+    pub(crate) fn guard_time(&self) -> Duration {
+        self.guard_time
+    }
+
+    /// Where the stream stands now.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            len: self.text.len(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Goes back to `mark` (taken earlier, at or after the end of what was shown).
+    pub(crate) fn rewind(&mut self, mark: &Mark) {
+        debug_assert!(mark.len >= self.emitted && mark.len <= self.text.len());
+        self.text.truncate(mark.len.max(self.emitted));
+        self.pending.clone_from(&mark.pending);
+        self.unguarded = self.unguarded.min(self.text.len()).max(self.emitted);
+    }
+
+    /// The guard's first hit in the text up to `end`, ignoring hits that lie wholly in what
+    /// was already shown (nothing can be done about those).
+    fn check(&mut self, end: usize, complete: bool) -> Option<GuardHit> {
+        let guard = self.guard.as_ref()?;
+        let started = Instant::now();
+        let from = self.lookback();
+        let hit = guard
+            .check()
+            .find(&self.text[from..end], complete)
+            .map(|mut hit| {
+                hit.range = hit.range.start + from..hit.range.end + from;
+                hit
+            })
+            .filter(|hit| hit.range.end > self.emitted);
+        self.guard_time += started.elapsed();
+        hit
+    }
+
+    /// Where the guard's view starts: a little before the shown text, at a word start.
+    fn lookback(&self) -> usize {
+        let mut from = self.emitted.saturating_sub(GUARD_LOOKBACK);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        if from > 0
+            && let Some(space) = self.text[from..self.emitted].find(char::is_whitespace)
+        {
+            from += space + 1;
+        }
+        from
+    }
+
+    /// The end of what the guard has settled.
+    fn guard_settled(&mut self) -> usize {
+        let Some(guard) = self.guard.as_ref() else {
+            return self.text.len();
+        };
+        let started = Instant::now();
+        let from = self.lookback();
+        let settled = from + guard.check().settled(&self.text[from..]);
+        self.guard_time += started.elapsed();
+        settled
+    }
+
+    /// Ends the text before the guard's first hit in it, now that no more text follows.
+    /// Returns the hit.
+    fn cut_final_hit(&mut self) -> Option<GuardHit> {
+        let hit = self.check(self.text.len(), true)?;
+        self.text.truncate(hit.range.start.max(self.emitted));
+        Some(hit)
+    }
+
+    /// The guard's hit in the whole text, as it would end now (before an end of turn).
+    pub(crate) fn final_hit(&mut self) -> Option<GuardHit> {
+        let end = self.text.trim_end().len().max(self.emitted);
+        self.check(end, true)
     }
 
     /// Adds the bytes of one token.
@@ -61,12 +179,18 @@ impl TextStream {
             delta: String::new(),
             stopped: false,
             sentences_done: false,
+            hit: None,
         };
         if self.text.is_empty() {
             // Nothing shown yet: leading whitespace is dropped.
             return push;
         }
         if let Some(at) = self.find_stop() {
+            let end = self.text[..at].trim_end().len().max(self.emitted);
+            if let Some(hit) = self.check(end, true) {
+                push.hit = Some(hit);
+                return push;
+            }
             self.text.truncate(at);
             push.delta = self.flush_to(self.text.trim_end().len());
             self.text.truncate(self.emitted);
@@ -83,15 +207,30 @@ impl TextStream {
             && let Some(&end) = ends.get(n - 1)
         {
             let end = end.max(self.emitted);
+            if let Some(hit) = self.check(end, true) {
+                push.hit = Some(hit);
+                return push;
+            }
             self.text.truncate(end);
             push.delta = self.flush_to(end);
             push.sentences_done = true;
             return push;
         }
+        if let Some(hit) = self.check(self.text.len(), false) {
+            push.hit = Some(hit);
+            return push;
+        }
+        // What the guard has not settled is held back like a stop string's start (and so is
+        // the whitespace before it).
+        let settled = self.guard_settled();
         let mut safe = self.safe_end();
         if self.hold_partial {
             let whole = ends.last().copied().unwrap_or(0);
             safe = safe.min(whole).max(self.emitted);
+        }
+        self.unguarded = self.unguarded.max(safe);
+        if settled < safe {
+            safe = self.text[..settled].trim_end().len().max(self.emitted);
         }
         push.delta = self.flush_to(safe);
         push
@@ -102,8 +241,11 @@ impl TextStream {
     /// sentences were held), the text trails off with `…` instead. Returns the last delta.
     pub(crate) fn finish_whole(&mut self) -> String {
         self.pending.clear();
+        self.cut_final_hit();
         let whole = sentence_ends(&self.text, true).last().copied().unwrap_or(0);
-        let end = whole.max(self.emitted);
+        let end = whole
+            .max(self.emitted)
+            .max(self.unguarded.min(self.text.len()));
         self.text.truncate(end);
         let mut delta = self.finish();
         if !self.text.is_empty() && !ends_sentence(&self.text) {
@@ -117,6 +259,7 @@ impl TextStream {
     /// incomplete UTF-8.
     pub(crate) fn finish(&mut self) -> String {
         self.pending.clear();
+        self.cut_final_hit();
         let end = self.text.trim_end().len();
         let delta = self.flush_to(end);
         self.text.truncate(end);

@@ -423,15 +423,21 @@ impl RemoteClient {
             tokens: Vec::new(),
             stop_reason: StopReason::Cancelled,
             stats,
+            filtered: Vec::new(),
         };
         let url = self.shared.chat_url.clone();
         let lines = self.spawn_exchange(body, cancel.clone())?;
         let structured = request.schema.is_some();
+        // A server's text cannot be taken back and written again: the guard holds back what
+        // is forming and the line ends before its first hit.
         let mut stream = if structured {
             TextStream::new(&[])
         } else {
-            TextStream::new(&params.stop).with_max_sentences(params.max_sentences)
+            TextStream::new(&params.stop)
+                .with_max_sentences(params.max_sentences)
+                .with_guard(params.guard.clone())
         };
+        let mut filtered = Vec::new();
         let whole_sentences = params.whole_sentences && !structured;
         // As in the engine: the last third of the budget shows only whole sentences.
         let hold_from = params
@@ -527,7 +533,10 @@ impl RemoteClient {
                 }
                 let push = stream.push(chunk.content.as_bytes());
                 shown(&push.delta);
-                if push.stopped {
+                if let Some(hit) = push.hit {
+                    filtered.push(hit.rule);
+                    local_stop = Some(StopReason::Filtered);
+                } else if push.stopped {
                     local_stop = Some(StopReason::StopString);
                 } else if push.sentences_done {
                     local_stop = Some(StopReason::SentenceLimit);
@@ -557,7 +566,18 @@ impl RemoteClient {
             }
             (None, None) => return Err(RemoteError::StreamCut { url }),
         };
-        let cut = matches!(reason, StopReason::MaxTokens | StopReason::Eos);
+        // What was held back at the end may hold a hit too.
+        let reason = match stream.final_hit() {
+            Some(hit) if reason != StopReason::Filtered => {
+                filtered.push(hit.rule);
+                StopReason::Filtered
+            }
+            _ => reason,
+        };
+        let cut = matches!(
+            reason,
+            StopReason::MaxTokens | StopReason::Eos | StopReason::Filtered
+        );
         let rest = if whole_sentences && cut {
             stream.finish_whole()
         } else {
@@ -575,6 +595,19 @@ impl RemoteClient {
             })?;
             on_delta(&text);
         }
+        if structured
+            && let Some(guard) = &params.guard
+            && let Some(hit) = guard.check().find(&text, true)
+        {
+            return Err(RemoteError::Failed {
+                url,
+                message: format!(
+                    "the structured answer broke the content rule `{}`",
+                    hit.rule
+                ),
+            });
+        }
+        stats.guard_time = stream.guard_time();
         if stats.generated_tokens == 0 {
             stats.generated_tokens = parts;
         }
@@ -584,6 +617,7 @@ impl RemoteClient {
             tokens: Vec::new(),
             stop_reason: reason,
             stats,
+            filtered,
         })
     }
 

@@ -10,6 +10,7 @@ mod batching;
 mod cancel_and_context;
 mod cards;
 mod chat_template;
+mod content;
 mod families;
 mod fuzz_regressions;
 mod generation;
