@@ -42,7 +42,7 @@ pub const MAX_CARD_BYTES: usize = 16 << 20;
 
 /// The key of this crate's extension in a card's `extensions`: the persona fields cards have
 /// no place for (speaking style, goals, sampling, lengths, stop strings, actions,
-/// disposition, lore), so that a persona written out as a card comes back the same.
+/// disposition, lore, content rules), so that a persona written out as a card comes back the same.
 pub const EXTENSION: &str = "bevy_llm_dialogue";
 
 /// The persona fields a card keeps in its [`EXTENSION`].
@@ -67,6 +67,8 @@ struct PersonaExtras {
     disposition: Option<crate::persona::DispositionSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lore: Option<crate::lore::Lorebook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<crate::content::ContentOverride>,
 }
 
 /// Why a card could not be read. Every message names the file.
@@ -285,6 +287,7 @@ impl CharacterCard {
             stop: persona.stop.clone(),
             actions: persona.actions.clone(),
             disposition: persona.disposition.clone(),
+            content: persona.content.clone(),
             // Lore that came from the card's own book goes back as that book.
             lore: persona
                 .lore
@@ -330,7 +333,7 @@ impl CharacterCard {
     /// | `mes_example`, the character's lines | `example_lines` |
     /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
     /// | `character_book` | `lore` ([`from_character_book`](crate::lore::from_character_book)), and kept |
-    /// | `extensions.bevy_llm_dialogue` ([`EXTENSION`]): speaking style, goals, sampling, lengths, stop strings, actions, disposition, lore | those fields |
+    /// | `extensions.bevy_llm_dialogue` ([`EXTENSION`]): speaking style, goals, sampling, lengths, stop strings, actions, disposition, lore, content rules | those fields |
     /// | everything else (system prompt, post-history instructions, extensions, unknown fields) | `card`, kept as written |
     pub fn to_persona(&self) -> Persona {
         let d = &self.data;
@@ -394,6 +397,7 @@ impl CharacterCard {
             stop: extras.stop,
             actions: extras.actions,
             disposition: extras.disposition,
+            content: extras.content,
             lore: extras.lore.or(card_lore),
             card: Some(kept),
         }

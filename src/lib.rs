@@ -23,17 +23,18 @@ pub mod story;
 /// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.
 pub mod prelude {
     pub use crate::action::{ActionSpec, ArgSpec};
+    pub use crate::content::{ContentOverride, ContentPolicy, PlayerInput, Profanity};
     pub use crate::engine::{ChatMessage, GenerateParams, Role, SamplingParams, StopReason};
     pub use crate::persona::Persona;
     #[cfg(feature = "bevy")]
     pub use crate::plugin::{
         ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueContext,
         DialogueError, DialogueHistory, DialogueModel, DialogueOverrides, DialogueSettings,
-        DialogueSystems, DispositionChanged, LineDelta, LineFailed, LineFinished, LineStarted,
-        LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState,
-        Narrating, Narrator, Npc, NpcContext, NpcDisposition, Priority, RequestAction, RequestId,
-        RequestLine, RequestScene, SceneDelta, SceneFailed, SceneFinished, Speaking,
-        UpdateDisposition, model_ready,
+        DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed, LineFiltered,
+        LineFinished, LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded,
+        ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext, NpcDisposition, Priority,
+        RequestAction, RequestId, RequestLine, RequestScene, SceneDelta, SceneFailed,
+        SceneFinished, Speaking, UpdateDisposition, model_ready,
     };
     pub use crate::prompt::{Facts, PromptTemplate};
     pub use crate::ron_file::RonFileError;

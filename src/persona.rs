@@ -75,6 +75,11 @@ pub struct Persona {
     /// [`NpcDisposition`](crate::plugin::NpcDisposition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposition: Option<DispositionSpec>,
+    /// What this character must never say, on top of the game's
+    /// [`ContentPolicy`](crate::content::ContentPolicy): more banned words, its own profanity
+    /// level and fallback line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::content::ContentOverride>,
     /// Other greetings the game may pick from (a character card's `alternate_greetings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_greetings: Vec<String>,

@@ -28,8 +28,12 @@ pub(crate) struct Active {
 
 /// What the result of a request turns into.
 pub(crate) enum ActiveKind {
-    /// A line; the player's line it answers goes into the history with it.
-    Line { player_line: Option<String> },
+    /// A line; the player's line it answers goes into the history with it. `fallback` is
+    /// said when the content policy leaves the line nothing whole to say.
+    Line {
+        player_line: Option<String>,
+        fallback: String,
+    },
     /// A narrator scene.
     Scene(Box<PendingScene>),
     /// An NPC's decision among actions.
@@ -206,6 +210,7 @@ impl Dispatcher<'_> {
 pub(crate) struct RequestEnv<'w> {
     pub(crate) world: Res<'w, DialogueContext>,
     pub(crate) settings: Res<'w, DialogueSettings>,
+    pub(crate) content: Res<'w, crate::content::ContentPolicy>,
     pub(crate) model: Res<'w, DialogueModel>,
 }
 

@@ -6,6 +6,7 @@ use bevy::prelude::*;
 
 use super::action::Deciding;
 use super::assets::DialogueAssets;
+use super::content::{FilterAction, LineFiltered};
 use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
 use super::line::{
     CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
@@ -67,6 +68,7 @@ pub(crate) fn dispatch_lines(
     mut commands: Commands,
     mut dispatcher: Dispatcher,
     mut failed: MessageWriter<LineFailed>,
+    mut filtered: MessageWriter<LineFiltered>,
     npcs: Query<NpcData>,
     assets: DialogueAssets,
     env: RequestEnv,
@@ -74,19 +76,49 @@ pub(crate) fn dispatch_lines(
     let waiting = std::mem::take(&mut dispatcher.in_flight.waiting_lines);
     for (id, request) in waiting {
         match line_job(id, &request, &npcs, &assets, &env) {
-            Ok(Some(job)) => {
+            Ok(Some(ready)) => {
+                if let Some(rule) = ready.censored {
+                    filtered.write(LineFiltered {
+                        npc: request.npc,
+                        request: id,
+                        rule,
+                        action: FilterAction::CensoredInput,
+                    });
+                }
                 let kind = ActiveKind::Line {
-                    player_line: request.player_line.clone(),
+                    player_line: ready.player_line,
+                    fallback: ready.fallback,
                 };
-                dispatcher.send(job, request.npc, kind);
+                dispatcher.send(ready.job, request.npc, kind);
                 commands
                     .entity(request.npc)
                     .try_insert(Speaking { request: id });
             }
             Ok(None) => dispatcher.in_flight.waiting_lines.push((id, request)),
-            Err(error) => fail_line(&mut commands, &mut failed, request.npc, id, error),
+            Err(error) => {
+                if let DialogueError::Rejected { rule, .. } = &error {
+                    filtered.write(LineFiltered {
+                        npc: request.npc,
+                        request: id,
+                        rule: rule.clone(),
+                        action: FilterAction::RejectedInput,
+                    });
+                }
+                fail_line(&mut commands, &mut failed, request.npc, id, error);
+            }
         }
     }
+}
+
+/// A line ready for the worker.
+struct LineReady {
+    job: Job,
+    /// The player's line as the model sees it (censored by the content policy).
+    player_line: Option<String>,
+    /// The content rule the player's line broke, if it was censored.
+    censored: Option<String>,
+    /// What the NPC says if the content policy leaves it nothing to say.
+    fallback: String,
 }
 
 /// The job for a line, `None` while its assets load.
@@ -96,7 +128,7 @@ fn line_job(
     npcs: &Query<NpcData>,
     assets: &DialogueAssets,
     env: &RequestEnv,
-) -> Result<Option<Job>, DialogueError> {
+) -> Result<Option<LineReady>, DialogueError> {
     if let Some(error) = env.unavailable() {
         return Err(error);
     }
@@ -121,6 +153,14 @@ fn line_job(
     let Some(template) = template.or_fail(DialogueError::Template)? else {
         return Ok(None);
     };
+    let policy = env.content.with_override(persona.content.as_ref());
+    let (player_line, censored) = match &request.player_line {
+        Some(line) => {
+            let (line, censored) = super::content::check_player_line(&policy, line)?;
+            (Some(line), censored)
+        }
+        None => (None, None),
+    };
     let memories = history.memory_lore();
     let messages = template
         .npc_messages_with_lore(
@@ -128,18 +168,19 @@ fn line_job(
             &env.world.facts,
             &super::disposition::with_disposition(&npc_facts.facts, disposition),
             &history.turns,
-            request.player_line.as_deref(),
+            player_line.as_deref(),
             &[&memories, &env.world.lore],
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
-    let params = line_params(&env.settings.defaults, persona, overrides, request)?;
+    let mut params = line_params(&env.settings.defaults, persona, overrides, request)?;
+    params.guard = policy.guard();
     let best_of = request.best_of.unwrap_or(env.settings.best_of);
     if !(1..=8).contains(&best_of) {
         return Err(DialogueError::InvalidRequest(format!(
             "best_of {best_of} is outside 1..=8"
         )));
     }
-    Ok(Some(Job {
+    let job = Job {
         id,
         slot: request.npc.to_bits(),
         messages,
@@ -150,6 +191,12 @@ fn line_job(
             best_of,
             speaker: persona.name.clone(),
         },
+    };
+    Ok(Some(LineReady {
+        job,
+        player_line,
+        censored,
+        fallback: policy.fallback_line,
     }))
 }
 
@@ -191,6 +238,7 @@ pub(crate) fn deliver_lines(
     in_flight: Res<InFlight>,
     mut histories: Query<&mut DialogueHistory>,
     mut out: LineWriters,
+    mut filtered: MessageWriter<LineFiltered>,
 ) {
     for (request, npc, progress) in std::mem::take(&mut inbox.lines) {
         match progress {
@@ -209,12 +257,33 @@ pub(crate) fn deliver_lines(
                 commands.trigger(ev);
             }
             Progress::Done(active, mut generations) => {
-                let generation = generations.swap_remove(0);
-                if let Ok(mut history) = histories.get_mut(npc) {
-                    let player_line = match active.kind {
-                        ActiveKind::Line { player_line } => player_line,
-                        _ => None,
+                let mut generation = generations.swap_remove(0);
+                let (player_line, fallback) = match active.kind {
+                    ActiveKind::Line {
+                        player_line,
+                        fallback,
+                    } => (player_line, fallback),
+                    _ => (None, String::new()),
+                };
+                let (actions, extra) = super::content::settle(&mut generation, Some(&fallback));
+                if let Some(text) = extra {
+                    let ev = LineDelta { npc, request, text };
+                    out.delta.write(ev.clone());
+                    commands.trigger(ev);
+                }
+                for (rule, action) in actions {
+                    let ev = LineFiltered {
+                        npc,
+                        request,
+                        rule,
+                        action,
                     };
+                    filtered.write(ev.clone());
+                    if commands.get_entity(npc).is_ok() {
+                        commands.trigger(ev);
+                    }
+                }
+                if let Ok(mut history) = histories.get_mut(npc) {
                     history.push_exchange(player_line, generation.text.clone());
                 }
                 still_speaking(&mut commands, &in_flight, npc);

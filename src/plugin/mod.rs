@@ -6,6 +6,7 @@
 
 mod action;
 mod assets;
+mod content;
 mod disposition;
 mod in_flight;
 mod line;
@@ -33,6 +34,7 @@ pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
 pub use assets::{
     CardLoader, DialogueAssetError, LoreLoader, PersonaLoader, PromptTemplateLoader, StoryLoader,
 };
+pub use content::{FilterAction, LineFiltered};
 pub use disposition::{DispositionChanged, NpcDisposition, UpdateDisposition};
 pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
 pub use model::{
@@ -210,6 +212,7 @@ impl Plugin for LlmDialoguePlugin {
             .add_message::<LineDelta>()
             .add_message::<LineFinished>()
             .add_message::<LineFailed>()
+            .add_message::<LineFiltered>()
             .add_message::<RequestScene>()
             .add_message::<ChooseOption>()
             .add_message::<SceneDelta>()
@@ -230,6 +233,7 @@ impl Plugin for LlmDialoguePlugin {
             .add_systems(First, pacing::start_frame)
             .add_systems(Last, pacing::pace_worker)
             .init_resource::<DialogueContext>()
+            .init_resource::<crate::content::ContentPolicy>()
             .init_resource::<DialogueModel>()
             .init_resource::<assets::BuiltinPrompts>()
             .init_resource::<in_flight::InFlight>()

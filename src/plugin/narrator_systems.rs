@@ -6,6 +6,7 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use super::assets::{DialogueAssets, Ready};
+use super::content::LineFiltered;
 use super::in_flight::{
     ActiveKind, Dispatcher, InFlight, Inbox, PendingScene, Progress, RequestEnv,
 };
@@ -198,6 +199,7 @@ fn scene_job(
     }
     // The prose's budget: about four characters a token. It ends at a sentence end.
     params.max_tokens = (asset.max_scene_chars / 4).max(16);
+    params.guard = env.content.with_override(asset.content.as_ref()).guard();
     Ok(Job {
         id,
         slot: request.story.to_bits(),
@@ -244,6 +246,7 @@ pub(crate) fn deliver_scenes(
     mut dispatcher: Dispatcher,
     mut stories: Query<&mut Story>,
     mut out: SceneWriters,
+    mut filtered: MessageWriter<LineFiltered>,
 ) {
     for (request, entity, progress) in std::mem::take(&mut inbox.scenes) {
         match progress {
@@ -257,10 +260,23 @@ pub(crate) fn deliver_scenes(
                 out.delta.write(ev.clone());
                 commands.trigger(ev);
             }
-            Progress::Done(active, generations) => {
+            Progress::Done(active, mut generations) => {
                 let ActiveKind::Scene(pending) = active.kind else {
                     continue;
                 };
+                // A scene's prose ends at its last sentence end when the policy cuts it;
+                // there is no fallback line for a narrator.
+                for generation in &mut generations {
+                    let (actions, _) = super::content::settle(generation, None);
+                    for (rule, action) in actions {
+                        filtered.write(LineFiltered {
+                            npc: entity,
+                            request,
+                            rule,
+                            action,
+                        });
+                    }
+                }
                 let Ok(mut story) = stories.get_mut(entity) else {
                     continue;
                 };

@@ -108,4 +108,18 @@ pub enum DialogueError {
     /// added to the history.
     #[error("{0}")]
     Server(String),
+    /// The [`ContentPolicy`](crate::content::ContentPolicy) refused the player's line
+    /// ([`PlayerInput::Reject`](crate::content::PlayerInput::Reject)): show `message`.
+    /// Nothing was generated or added to the history.
+    #[error("{message}")]
+    Rejected {
+        /// The rule the line broke (`banned: dragon`, `profanity`).
+        rule: String,
+        /// The policy's message for the player.
+        message: String,
+    },
+    /// A structured output (a scene's choices) kept breaking the
+    /// [`ContentPolicy`](crate::content::ContentPolicy) past its rollback budget.
+    #[error("{0}")]
+    Filtered(String),
 }

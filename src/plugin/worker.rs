@@ -739,6 +739,7 @@ pub(crate) fn engine_error(e: EngineError) -> DialogueError {
         EngineError::InvalidParameter { .. } => DialogueError::InvalidRequest(e.to_string()),
         EngineError::Template(_) => DialogueError::Template(e.to_string()),
         EngineError::Grammar(_) => DialogueError::Structure(e.to_string()),
+        EngineError::Filtered { .. } => DialogueError::Filtered(e.to_string()),
         other => DialogueError::Inference(other.to_string()),
     }
 }

@@ -62,6 +62,10 @@ pub struct StoryAsset {
     /// (`DialogueContext::lore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lore: Option<crate::lore::Lorebook>,
+    /// What the narrator must never write in this story, on top of the game's
+    /// [`ContentPolicy`](crate::content::ContentPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::content::ContentOverride>,
 }
 
 fn default_choices() -> usize {

@@ -35,6 +35,7 @@ pub struct Log {
     pub scene_failures: Vec<SceneFailed>,
     pub actions: Vec<ActionFinished>,
     pub action_failures: Vec<ActionFailed>,
+    pub filtered: Vec<LineFiltered>,
 }
 
 impl Log {
@@ -70,6 +71,7 @@ struct Readers<'w, 's> {
     scene_failures: MessageReader<'w, 's, SceneFailed>,
     actions: MessageReader<'w, 's, ActionFinished>,
     action_failures: MessageReader<'w, 's, ActionFailed>,
+    filtered: MessageReader<'w, 's, LineFiltered>,
 }
 
 fn record(mut log: ResMut<Log>, mut r: Readers) {
@@ -87,6 +89,7 @@ fn record(mut log: ResMut<Log>, mut r: Readers) {
     log.actions.extend(r.actions.read().cloned());
     log.action_failures
         .extend(r.action_failures.read().cloned());
+    log.filtered.extend(r.filtered.read().cloned());
 }
 
 /// A scratch asset folder holding a copy of the crate's personas and prompts.

@@ -14,6 +14,7 @@ mod actions;
 mod assets;
 mod cancel;
 mod cards;
+mod content;
 mod disposition;
 mod history;
 mod lines;
