@@ -253,6 +253,13 @@ pub struct ContentFilter {
 }
 
 impl ContentFilter {
+    /// Builds the profanity filter's word tables now (about 25 ms, once per process) rather
+    /// than at the first check. The plugin does this on a background thread at startup, so
+    /// that the first player line it checks on the main thread does not pay for it.
+    pub fn warm_up() {
+        rustrict::Censor::from_str("warm up").analyze();
+    }
+
     /// Whether it checks nothing.
     pub fn is_empty(&self) -> bool {
         self.phrases.is_empty() && self.literals.is_empty() && self.profanity.is_none()
@@ -260,7 +267,7 @@ impl ContentFilter {
 
     /// The first hit in a finished text.
     pub fn check(&self, text: &str) -> Option<GuardHit> {
-        self.find(text, true)
+        self.find(text, 0, true)
     }
 
     /// `text` with every hit's characters replaced by `*`.
@@ -314,31 +321,72 @@ impl ContentFilter {
         None
     }
 
-    fn find_profanity(&self, text: &str, spans: &[(Range<usize>, String)]) -> Option<GuardHit> {
+    /// The profanity filter's first hit among the words `spans` of `text`, each judged alone.
+    /// Its evasion checks, which join letters across spaces and dots, read ordinary prose as
+    /// rude words ("that's exactly", "forest. It"); a model does not evade, a player does
+    /// (see [`check_input`](Self::check_input)).
+    fn find_profanity(
+        &self,
+        text: &str,
+        spans: &[(Range<usize>, String)],
+        checked: usize,
+    ) -> Option<GuardHit> {
         let threshold = self.profanity?;
-        let end = spans.last().map_or(0, |(r, _)| r.end);
-        let text = &text[..end];
-        if !rustrict::Censor::from_str(text).analyze().is(threshold) {
-            return None;
-        }
-        // The first word whose text, with all before it, is flagged.
-        let word = spans
+        spans
             .iter()
+            .filter(|(r, _)| r.end > checked)
             .find(|(r, _)| {
-                rustrict::Censor::from_str(&text[..r.end])
+                rustrict::Censor::from_str(&text[r.clone()])
                     .analyze()
                     .is(threshold)
             })
-            .or(spans.last())?;
+            .map(|(r, _)| GuardHit {
+                range: r.clone(),
+                rule: "profanity".into(),
+            })
+    }
+
+    /// The first hit in a player's line: as [`check`](Self::check), and the profanity filter
+    /// reads the whole line with its evasion checks (`f u c k`, `sh1t`).
+    pub fn check_input(&self, text: &str) -> Option<GuardHit> {
+        let hit = self.check(text);
+        let Some(threshold) = self.profanity else {
+            return hit;
+        };
+        if hit.is_some() || !rustrict::Censor::from_str(text).analyze().is(threshold) {
+            return hit;
+        }
+        // Where: the first word whose text, with all before it, is flagged.
+        let end = words(text)
+            .map(|(r, _)| r.end)
+            .find(|&end| {
+                rustrict::Censor::from_str(&text[..end])
+                    .analyze()
+                    .is(threshold)
+            })
+            .unwrap_or(text.len());
         Some(GuardHit {
-            range: word.0.clone(),
+            range: 0..end,
             rule: "profanity".into(),
         })
+    }
+
+    /// A player's line with every hit hidden: banned words and phrases become `*`, and the
+    /// profanity filter censors evasions too.
+    pub fn censor_input(&self, text: &str) -> String {
+        let text = self.censor(text);
+        match self.profanity {
+            Some(threshold) => rustrict::Censor::from_str(&text)
+                .with_censor_threshold(threshold)
+                .with_censor_first_character_threshold(threshold)
+                .censor(),
+            None => text,
+        }
     }
 }
 
 impl TextGuard for ContentFilter {
-    fn find(&self, text: &str, complete: bool) -> Option<GuardHit> {
+    fn find(&self, text: &str, checked: usize, complete: bool) -> Option<GuardHit> {
         let mut spans: Vec<(Range<usize>, String)> = words(text)
             .map(|(range, word)| (range, word.to_lowercase()))
             .collect();
@@ -349,7 +397,7 @@ impl TextGuard for ContentFilter {
         [
             self.find_literal(text),
             self.find_phrase(&spans),
-            self.find_profanity(text, &spans),
+            self.find_profanity(text, &spans, checked),
         ]
         .into_iter()
         .flatten()
@@ -500,11 +548,11 @@ mod tests {
     fn an_unfinished_word_is_held_and_judged_when_it_ends() {
         let f = banned(&["dragon", "the old king"]);
         // "drag" may become "dragon": it is not a hit yet, and not settled.
-        assert!(f.find("Here be drag", false).is_none());
+        assert!(f.find("Here be drag", 0, false).is_none());
         assert_eq!(f.settled("Here be drag"), 8);
-        assert!(f.find("Here be dragon", false).is_none());
-        assert!(f.find("Here be dragon", true).is_some());
-        assert!(f.find("Here be dragon.", false).is_some());
+        assert!(f.find("Here be dragon", 0, false).is_none());
+        assert!(f.find("Here be dragon", 0, true).is_some());
+        assert!(f.find("Here be dragon.", 0, false).is_some());
         // A phrase's first words wait for the rest.
         assert_eq!(f.settled("Hail the old "), 5);
         assert_eq!(f.settled("Hail the old k"), 5);
@@ -544,6 +592,31 @@ mod tests {
         );
         assert!(severe.check("Damn the rain.").is_none());
         assert!(mild.check("Damn the rain.").is_some());
+        // The filter's evasion check reads "forest. It" as a rude word while the text could
+        // still end there; it is judged once the word goes on.
+        let moderate = ContentPolicy {
+            profanity: Profanity::Moderate,
+            ..ContentPolicy::off()
+        }
+        .filter();
+        let text = "a long and dark forest. It's said to be cursed.";
+        assert!(moderate.check(text).is_none());
+        for end in (1..text.len()).filter(|&e| text.is_char_boundary(e)) {
+            assert!(
+                moderate.find(&text[..end], 0, false).is_none(),
+                "{:?}",
+                &text[..end]
+            );
+            assert!(moderate.settled(&text[..end]) <= end);
+        }
+        assert!(moderate.check("But that's exactly what I offer.").is_none());
+        // A player's line is read whole, evasions included.
+        assert!(moderate.check_input("well f u c k you").is_some());
+        assert!(
+            !moderate
+                .censor_input("well f u c k you")
+                .contains("f u c k")
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use std::sync::Arc;
 /// a hit is found before any of it reaches a [`Delta`](super::Delta).
 pub trait TextGuard: Send + Sync + fmt::Debug {
     /// The first hit in `text`, if any. While `complete` is false more text may follow, so a
-    /// word at the very end may be unfinished; it is judged once it ends.
-    fn find(&self, text: &str, complete: bool) -> Option<GuardHit>;
+    /// word at the very end may be unfinished; it is judged once it ends. The first
+    /// `checked` bytes were judged before (the decoder has shown them): a check whose rules
+    /// look at one word at a time may skip the words that end there.
+    fn find(&self, text: &str, checked: usize, complete: bool) -> Option<GuardHit>;
 
     /// The length of the start of `text` that no text added after it can turn into a hit:
     /// the rest (an unfinished word, the start of a banned phrase) is held back.

@@ -37,6 +37,8 @@ pub(crate) struct TextStream {
     /// How much would have been shown without the guard's holding back: at the end, that
     /// much stands (once checked), so a guard that finds nothing changes no text.
     unguarded: usize,
+    /// The end of the text the guard has judged and settled: its words need no second look.
+    judged: usize,
 }
 
 /// Where a stream stood after a token: [`TextStream::mark`], for [`TextStream::rewind`].
@@ -111,6 +113,7 @@ impl TextStream {
         self.text.truncate(mark.len.max(self.emitted));
         self.pending.clone_from(&mark.pending);
         self.unguarded = self.unguarded.min(self.text.len()).max(self.emitted);
+        self.judged = self.judged.min(self.text.len());
     }
 
     /// The guard's first hit in the text up to `end`, ignoring hits that lie wholly in what
@@ -119,9 +122,14 @@ impl TextStream {
         let guard = self.guard.as_ref()?;
         let started = Instant::now();
         let from = self.lookback();
+        let checked = self
+            .judged
+            .max(self.emitted)
+            .saturating_sub(from)
+            .min(end - from);
         let hit = guard
             .check()
-            .find(&self.text[from..end], complete)
+            .find(&self.text[from..end], checked, complete)
             .map(|mut hit| {
                 hit.range = hit.range.start + from..hit.range.end + from;
                 hit
@@ -229,6 +237,7 @@ impl TextStream {
             safe = safe.min(whole).max(self.emitted);
         }
         self.unguarded = self.unguarded.max(safe);
+        self.judged = self.judged.max(settled);
         if settled < safe {
             safe = self.text[..settled].trim_end().len().max(self.emitted);
         }

@@ -51,7 +51,7 @@ pub(crate) fn check_player_line(
         return Ok((line.to_owned(), None));
     }
     let filter = policy.filter();
-    let Some(hit) = filter.check(line) else {
+    let Some(hit) = filter.check_input(line) else {
         return Ok((line.to_owned(), None));
     };
     match &policy.player_input {
@@ -59,7 +59,7 @@ pub(crate) fn check_player_line(
             rule: hit.rule,
             message: message.clone(),
         }),
-        _ => Ok((filter.censor(line), Some(hit.rule))),
+        _ => Ok((filter.censor_input(line), Some(hit.rule))),
     }
 }
 

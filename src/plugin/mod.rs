@@ -180,6 +180,13 @@ impl Plugin for LlmDialoguePlugin {
             remote: self.remote.clone(),
         });
 
+        // The profanity filter's tables take tens of milliseconds to build: not on the main
+        // thread at the first player line a policy checks. A failed spawn only means the
+        // first check builds them.
+        let _ = std::thread::Builder::new()
+            .name("llm-dialogue-content-warm-up".into())
+            .spawn(crate::content::ContentFilter::warm_up);
+
         app.init_asset::<Persona>()
             .init_asset::<PromptTemplate>()
             .init_asset::<StoryAsset>()

@@ -597,7 +597,7 @@ impl RemoteClient {
         }
         if structured
             && let Some(guard) = &params.guard
-            && let Some(hit) = guard.check().find(&text, true)
+            && let Some(hit) = guard.check().find(&text, 0, true)
         {
             return Err(RemoteError::Failed {
                 url,
