@@ -81,7 +81,7 @@ impl Profanity {
 
 /// What happens to a player's line that breaks the policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PlayerInput {
+pub enum PlayerLineCheck {
     /// The model sees it as typed (what the NPC answers is still checked).
     #[default]
     Allow,
@@ -129,7 +129,7 @@ pub struct ContentPolicy {
     /// persona's own [`ContentOverride::fallback_line`] comes first).
     pub fallback_line: String,
     /// What happens to a player's line that breaks the rules.
-    pub player_input: PlayerInput,
+    pub player_input: PlayerLineCheck,
 }
 
 impl Default for ContentPolicy {
@@ -143,7 +143,7 @@ impl Default for ContentPolicy {
                 .collect(),
             max_rollbacks: 16,
             fallback_line: "Let us speak of something else.".into(),
-            player_input: PlayerInput::Allow,
+            player_input: PlayerLineCheck::Allow,
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod story;
 /// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.
 pub mod prelude {
     pub use crate::action::{ActionSpec, ArgSpec};
-    pub use crate::content::{ContentOverride, ContentPolicy, PlayerInput, Profanity};
+    pub use crate::content::{ContentOverride, ContentPolicy, PlayerLineCheck, Profanity};
     pub use crate::engine::{ChatMessage, GenerateParams, Role, SamplingParams, StopReason};
     pub use crate::persona::Persona;
     #[cfg(feature = "bevy")]

@@ -45,6 +45,7 @@ impl Plugin for AdventurePlugin {
                     transcript::record_scenes,
                     save::finish_io,
                     publish_facts,
+                    log_filtered,
                 )
                     .chain(),
             );
@@ -211,6 +212,8 @@ pub struct DebugInfo {
     pub tokens_per_second: f64,
     /// The last action an NPC took.
     pub last_action: String,
+    /// What the content policy did, newest last (the last few).
+    pub filtered: Vec<String>,
 }
 
 /// Where saves go, and an optional seed for reproducible playthroughs.
@@ -247,7 +250,12 @@ fn setup(
     assets: Res<AssetServer>,
     mut scenes: MessageWriter<RequestScene>,
     mut world: ResMut<DialogueContext>,
+    mut content: ResMut<ContentPolicy>,
 ) {
+    // A game for all ages: no swearing from anyone, and what the traveller types is
+    // censored before the characters hear it. (Out-of-character talk is caught by default.)
+    content.profanity = Profanity::Moderate;
+    content.player_input = PlayerLineCheck::Censor;
     // The world's lore: a small file, parsed once (it is also a `*.lore.ron` asset a game
     // could load and copy in).
     match bevy_llm_dialogue::lore::Lorebook::from_ron(
@@ -465,6 +473,22 @@ fn on_action(
         }
         _ => {}
     }
+}
+
+/// The content policy's work, for the debug panel: which rule, what it did, to whom.
+fn log_filtered(
+    mut filtered: MessageReader<LineFiltered>,
+    names: Query<&Name>,
+    mut debug: ResMut<DebugInfo>,
+) {
+    for hit in filtered.read() {
+        let who = name_of(&names, hit.npc);
+        debug
+            .filtered
+            .push(format!("{who}: {} ({:?})", hit.rule, hit.action));
+    }
+    let keep = debug.filtered.len().saturating_sub(5);
+    debug.filtered.drain(..keep);
 }
 
 /// A character could not decide (no model, a broken persona): they do nothing, and the

@@ -307,6 +307,11 @@ fn debug_panel(ui: &mut egui::Ui, view: &View) {
         );
         row("slots", slots);
         row("last action", debug.last_action.clone());
+        let filtered = debug.filtered.last().cloned();
+        row(
+            "content",
+            filtered.unwrap_or_else(|| "nothing filtered".into()),
+        );
     });
     ui.separator();
     ui.strong("Last prompt as sent");

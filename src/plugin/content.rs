@@ -5,7 +5,7 @@
 use bevy::prelude::*;
 
 use super::request::{DialogueError, RequestId};
-use crate::content::{ContentPolicy, PlayerInput};
+use crate::content::{ContentPolicy, PlayerLineCheck};
 use crate::engine::{Generation, StopReason};
 
 /// What the content policy did to a line, a scene or a player's line.
@@ -47,7 +47,7 @@ pub(crate) fn check_player_line(
     policy: &ContentPolicy,
     line: &str,
 ) -> Result<(String, Option<String>), DialogueError> {
-    if policy.player_input == PlayerInput::Allow {
+    if policy.player_input == PlayerLineCheck::Allow {
         return Ok((line.to_owned(), None));
     }
     let filter = policy.filter();
@@ -55,7 +55,7 @@ pub(crate) fn check_player_line(
         return Ok((line.to_owned(), None));
     };
     match &policy.player_input {
-        PlayerInput::Reject(message) => Err(DialogueError::Rejected {
+        PlayerLineCheck::Reject(message) => Err(DialogueError::Rejected {
             rule: hit.rule,
             message: message.clone(),
         }),

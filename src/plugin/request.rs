@@ -109,7 +109,7 @@ pub enum DialogueError {
     #[error("{0}")]
     Server(String),
     /// The [`ContentPolicy`](crate::content::ContentPolicy) refused the player's line
-    /// ([`PlayerInput::Reject`](crate::content::PlayerInput::Reject)): show `message`.
+    /// ([`PlayerLineCheck::Reject`](crate::content::PlayerLineCheck::Reject)): show `message`.
     /// Nothing was generated or added to the history.
     #[error("{message}")]
     Rejected {
