@@ -270,123 +270,35 @@ impl ContentFilter {
         self.find(text, 0, true)
     }
 
-    /// `text` with every hit's characters replaced by `*`.
+    /// Every hit in a finished text, by where it starts (they may overlap).
+    pub fn hits(&self, text: &str) -> Vec<GuardHit> {
+        let mut hits = Vec::new();
+        self.collect(text, 0, true, &mut hits, true);
+        hits.sort_by_key(|hit| hit.range.start);
+        hits
+    }
+
+    /// `text` with every hit's characters replaced by `*` (one pass over the text).
     pub fn censor(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        // Each pass hides one hit; a hit's stars are never a hit again.
-        for _ in 0..text.len() {
-            let Some(hit) = self.check(&text) else { break };
-            let stars = "*".repeat(text[hit.range.clone()].chars().count());
-            text.replace_range(hit.range, &stars);
+        let mut hidden = vec![false; text.len()];
+        for hit in self.hits(text) {
+            hidden[hit.range].fill(true);
         }
-        text
+        text.char_indices()
+            .map(|(i, c)| if hidden[i] { '*' } else { c })
+            .collect()
     }
 
-    fn find_literal(&self, text: &str) -> Option<GuardHit> {
-        if self.literals.is_empty() {
-            return None;
-        }
-        // ASCII lowercasing keeps every byte offset.
-        let lower = text.to_ascii_lowercase();
-        self.literals
-            .iter()
-            .filter_map(|(lit, rule)| {
-                lower.find(lit.as_str()).map(|at| GuardHit {
-                    range: at..at + lit.len(),
-                    rule: rule.clone(),
-                })
-            })
-            .min_by_key(|hit| hit.range.start)
-    }
-
-    fn find_phrase(&self, spans: &[(Range<usize>, String)]) -> Option<GuardHit> {
-        for start in 0..spans.len() {
-            for phrase in &self.phrases {
-                let n = phrase.words.len();
-                if start + n > spans.len() {
-                    continue;
-                }
-                let all = spans[start..start + n]
-                    .iter()
-                    .zip(&phrase.words)
-                    .all(|((_, word), base)| inflects(word, base));
-                if all {
-                    return Some(GuardHit {
-                        range: spans[start].0.start..spans[start + n - 1].0.end,
-                        rule: phrase.rule.clone(),
-                    });
-                }
-            }
-        }
-        None
-    }
-
-    /// The profanity filter's first hit among the words `spans` of `text`, each judged alone.
-    /// Its evasion checks, which join letters across spaces and dots, read ordinary prose as
-    /// rude words ("that's exactly", "forest. It"); a model does not evade, a player does
-    /// (see [`check_input`](Self::check_input)).
-    fn find_profanity(
+    /// Hits in `text` into `out`: all of them, or with `all` false at least the first of
+    /// each kind (the earliest of `out` is then the first hit).
+    fn collect(
         &self,
         text: &str,
-        spans: &[(Range<usize>, String)],
         checked: usize,
-    ) -> Option<GuardHit> {
-        let threshold = self.profanity?;
-        spans
-            .iter()
-            .filter(|(r, _)| r.end > checked)
-            .find(|(r, _)| {
-                rustrict::Censor::from_str(&text[r.clone()])
-                    .analyze()
-                    .is(threshold)
-            })
-            .map(|(r, _)| GuardHit {
-                range: r.clone(),
-                rule: "profanity".into(),
-            })
-    }
-
-    /// The first hit in a player's line: as [`check`](Self::check), and the profanity filter
-    /// reads the whole line with its evasion checks (`f u c k`, `sh1t`).
-    pub fn check_input(&self, text: &str) -> Option<GuardHit> {
-        let hit = self.check(text);
-        let Some(threshold) = self.profanity else {
-            return hit;
-        };
-        if hit.is_some() || !rustrict::Censor::from_str(text).analyze().is(threshold) {
-            return hit;
-        }
-        // Where: the first word whose text, with all before it, is flagged.
-        let end = words(text)
-            .map(|(r, _)| r.end)
-            .find(|&end| {
-                rustrict::Censor::from_str(&text[..end])
-                    .analyze()
-                    .is(threshold)
-            })
-            .unwrap_or(text.len());
-        Some(GuardHit {
-            range: 0..end,
-            rule: "profanity".into(),
-        })
-    }
-
-    /// A player's line with every hit hidden: banned words and phrases become `*`, and the
-    /// profanity filter censors evasions too.
-    pub fn censor_input(&self, text: &str) -> String {
-        let text = self.censor(text);
-        match self.profanity {
-            Some(threshold) => rustrict::Censor::from_str(&text)
-                .with_censor_threshold(threshold)
-                .with_censor_first_character_threshold(threshold)
-                .censor(),
-            None => text,
-        }
-    }
-}
-
-impl TextGuard for ContentFilter {
-    fn find(&self, text: &str, checked: usize, complete: bool) -> Option<GuardHit> {
+        complete: bool,
+        out: &mut Vec<GuardHit>,
+        all: bool,
+    ) {
         let mut spans: Vec<(Range<usize>, String)> = words(text)
             .map(|(range, word)| (range, word.to_lowercase()))
             .collect();
@@ -394,14 +306,74 @@ impl TextGuard for ContentFilter {
         if !complete && spans.last().is_some_and(|(r, _)| r.end == text.len()) {
             spans.pop();
         }
-        [
-            self.find_literal(text),
-            self.find_phrase(&spans),
-            self.find_profanity(text, &spans, checked),
-        ]
-        .into_iter()
-        .flatten()
-        .min_by_key(|hit| hit.range.start)
+        // Literals: ASCII lowercasing keeps every byte offset (so their case folding is
+        // ASCII only).
+        if !self.literals.is_empty() {
+            let lower = text.to_ascii_lowercase();
+            for (lit, rule) in &self.literals {
+                for (at, _) in lower.match_indices(lit.as_str()) {
+                    out.push(GuardHit {
+                        range: at..at + lit.len(),
+                        rule: rule.clone(),
+                    });
+                    if !all {
+                        break;
+                    }
+                }
+            }
+        }
+        // Phrases: consecutive words, not across a sentence end or a line break.
+        'starts: for start in 0..spans.len() {
+            for phrase in &self.phrases {
+                let n = phrase.words.len();
+                let Some(run) = spans.get(start..start + n) else {
+                    continue;
+                };
+                let joined = run
+                    .windows(2)
+                    .all(|w| !text[w[0].0.end..w[1].0.start].contains(['.', '!', '?', '\n']));
+                let same = run
+                    .iter()
+                    .zip(&phrase.words)
+                    .all(|((_, word), base)| inflects(word, base));
+                if joined && same {
+                    out.push(GuardHit {
+                        range: run[0].0.start..run[n - 1].0.end,
+                        rule: phrase.rule.clone(),
+                    });
+                    if !all {
+                        break 'starts;
+                    }
+                }
+            }
+        }
+        // Profanity: each word alone. rustrict's evasion checks, which join letters across
+        // spaces and dots, read ordinary prose as rude words ("that's exactly", "forest.
+        // It"); words judged before are not read again.
+        if let Some(threshold) = self.profanity {
+            for (r, _) in spans.iter().filter(|(r, _)| r.end > checked) {
+                if rustrict::Censor::from_str(&text[r.clone()])
+                    .analyze()
+                    .is(threshold)
+                {
+                    out.push(GuardHit {
+                        range: r.clone(),
+                        rule: "profanity".into(),
+                    });
+                    if !all {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TextGuard for ContentFilter {
+    fn find(&self, text: &str, checked: usize, complete: bool) -> Option<GuardHit> {
+        let mut hits = Vec::new();
+        self.collect(text, checked, complete, &mut hits, false);
+        hits.into_iter().min_by_key(|hit| hit.range.start)
     }
 
     fn settled(&self, text: &str) -> usize {
@@ -473,9 +445,13 @@ fn words(text: &str) -> impl Iterator<Item = (Range<usize>, &str)> {
 /// Whether `word` is `base` or one of its regular inflections (`dragons`, `baking`,
 /// `stabbed`, `cried`).
 fn inflects(word: &str, base: &str) -> bool {
-    const SUFFIXES: &[&str] = &["s", "es", "ed", "d", "ing", "er", "ers", "est", "ly"];
+    const SUFFIXES: &[&str] = &["s", "es", "ed", "ing", "er", "ers", "est", "ly"];
     if word == base {
         return true;
+    }
+    // Short words inflect into other words (`ai`, `aid`; `on`, `only`): exact only.
+    if base.chars().count() <= 2 {
+        return false;
     }
     if let Some(rest) = word.strip_prefix(base) {
         if SUFFIXES.contains(&rest) {
@@ -542,6 +518,14 @@ mod tests {
         assert!(f.check("Long live the old king.").is_some());
         assert!(f.check("The king is old.").is_none());
         assert!(f.check("the old, old king").is_none());
+        // Not across a sentence end; short words are not inflected.
+        let ooc = ContentPolicy::default().filter();
+        assert!(
+            ooc.check("They speak their own language. Model ships sail.")
+                .is_none()
+        );
+        assert!(ooc.check("She came as an aid to the king.").is_none());
+        assert!(ooc.check("Speak as an AI would.").is_some());
     }
 
     #[test]
@@ -610,13 +594,7 @@ mod tests {
             assert!(moderate.settled(&text[..end]) <= end);
         }
         assert!(moderate.check("But that's exactly what I offer.").is_none());
-        // A player's line is read whole, evasions included.
-        assert!(moderate.check_input("well f u c k you").is_some());
-        assert!(
-            !moderate
-                .censor_input("well f u c k you")
-                .contains("f u c k")
-        );
+        assert!(moderate.censor("Well, shit.").contains("****"));
     }
 
     #[test]
@@ -637,6 +615,44 @@ mod tests {
         assert_eq!(p.fallback_line, "Hm.");
         assert_eq!(game.with_override(None), game);
         assert!(ContentPolicy::off().guard().is_none());
+    }
+
+    /// A stream under the default policy, pushing `pieces`; what it showed and whether a
+    /// hit was reported or a stop string ended it.
+    fn stream(stops: &[&str], pieces: &[&str]) -> (String, bool, bool) {
+        use crate::engine::stream::TextStream;
+        let stops: Vec<String> = stops.iter().map(|s| (*s).to_owned()).collect();
+        let mut s = TextStream::new(&stops).with_guard(ContentPolicy::default().guard());
+        let (mut shown, mut hit, mut stopped) = (String::new(), false, false);
+        for piece in pieces {
+            let push = s.push(piece.as_bytes());
+            shown.push_str(&push.delta);
+            hit |= push.hit.is_some();
+            stopped |= push.stopped;
+            if hit || stopped {
+                break;
+            }
+        }
+        (shown, hit, stopped)
+    }
+
+    #[test]
+    fn a_stop_string_holding_markup_still_stops() {
+        let (shown, hit, stopped) = stream(&["</s>"], &["Fine", " then.", "</", "s", ">"]);
+        assert!(stopped && !hit, "the stop ended the line, no rollback");
+        assert_eq!(shown, "Fine then.");
+    }
+
+    #[test]
+    fn wide_spaces_before_the_view_do_not_split_a_character() {
+        // Past the lookback, the first whitespace is a narrow no-break space (3 bytes).
+        let long = format!("{}\u{202f}et puis encore", "a".repeat(90));
+        let words: Vec<String> = long.split_inclusive(' ').map(str::to_owned).collect();
+        let mut pieces: Vec<&str> = words.iter().map(String::as_str).collect();
+        pieces.extend([" la", " forge", " brille."]);
+        let (shown, hit, _) = stream(&[], &pieces);
+        assert!(!hit);
+        assert!(shown.contains("la forge"), "{shown:?}");
     }
 
     #[test]

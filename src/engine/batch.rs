@@ -177,10 +177,11 @@ impl Decoding {
         }
         let at = hit.range.start.max(self.stream.emitted());
         // The first token whose text reaches past `at` (the newest has no mark yet).
+        // (A token whose unfinished character begins the hit counts too.)
         let k = self
             .marks
             .iter()
-            .position(|(mark, _)| mark.len > at)
+            .position(|(mark, _)| mark.len > at || (mark.len == at && !mark.pending_is_empty()))
             .unwrap_or(self.marks.len())
             .min(self.generated.len().saturating_sub(1));
         if self.generated.is_empty() {
@@ -196,7 +197,8 @@ impl Decoding {
             return false;
         }
         self.stream.rewind(&before.unwrap_or_default());
-        self.banned.retain(|&(at, _)| at < k);
+        // Bans at this position stay: they share the prefix kept.
+        self.banned.retain(|&(at, _)| at <= k);
         self.banned.push((k, self.generated[k]));
         self.generated.truncate(k);
         self.marks.truncate(k);
@@ -534,6 +536,13 @@ impl Engine {
             None
         };
         if let Some(reason) = reason {
+            // A budget end judges the last word too: a hit there is taken back (freeing
+            // tokens to write on) or ends the text as filtered.
+            if matches!(reason, StopReason::MaxTokens | StopReason::ContextFull)
+                && let Some(hit) = d.stream.final_hit()
+            {
+                return self.filtered(d, hit, on_delta);
+            }
             d.end(reason, on_delta);
         }
     }

@@ -50,6 +50,13 @@ pub(crate) struct Mark {
     pending: Vec<u8>,
 }
 
+impl Mark {
+    /// Whether no unfinished character waits.
+    pub(crate) fn pending_is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// What one push produced.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Push {
@@ -121,20 +128,23 @@ impl TextStream {
     fn check(&mut self, end: usize, complete: bool) -> Option<GuardHit> {
         let guard = self.guard.as_ref()?;
         let started = Instant::now();
-        let from = self.lookback();
-        let checked = self
-            .judged
-            .max(self.emitted)
-            .saturating_sub(from)
-            .min(end - from);
-        let hit = guard
-            .check()
-            .find(&self.text[from..end], checked, complete)
-            .map(|mut hit| {
-                hit.range = hit.range.start + from..hit.range.end + from;
-                hit
-            })
-            .filter(|hit| hit.range.end > self.emitted);
+        let mut from = self.lookback();
+        let seen = self.judged.max(self.emitted);
+        let mut hit = None;
+        // A hit wholly in shown text (a word cut by the view's start) is passed over; the
+        // search goes on after it.
+        while from < end {
+            let checked = seen.saturating_sub(from).min(end - from);
+            let Some(found) = guard.check().find(&self.text[from..end], checked, complete) else {
+                break;
+            };
+            let range = found.range.start + from..found.range.end + from;
+            if range.end > self.emitted {
+                hit = Some(GuardHit { range, ..found });
+                break;
+            }
+            from = range.end;
+        }
         self.guard_time += started.elapsed();
         hit
     }
@@ -146,9 +156,11 @@ impl TextStream {
             from -= 1;
         }
         if from > 0
-            && let Some(space) = self.text[from..self.emitted].find(char::is_whitespace)
+            && let Some((i, space)) = self.text[from..self.emitted]
+                .char_indices()
+                .find(|(_, c)| c.is_whitespace())
         {
-            from += space + 1;
+            from += i + space.len_utf8();
         }
         from
     }
@@ -224,7 +236,12 @@ impl TextStream {
             push.sentences_done = true;
             return push;
         }
-        if let Some(hit) = self.check(self.text.len(), false) {
+        // A hit inside the start of a stop string is not shown either way: the stop cuts it
+        // (a stop such as `</s>` holds out-of-character markup).
+        if let Some(hit) = self
+            .check(self.text.len(), false)
+            .filter(|hit| hit.range.start < self.stop_prefix_start())
+        {
             push.hit = Some(hit);
             return push;
         }
@@ -239,7 +256,17 @@ impl TextStream {
         self.unguarded = self.unguarded.max(safe);
         self.judged = self.judged.max(settled);
         if settled < safe {
-            safe = self.text[..settled].trim_end().len().max(self.emitted);
+            safe = if self.hold_partial {
+                // Still whole sentences only: the last one that ends before the held part.
+                ends.iter()
+                    .copied()
+                    .filter(|&e| e <= settled)
+                    .last()
+                    .unwrap_or(0)
+                    .max(self.emitted)
+            } else {
+                self.text[..settled].trim_end().len().max(self.emitted)
+            };
         }
         push.delta = self.flush_to(safe);
         push
@@ -340,20 +367,25 @@ impl TextStream {
             .min()
     }
 
-    /// The end of the text that can be shown: before any suffix that starts a stop string,
-    /// and before trailing whitespace.
-    fn safe_end(&self) -> usize {
-        let mut end = self.text.len();
+    /// Where a suffix that may be the start of a stop string begins (the text's end if none).
+    fn stop_prefix_start(&self) -> usize {
+        let mut start = self.text.len();
         for stop in &self.stops {
             for (i, _) in self.text[self.emitted..].char_indices() {
                 let at = self.emitted + i;
-                let tail = &self.text[at..];
-                if stop.starts_with(tail) {
-                    end = end.min(at);
+                if stop.starts_with(&self.text[at..]) {
+                    start = start.min(at);
                     break;
                 }
             }
         }
+        start
+    }
+
+    /// The end of the text that can be shown: before any suffix that starts a stop string,
+    /// and before trailing whitespace.
+    fn safe_end(&self) -> usize {
+        let end = self.stop_prefix_start();
         end.min(self.text[..end].trim_end().len()).max(self.emitted)
     }
 }

@@ -5,7 +5,8 @@
 use bevy::prelude::*;
 
 use super::request::{DialogueError, RequestId};
-use crate::content::{ContentPolicy, PlayerLineCheck};
+use crate::content::{ContentFilter, ContentPolicy, PlayerLineCheck};
+use crate::engine::Guard;
 use crate::engine::{Generation, StopReason};
 
 /// What the content policy did to a line, a scene or a player's line.
@@ -42,24 +43,58 @@ pub struct LineFiltered {
     pub action: FilterAction,
 }
 
-/// The player's line as the model may see it: `Ok((line, censored rule))`, or the refusal.
-pub(crate) fn check_player_line(
-    policy: &ContentPolicy,
-    line: &str,
-) -> Result<(String, Option<String>), DialogueError> {
-    if policy.player_input == PlayerLineCheck::Allow {
-        return Ok((line.to_owned(), None));
+/// A line's policy, ready: its filter, the guard for the generator, the fallback line.
+pub(crate) struct LinePolicy {
+    pub(crate) policy: ContentPolicy,
+    pub(crate) filter: ContentFilter,
+    pub(crate) guard: Option<Guard>,
+    /// Empty when the configured line itself breaks the policy (a persona that bans a word
+    /// of the game's fallback line): then nothing is added.
+    pub(crate) fallback: String,
+}
+
+impl LinePolicy {
+    pub(crate) fn new(policy: ContentPolicy) -> Self {
+        let filter = policy.filter();
+        let guard = (!filter.is_empty()).then(|| Guard::new(filter.clone(), policy.max_rollbacks));
+        let fallback = match filter.check(&policy.fallback_line) {
+            Some(hit) => {
+                tracing::warn!(
+                    "the fallback line {:?} breaks its own content policy ({}); none is used",
+                    policy.fallback_line,
+                    hit.rule
+                );
+                String::new()
+            }
+            None => policy.fallback_line.clone(),
+        };
+        Self {
+            policy,
+            filter,
+            guard,
+            fallback,
+        }
     }
-    let filter = policy.filter();
-    let Some(hit) = filter.check_input(line) else {
-        return Ok((line.to_owned(), None));
-    };
-    match &policy.player_input {
-        PlayerLineCheck::Reject(message) => Err(DialogueError::Rejected {
-            rule: hit.rule,
-            message: message.clone(),
-        }),
-        _ => Ok((filter.censor_input(line), Some(hit.rule))),
+
+    /// The player's line as the model may see it: `Ok((line, censored rule))`, or the
+    /// refusal. One pass of the filter over the line (a few microseconds a word).
+    pub(crate) fn check_player_line(
+        &self,
+        line: &str,
+    ) -> Result<(String, Option<String>), DialogueError> {
+        if self.policy.player_input == PlayerLineCheck::Allow {
+            return Ok((line.to_owned(), None));
+        }
+        let Some(hit) = self.filter.check(line) else {
+            return Ok((line.to_owned(), None));
+        };
+        match &self.policy.player_input {
+            PlayerLineCheck::Reject(message) => Err(DialogueError::Rejected {
+                rule: hit.rule,
+                message: message.clone(),
+            }),
+            _ => Ok((self.filter.censor(line), Some(hit.rule))),
+        }
     }
 }
 
@@ -81,7 +116,7 @@ pub(crate) fn settle(
     let rule = generation.filtered.last().cloned().unwrap_or_default();
     let text = generation.text.trim_end_matches('…');
     let whole = !text.is_empty() && text.len() == generation.text.len();
-    let Some(fallback) = fallback.filter(|_| !whole) else {
+    let Some(fallback) = fallback.filter(|f| !whole && !f.is_empty()) else {
         actions.push((rule, FilterAction::Cut));
         return (actions, None);
     };

@@ -6,7 +6,7 @@ use bevy::prelude::*;
 
 use super::action::Deciding;
 use super::assets::DialogueAssets;
-use super::content::{FilterAction, LineFiltered};
+use super::content::{FilterAction, LineFiltered, LinePolicy};
 use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
 use super::line::{
     CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
@@ -78,12 +78,14 @@ pub(crate) fn dispatch_lines(
         match line_job(id, &request, &npcs, &assets, &env) {
             Ok(Some(ready)) => {
                 if let Some(rule) = ready.censored {
-                    filtered.write(LineFiltered {
+                    let ev = LineFiltered {
                         npc: request.npc,
                         request: id,
                         rule,
                         action: FilterAction::CensoredInput,
-                    });
+                    };
+                    filtered.write(ev.clone());
+                    commands.trigger(ev);
                 }
                 let kind = ActiveKind::Line {
                     player_line: ready.player_line,
@@ -97,12 +99,16 @@ pub(crate) fn dispatch_lines(
             Ok(None) => dispatcher.in_flight.waiting_lines.push((id, request)),
             Err(error) => {
                 if let DialogueError::Rejected { rule, .. } = &error {
-                    filtered.write(LineFiltered {
+                    let ev = LineFiltered {
                         npc: request.npc,
                         request: id,
                         rule: rule.clone(),
                         action: FilterAction::RejectedInput,
-                    });
+                    };
+                    filtered.write(ev.clone());
+                    if commands.get_entity(request.npc).is_ok() {
+                        commands.trigger(ev);
+                    }
                 }
                 fail_line(&mut commands, &mut failed, request.npc, id, error);
             }
@@ -153,10 +159,10 @@ fn line_job(
     let Some(template) = template.or_fail(DialogueError::Template)? else {
         return Ok(None);
     };
-    let policy = env.content.with_override(persona.content.as_ref());
+    let policy = LinePolicy::new(env.content.with_override(persona.content.as_ref()));
     let (player_line, censored) = match &request.player_line {
         Some(line) => {
-            let (line, censored) = super::content::check_player_line(&policy, line)?;
+            let (line, censored) = policy.check_player_line(line)?;
             (Some(line), censored)
         }
         None => (None, None),
@@ -173,7 +179,7 @@ fn line_job(
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     let mut params = line_params(&env.settings.defaults, persona, overrides, request)?;
-    params.guard = policy.guard();
+    params.guard = policy.guard.clone();
     let best_of = request.best_of.unwrap_or(env.settings.best_of);
     if !(1..=8).contains(&best_of) {
         return Err(DialogueError::InvalidRequest(format!(
@@ -196,7 +202,7 @@ fn line_job(
         job,
         player_line,
         censored,
-        fallback: policy.fallback_line,
+        fallback: policy.fallback,
     }))
 }
 

@@ -269,12 +269,16 @@ pub(crate) fn deliver_scenes(
                 for generation in &mut generations {
                     let (actions, _) = super::content::settle(generation, None);
                     for (rule, action) in actions {
-                        filtered.write(LineFiltered {
+                        let ev = LineFiltered {
                             npc: entity,
                             request,
                             rule,
                             action,
-                        });
+                        };
+                        filtered.write(ev.clone());
+                        if commands.get_entity(entity).is_ok() {
+                            commands.trigger(ev);
+                        }
                     }
                 }
                 let Ok(mut story) = stories.get_mut(entity) else {

@@ -449,9 +449,11 @@ impl RemoteClient {
         let mut last_part = Instant::now();
         let mut finish: Option<String> = None;
         let mut local_stop = None;
-        // Text of a wrapped schema answer is shown once unwrapped.
+        // Text of a wrapped schema answer is shown once unwrapped; a guarded structured
+        // answer once checked.
+        let whole = wrapped || (structured && params.guard.is_some());
         let mut shown = |text: &str| {
-            if !wrapped && !text.is_empty() {
+            if !whole && !text.is_empty() {
                 on_delta(text);
             }
         };
@@ -593,7 +595,6 @@ impl RemoteClient {
                     shorten(&text)
                 ),
             })?;
-            on_delta(&text);
         }
         if structured
             && let Some(guard) = &params.guard
@@ -606,6 +607,9 @@ impl RemoteClient {
                     hit.rule
                 ),
             });
+        }
+        if whole {
+            on_delta(&text);
         }
         stats.guard_time = stream.guard_time();
         if stats.generated_tokens == 0 {

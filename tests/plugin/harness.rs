@@ -203,8 +203,9 @@ impl Drop for Alone {
 /// than queueing as a writer: a queued writer would block a test that opens a second app
 /// while its first is alive.
 ///
-/// It gives up after [`LONG`]: an app that a failed test leaked would otherwise hang the run
-/// instead of failing it.
+/// It gives up after four times [`LONG`]: an app that a failed test leaked would otherwise
+/// hang the run instead of failing it (and on two cores a test with twenty NPCs keeps its
+/// app for minutes while the others run).
 pub fn exclusive() -> Alone {
     let start = Instant::now();
     let guard = loop {
@@ -213,8 +214,9 @@ pub fn exclusive() -> Alone {
             Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
                 assert!(
-                    start.elapsed() < LONG,
-                    "another test's app is still alive after {LONG:?} (did a test fail and leak it?)"
+                    start.elapsed() < LONG * 4,
+                    "another test's app is still alive after {:?} (did a test fail and leak it?)",
+                    LONG * 4
                 );
                 std::thread::sleep(Duration::from_millis(1))
             }
