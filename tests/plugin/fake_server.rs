@@ -176,10 +176,19 @@ fn serve(
         Reply::Stream { parts, delay, end } => {
             let now = open.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(now, Ordering::SeqCst);
-            if send_stream(&mut out, &parts, delay, end).is_err() {
+            // The stream stops counting as open just before its last part: a client that
+            // ends its line on that part (a sentence limit) may send its next request before
+            // this thread runs again, and that is not two requests at once.
+            let released = std::cell::Cell::new(false);
+            let release = || {
+                if !released.replace(true) {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                }
+            };
+            if send_stream(&mut out, &parts, delay, end, &release).is_err() {
                 hung_up.fetch_add(1, Ordering::SeqCst);
             }
-            open.fetch_sub(1, Ordering::SeqCst);
+            release();
         }
     }
 }
@@ -208,6 +217,7 @@ fn send_stream(
     parts: &[String],
     delay: Duration,
     end: End,
+    before_last: &dyn Fn(),
 ) -> std::io::Result<()> {
     out.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
@@ -221,8 +231,14 @@ fn send_stream(
     };
     out.write_all(event(serde_json::json!({ "role": "assistant" }), None).as_bytes())?;
     out.write_all(b": keep-alive\n\n")?;
-    for part in parts {
+    if parts.is_empty() {
+        before_last();
+    }
+    for (i, part) in parts.iter().enumerate() {
         std::thread::sleep(delay);
+        if i + 1 == parts.len() {
+            before_last();
+        }
         out.write_all(event(serde_json::json!({ "content": part }), None).as_bytes())?;
         out.flush()?;
     }
