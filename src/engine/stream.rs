@@ -260,8 +260,7 @@ impl TextStream {
                 // Still whole sentences only: the last one that ends before the held part.
                 ends.iter()
                     .copied()
-                    .filter(|&e| e <= settled)
-                    .last()
+                    .rfind(|&e| e <= settled)
                     .unwrap_or(0)
                     .max(self.emitted)
             } else {
