@@ -43,6 +43,18 @@ pub struct LineFiltered {
     pub action: FilterAction,
 }
 
+/// Sends a [`LineFiltered`] as a message, and as an entity event while its entity exists.
+pub(crate) fn report(
+    commands: &mut Commands,
+    filtered: &mut MessageWriter<LineFiltered>,
+    ev: LineFiltered,
+) {
+    filtered.write(ev.clone());
+    if commands.get_entity(ev.npc).is_ok() {
+        commands.trigger(ev);
+    }
+}
+
 /// A line's policy, ready: its filter, the guard for the generator, the fallback line.
 pub(crate) struct LinePolicy {
     pub(crate) policy: ContentPolicy,

@@ -6,7 +6,7 @@ use bevy::prelude::*;
 
 use super::action::Deciding;
 use super::assets::DialogueAssets;
-use super::content::{FilterAction, LineFiltered, LinePolicy};
+use super::content::{FilterAction, LineFiltered, LinePolicy, report};
 use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
 use super::line::{
     CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
@@ -84,8 +84,7 @@ pub(crate) fn dispatch_lines(
                         rule,
                         action: FilterAction::CensoredInput,
                     };
-                    filtered.write(ev.clone());
-                    commands.trigger(ev);
+                    report(&mut commands, &mut filtered, ev);
                 }
                 let kind = ActiveKind::Line {
                     player_line: ready.player_line,
@@ -105,10 +104,7 @@ pub(crate) fn dispatch_lines(
                         rule: rule.clone(),
                         action: FilterAction::RejectedInput,
                     };
-                    filtered.write(ev.clone());
-                    if commands.get_entity(request.npc).is_ok() {
-                        commands.trigger(ev);
-                    }
+                    report(&mut commands, &mut filtered, ev);
                 }
                 fail_line(&mut commands, &mut failed, request.npc, id, error);
             }
@@ -284,10 +280,7 @@ pub(crate) fn deliver_lines(
                         rule,
                         action,
                     };
-                    filtered.write(ev.clone());
-                    if commands.get_entity(npc).is_ok() {
-                        commands.trigger(ev);
-                    }
+                    report(&mut commands, &mut filtered, ev);
                 }
                 if let Ok(mut history) = histories.get_mut(npc) {
                     history.push_exchange(player_line, generation.text.clone());

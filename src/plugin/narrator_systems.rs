@@ -275,10 +275,7 @@ pub(crate) fn deliver_scenes(
                             rule,
                             action,
                         };
-                        filtered.write(ev.clone());
-                        if commands.get_entity(entity).is_ok() {
-                            commands.trigger(ev);
-                        }
+                        super::content::report(&mut commands, &mut filtered, ev);
                     }
                 }
                 let Ok(mut story) = stories.get_mut(entity) else {
