@@ -20,6 +20,11 @@ use crate::engine::{
 };
 use crate::score;
 
+/// Tokens into a line before the fault-injection hook panics (few enough that every line
+/// gets there).
+#[cfg(feature = "fault-injection")]
+const INJECTED_PANIC_AFTER: usize = 3;
+
 /// A line (or a scene, or a decision) to generate.
 #[derive(Clone)]
 pub(crate) struct Job {
@@ -433,7 +438,7 @@ impl Worker {
             });
             let send = |d: &Delta<'_>| {
                 #[cfg(feature = "fault-injection")]
-                if inject && d.generated >= 3 {
+                if inject && d.generated >= INJECTED_PANIC_AFTER {
                     panic!("injected fault");
                 }
                 if !d.text.is_empty() {
@@ -647,7 +652,7 @@ impl Worker {
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
             engine.step(active.iter_mut().map(|a| &mut a.decoding), |i, d| {
                 let (id, cancel, inject) = &lines[i];
-                if *inject && d.generated >= 3 {
+                if *inject && d.generated >= INJECTED_PANIC_AFTER {
                     panic!("injected fault");
                 }
                 if !d.text.is_empty() {
