@@ -22,7 +22,6 @@ use crate::score;
 
 /// Tokens into a line before the fault-injection hook panics (few enough that every line
 /// gets there).
-#[cfg(feature = "fault-injection")]
 const INJECTED_PANIC_AFTER: usize = 3;
 
 /// A line (or a scene, or a decision) to generate.
