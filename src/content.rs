@@ -230,7 +230,12 @@ impl ContentPolicy {
 
     /// The guard the generator enforces, `None` if the policy checks nothing.
     pub fn guard(&self) -> Option<Guard> {
-        let filter = self.filter();
+        self.guard_with(self.filter())
+    }
+
+    /// The guard enforcing `filter` (this policy's [`filter`](Self::filter), built once by a
+    /// caller that also needs it) with this policy's rollback budget.
+    pub fn guard_with(&self, filter: ContentFilter) -> Option<Guard> {
         (!filter.is_empty()).then(|| Guard::new(filter, self.max_rollbacks))
     }
 }

@@ -79,7 +79,6 @@ pub struct Decoding {
     banned: Vec<(usize, TokenId)>,
     /// The rules of the guard's hits.
     filtered: Vec<String>,
-    max_rollbacks: usize,
     outcome: Option<Result<Generation>>,
 }
 
@@ -172,7 +171,8 @@ impl Decoding {
     /// rollback budget is spent, or the hit starts inside a token that was partly shown.
     fn roll_back(&mut self, hit: GuardHit) -> bool {
         self.filtered.push(hit.rule);
-        if self.stats.rollbacks >= self.max_rollbacks {
+        let budget = self.params.guard.as_ref().map_or(0, |g| g.max_rollbacks());
+        if self.stats.rollbacks >= budget || self.generated.is_empty() {
             return false;
         }
         let at = hit.range.start.max(self.stream.emitted());
@@ -183,10 +183,7 @@ impl Decoding {
             .iter()
             .position(|(mark, _)| mark.len > at || (mark.len == at && !mark.pending_is_empty()))
             .unwrap_or(self.marks.len())
-            .min(self.generated.len().saturating_sub(1));
-        if self.generated.is_empty() {
-            return false;
-        }
+            .min(self.generated.len() - 1);
         let before = k.checked_sub(1).map(|i| self.marks[i].0.clone());
         if before.as_ref().map_or(0, |m| m.len) < self.stream.emitted() {
             return false;
@@ -273,7 +270,6 @@ impl Engine {
             marks: Vec::new(),
             banned: Vec::new(),
             filtered: Vec::new(),
-            max_rollbacks: params.guard.as_ref().map_or(0, |g| g.max_rollbacks()),
             outcome: None,
         };
         match self.prepare(prompt, params, grammar) {

@@ -68,7 +68,7 @@ pub(crate) struct LinePolicy {
 impl LinePolicy {
     pub(crate) fn new(policy: ContentPolicy) -> Self {
         let filter = policy.filter();
-        let guard = (!filter.is_empty()).then(|| Guard::new(filter.clone(), policy.max_rollbacks));
+        let guard = policy.guard_with(filter.clone());
         let fallback = match filter.check(&policy.fallback_line) {
             Some(hit) => {
                 tracing::warn!(
