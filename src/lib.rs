@@ -19,6 +19,8 @@ pub mod remote;
 pub mod ron_file;
 pub mod score;
 pub mod story;
+#[cfg(feature = "yarn")]
+pub mod yarn;
 
 /// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.
 pub mod prelude {

@@ -39,6 +39,9 @@ pub struct RequestLine {
     ///
     /// [`DialogueSettings::best_of`]: super::DialogueSettings::best_of
     pub best_of: Option<usize>,
+    /// What this line should do ("mention the wolves"), told to the model next to the
+    /// newest turn, for this line only; it is not part of the history.
+    pub direction: Option<String>,
 }
 
 impl RequestLine {
@@ -52,6 +55,7 @@ impl RequestLine {
             max_sentences: None,
             sampling: None,
             best_of: None,
+            direction: None,
         }
     }
     /// The player's line the NPC answers.
@@ -77,6 +81,13 @@ impl RequestLine {
     /// Sampling for this line only.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
+        self
+    }
+    /// A direction for this line only: what it should do or be about ("greet the player and
+    /// mention the wolves"). The model reads it next to the newest turn; the history keeps
+    /// only what was said. At most [`MAX_TURN_BYTES`](crate::prompt::MAX_TURN_BYTES) bytes.
+    pub fn direction(mut self, direction: impl Into<String>) -> Self {
+        self.direction = Some(direction.into());
         self
     }
     /// Draws `n` lines from one prompt computation and keeps the best by

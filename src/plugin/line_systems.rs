@@ -142,6 +142,14 @@ fn line_job(
             line.len()
         )));
     }
+    if let Some(direction) = &request.direction
+        && direction.len() > MAX_TURN_BYTES
+    {
+        return Err(DialogueError::InvalidRequest(format!(
+            "the line's direction is {} bytes; the limit is {MAX_TURN_BYTES}",
+            direction.len()
+        )));
+    }
     let (npc, history, npc_facts, overrides, disposition) = npcs
         .get(request.npc)
         .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
@@ -164,7 +172,7 @@ fn line_job(
         None => (None, None),
     };
     let memories = history.memory_lore();
-    let messages = template
+    let mut messages = template
         .npc_messages_with_lore(
             persona,
             &env.world.facts,
@@ -174,6 +182,12 @@ fn line_job(
             &[&memories, &env.world.lore],
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
+    if let Some(direction) = &request.direction {
+        // Next to the newest turn, where a small model looks (as lore notes are).
+        let at = messages.len() - 1;
+        let note = format!("Direction for {}'s next line: {direction}", persona.name);
+        messages.insert(at, crate::engine::ChatMessage::system(note));
+    }
     let mut params = line_params(&env.settings.defaults, persona, overrides, request)?;
     params.guard = policy.guard.clone();
     let best_of = request.best_of.unwrap_or(env.settings.best_of);

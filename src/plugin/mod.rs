@@ -23,6 +23,7 @@ mod request;
 mod summary;
 mod worker;
 mod worker_link;
+mod yarn_check;
 
 use std::path::PathBuf;
 
@@ -151,14 +152,32 @@ pub enum DialogueSystems {
     Dispatch,
 }
 
+/// The folder assets load from: the `AssetPlugin`'s, under the app's base path.
+fn asset_base(app: &App) -> PathBuf {
+    let asset_root = app
+        .get_added_plugins::<AssetPlugin>()
+        .first()
+        .map(|p| PathBuf::from(&p.file_path))
+        .unwrap_or_else(|| PathBuf::from("assets"));
+    bevy::asset::io::file::FileAssetReader::get_base_path().join(asset_root)
+}
+
 impl Plugin for LlmDialoguePlugin {
+    fn finish(&self, app: &mut App) {
+        // Yarn scripts that ask for generated dialogue where nothing would answer.
+        #[cfg(not(feature = "yarn"))]
+        yarn_check::warn_in_background(
+            asset_base(app),
+            "bevy_llm_dialogue was built without its `yarn` feature",
+        );
+        #[cfg(feature = "yarn")]
+        if !app.is_plugin_added::<crate::yarn::YarnBridgePlugin>() {
+            yarn_check::warn_in_background(asset_base(app), "the app has no YarnBridgePlugin");
+        }
+    }
+
     fn build(&self, app: &mut App) {
-        let asset_root = app
-            .get_added_plugins::<AssetPlugin>()
-            .first()
-            .map(|p| PathBuf::from(&p.file_path))
-            .unwrap_or_else(|| PathBuf::from("assets"));
-        let base = bevy::asset::io::file::FileAssetReader::get_base_path().join(asset_root);
+        let base = asset_base(app);
         let threads = self.inference_threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1))

@@ -50,6 +50,12 @@ pub struct RequestScene {
     pub alternatives: usize,
     /// Sampling for this scene only.
     pub sampling: Option<SamplingParams>,
+    /// How many choices this scene offers (within [`CHOICES`](crate::story::CHOICES));
+    /// `None` takes the story's `choices`.
+    pub choices: Option<usize>,
+    /// What this scene should do ("the guard blocks the gate"), added to the narrator's ask
+    /// for this scene only.
+    pub direction: Option<String>,
 }
 
 impl RequestScene {
@@ -59,6 +65,8 @@ impl RequestScene {
             story,
             alternatives: 1,
             sampling: None,
+            choices: None,
+            direction: None,
         }
     }
     /// Writes `n` alternatives.
@@ -69,6 +77,16 @@ impl RequestScene {
     /// Sampling for this scene.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
+        self
+    }
+    /// Offers `n` choices in this scene instead of the story's number.
+    pub fn choices(mut self, n: usize) -> Self {
+        self.choices = Some(n);
+        self
+    }
+    /// A direction for this scene only, added to the narrator's ask.
+    pub fn direction(mut self, direction: impl Into<String>) -> Self {
+        self.direction = Some(direction.into());
         self
     }
 }

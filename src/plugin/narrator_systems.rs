@@ -152,7 +152,7 @@ pub(crate) fn dispatch_scenes(
         match scene_job(id, &request, &story, asset, template, &env) {
             Ok(job) => {
                 let pending = PendingScene {
-                    choices: asset.choices,
+                    choices: request.choices.unwrap_or(asset.choices),
                     attempts: 1,
                     job: job.clone(),
                 };
@@ -190,9 +190,29 @@ fn scene_job(
             request.alternatives
         )));
     }
-    let messages = template
+    let choices = request.choices.unwrap_or(asset.choices);
+    if !crate::story::CHOICES.contains(&choices) {
+        return Err(DialogueError::InvalidRequest(format!(
+            "{choices} choices is outside {:?}",
+            crate::story::CHOICES
+        )));
+    }
+    let mut messages = template
         .narrator_messages_with_lore(asset, story, &env.world.facts, &[&env.world.lore])
         .map_err(|e| DialogueError::Template(e.to_string()))?;
+    if let Some(direction) = &request.direction {
+        if direction.len() > crate::prompt::MAX_TURN_BYTES {
+            return Err(DialogueError::InvalidRequest(format!(
+                "the scene's direction is {} bytes; the limit is {}",
+                direction.len(),
+                crate::prompt::MAX_TURN_BYTES
+            )));
+        }
+        // The newest ask is the narrator's last user turn.
+        if let Some(ask) = messages.last_mut() {
+            ask.content = format!("{} {direction}", ask.content);
+        }
+    }
     let mut params = env.settings.defaults.clone();
     if let Some(s) = request.sampling.clone().or_else(|| asset.sampling.clone()) {
         params.sampling = s;
@@ -208,7 +228,7 @@ fn scene_job(
         priority: Priority::Player,
         cancel: CancelToken::new(),
         output: Output::Scene {
-            choices: asset.choices,
+            choices,
             alternatives: request.alternatives,
         },
     })

@@ -228,7 +228,13 @@ pub fn exclusive() -> Alone {
 
 /// A headless app with the plugin that logs everything it sends.
 pub fn app(assets: &Path, plugin: LlmDialoguePlugin) -> App {
+    app_with(assets, plugin, |_| {})
+}
+
+/// [`app`], with more plugins added by `extra` before it is finished.
+pub fn app_with(assets: &Path, plugin: LlmDialoguePlugin, extra: impl FnOnce(&mut App)) -> App {
     let mut app = base_app(assets, plugin);
+    extra(&mut app);
     app.init_resource::<Log>()
         .add_systems(Last, record)
         .add_observer(|line: On<LineFinished>, mut log: ResMut<Log>| {

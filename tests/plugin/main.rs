@@ -25,3 +25,5 @@ mod narrator;
 mod remote;
 mod shutdown;
 mod text_adventure;
+#[cfg(feature = "yarn")]
+mod yarn;

@@ -1,0 +1,380 @@
+//! The Yarn Spinner bridge (feature `yarn`): authored lines, generated lines and options,
+//! variables both ways, fallbacks and saves, with the real model and a real runner.
+
+use bevy::ecs::system::RunSystemOnce;
+use bevy_llm_dialogue::yarn::{
+    ChooseGenerated, GeneratedLineDelta, GeneratedLineFinished, GeneratedOptions, YarnBridge,
+    YarnBridgeFailed, YarnBridgePlugin, YarnError, YarnSave, YarnTranscript,
+};
+use bevy_yarnspinner::events::{DialogueCompleted, PresentLine};
+use bevy_yarnspinner::prelude::*;
+
+use crate::harness::*;
+
+/// What the dialogue view saw, in order.
+#[derive(Resource, Default)]
+struct View {
+    /// Presented lines: (character, text).
+    lines: Vec<(Option<String>, String)>,
+    deltas: String,
+    finished: Vec<GeneratedLineFinished>,
+    options: Vec<GeneratedOptions>,
+    failures: Vec<YarnBridgeFailed>,
+    completed: bool,
+}
+
+/// Which generated option the view takes.
+#[derive(Resource)]
+struct Take(usize);
+
+/// A headless app with the plugin, Yarn Spinner over `script`, the bridge and a view that
+/// continues every line and takes option [`Take`] of generated options.
+fn yarn_app(assets: &std::path::Path, plugin: LlmDialoguePlugin, script: &str) -> App {
+    let file = YarnFile::new("test.yarn", script);
+    let mut app = app_with(assets, plugin, |app| {
+        app.add_plugins(YarnSpinnerPlugin::with_yarn_source(file))
+            .add_plugins(YarnBridgePlugin);
+    });
+    app.init_resource::<View>()
+        .insert_resource(Take(0))
+        .add_observer(
+            |line: On<PresentLine>,
+             mut view: ResMut<View>,
+             mut runners: Query<&mut DialogueRunner>| {
+                let name = line.line.character_name().map(str::to_owned);
+                view.lines
+                    .push((name, line.line.text_without_character_name()));
+                runners
+                    .get_mut(line.entity)
+                    .unwrap()
+                    .continue_in_next_update();
+            },
+        )
+        .add_observer(
+            |ev: On<GeneratedOptions>,
+             mut view: ResMut<View>,
+             take: Res<Take>,
+             mut choose: MessageWriter<ChooseGenerated>| {
+                view.options.push(ev.clone());
+                choose.write(ChooseGenerated {
+                    runner: ev.runner,
+                    index: take.0,
+                });
+            },
+        )
+        .add_observer(|ev: On<GeneratedLineDelta>, mut view: ResMut<View>| {
+            view.deltas.push_str(&ev.text);
+        })
+        .add_observer(|ev: On<GeneratedLineFinished>, mut view: ResMut<View>| {
+            view.finished.push(ev.clone());
+        })
+        .add_observer(|ev: On<YarnBridgeFailed>, mut view: ResMut<View>| {
+            view.failures.push(ev.clone());
+        })
+        .add_observer(|_: On<DialogueCompleted>, mut view: ResMut<View>| {
+            view.completed = true;
+        });
+    app
+}
+
+/// Waits for the Yarn project to compile, then spawns a runner with `bridge` at `node`.
+fn start(app: &mut App, bridge: YarnBridge, node: &str) -> Entity {
+    let begin = Instant::now();
+    while !app.world().contains_resource::<YarnProject>() {
+        assert!(begin.elapsed() < LONG, "the Yarn project did not compile");
+        app.update();
+    }
+    let node = node.to_owned();
+    app.world_mut()
+        .run_system_once(move |mut commands: Commands, project: Res<YarnProject>| {
+            let mut runner = project.create_dialogue_runner(&mut commands);
+            runner.start_node(&node);
+            commands.spawn((runner, bridge.clone())).id()
+        })
+        .unwrap()
+}
+
+/// Runs frames until the view says `done`, failing after `timeout`.
+fn until(app: &mut App, timeout: Duration, what: &str, done: impl Fn(&View) -> bool) {
+    let begin = Instant::now();
+    loop {
+        app.update();
+        let view = app.world().resource::<View>();
+        if done(view) {
+            return;
+        }
+        assert!(
+            begin.elapsed() < timeout,
+            "timed out waiting for {what}; lines {:?}; failures {:?}",
+            view.lines,
+            view.failures
+                .iter()
+                .map(|f| f.error.to_string())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+const GATE: &str = r#"title: Gate
+---
+<<declare $llm_line = "">>
+<<declare $llm_choice = 0>>
+<<declare $llm_choice_text = "">>
+Narrator: The gate of Elmsbrook is shut for the night.
+<<generate_line Guard "greet the traveller and mention the wolves" "Evening. Mind the wolves.">>
+Guard: {$llm_line}
+<<generate_options 3 "what the traveller could do at the gate" "Pay the toll|Turn back">>
+<<if $llm_choice == 2>>
+    Narrator: SECOND BRANCH {$llm_choice_text}
+<<else>>
+    Narrator: OTHER BRANCH
+<<endif>>
+===
+"#;
+
+/// A story without a pinned opening, so that the narrator writes the options.
+const STORY: &str = r#"(
+    title: "The Gate",
+    premise: "A traveller reaches the shut gate of Elmsbrook at night; a guard stands watch.",
+    tone: "warm, a little eerie",
+    choices: 3,
+    max_scene_chars: 240,
+)"#;
+
+fn guard_persona(assets: &std::path::Path) {
+    std::fs::write(
+        assets.join("personas/guard.persona.ron"),
+        r#"(
+    name: "Tobin",
+    description: "the night guard at the gate of Elmsbrook, gruff but fair",
+    actions: [
+        (name: "open_gate", description: "let the traveller in"),
+        (name: "refuse", description: "keep the gate shut"),
+    ],
+)"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
+    let assets = scratch_assets("yarn-gate");
+    guard_persona(&assets);
+    std::fs::write(assets.join("stories/gate.story.ron"), STORY).unwrap();
+    let mut app = yarn_app(&assets, plugin(), GATE);
+    app.insert_resource(Take(1));
+    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
+    app.world_mut().entity_mut(guard).insert(Name::new("Guard"));
+    let story = app
+        .world()
+        .resource::<AssetServer>()
+        .load("stories/gate.story.ron");
+    let narrator = app.world_mut().spawn(Narrator::new(story)).id();
+    let bridge = YarnBridge {
+        narrator: Some(narrator),
+        ..default()
+    };
+    let runner = start(&mut app, bridge, "Gate");
+
+    // The authored line first; the runner then waits for the generated one.
+    until(&mut app, LONG, "the generated options", |v| {
+        !v.options.is_empty()
+    });
+    let save = {
+        let mut q = app
+            .world_mut()
+            .query::<(&DialogueRunner, &YarnTranscript)>();
+        let (r, t) = q.get(app.world(), runner).unwrap();
+        YarnSave::capture(r, t)
+    };
+    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+
+    let view = app.world().resource::<View>();
+    assert!(view.failures.is_empty(), "{:?}", view.failures);
+    assert_eq!(view.lines.len(), 3, "{:?}", view.lines);
+    assert_eq!(
+        view.lines[0].1,
+        "The gate of Elmsbrook is shut for the night."
+    );
+    // The generated line: streamed, then presented by the authored `Guard: {$llm_line}`.
+    let line = &view.finished[0];
+    assert!(!line.fallback && !line.replayed);
+    assert_eq!(line.npc, Some(guard));
+    assert!(!line.text.trim().is_empty());
+    assert_eq!(view.deltas, line.text, "the deltas add up to the line");
+    assert_eq!(view.lines[1], (Some("Guard".into()), line.text.clone()));
+    assert!(line.id.0.starts_with("llm:Gate:1:"), "{}", line.id.0);
+    // The narrator's options: as many as asked, distinct, not the fallback.
+    let options = &view.options[0];
+    assert!(!options.fallback);
+    assert_eq!(options.options.len(), 3, "{:?}", options.options);
+    for (i, a) in options.options.iter().enumerate() {
+        assert!(!a.trim().is_empty());
+        assert!(
+            options.options[..i].iter().all(|b| b != a),
+            "{:?}",
+            options.options
+        );
+    }
+    assert_ne!(options.id, line.id);
+    // Option 2 (index 1) was taken: the branch for `$llm_choice == 2`, with its text.
+    assert_eq!(
+        view.lines[2].1,
+        format!("SECOND BRANCH {}", options.options[1])
+    );
+    // The NPC remembers what it said.
+    let history = app.world().get::<DialogueHistory>(guard).unwrap();
+    assert!(history.turns.iter().any(|t| t.content == line.text));
+    let (generated_text, generated_options) = (line.text.clone(), options.options.clone());
+    drop(app);
+
+    // The save, restored in a game with no model: the same line and options come back.
+    let save: YarnSave = ron::from_str(&ron::to_string(&save).unwrap()).unwrap();
+    assert_eq!(save.node.as_deref(), Some("Gate"));
+    assert_eq!(save.transcript.entries.len(), 2, "{:?}", save.transcript);
+    let missing = LlmDialoguePlugin {
+        model: Some(assets.join("models/nope.gguf")),
+        ..plugin()
+    };
+    let mut app = yarn_app(&assets, missing, GATE);
+    app.insert_resource(Take(0));
+    let runner = start(&mut app, YarnBridge::default(), "Gate");
+    {
+        let mut q = app
+            .world_mut()
+            .query::<(&mut DialogueRunner, &mut YarnTranscript)>();
+        let (mut r, mut t) = q.get_mut(app.world_mut(), runner).unwrap();
+        save.restore(&mut r, &mut t).unwrap();
+    }
+    until(&mut app, LONG, "the end of the replay", |v| {
+        v.completed && v.lines.len() >= 3
+    });
+    let view = app.world().resource::<View>();
+    let replayed = view.finished.last().unwrap();
+    assert!(
+        replayed.replayed && !replayed.fallback,
+        "{replayed:?}, saved {:?}, failures {:?}",
+        save.transcript,
+        view.failures
+    );
+    assert_eq!(replayed.text, generated_text);
+    assert_eq!(view.options.last().unwrap().options, generated_options);
+    assert!(
+        view.lines.iter().any(|l| l.1 == "OTHER BRANCH"),
+        "{:?}",
+        view.lines
+    );
+}
+
+const DOOR: &str = r#"title: Door
+---
+<<declare $tobin_action = "">>
+Narrator: You show Tobin the silver key and ask him to open the gate.
+<<generate_action Tobin "The traveller shows the silver key and asks to enter.">>
+<<if $tobin_action == "open_gate">>
+    Narrator: OPEN
+<<else>>
+    Narrator: SHUT
+<<endif>>
+===
+"#;
+
+#[test]
+fn a_variable_set_by_an_npc_action_selects_the_authored_branch() {
+    let assets = scratch_assets("yarn-door");
+    guard_persona(&assets);
+    let mut app = yarn_app(&assets, plugin(), DOOR);
+    // Named by its persona (no Name component).
+    spawn_npc(&mut app, "personas/guard.persona.ron");
+    start(&mut app, YarnBridge::default(), "Door");
+    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+
+    let log = app.world().resource::<Log>();
+    assert_eq!(
+        log.actions.len(),
+        1,
+        "one decision: {:?}",
+        log.action_failures
+    );
+    let decided = log.actions[0].name.clone();
+    let view = app.world().resource::<View>();
+    assert!(view.failures.is_empty(), "{:?}", view.failures);
+    let expected = if decided == "open_gate" {
+        "OPEN"
+    } else {
+        "SHUT"
+    };
+    assert_eq!(view.lines.len(), 2, "{:?}", view.lines);
+    assert_eq!(view.lines[1].1, expected, "decided {decided}");
+    let facts = &app.world().resource::<DialogueContext>().facts;
+    assert_eq!(
+        facts.0.get("tobin_action").and_then(|v| v.as_str()),
+        Some(decided.as_str()),
+        "Yarn variables are world facts"
+    );
+}
+
+const FALLBACKS: &str = r#"title: Start
+---
+<<declare $llm_line = "">>
+<<declare $llm_choice = 0>>
+<<generate_line Guard "greet the traveller" "Evening. Mind the wolves.">>
+Guard: {$llm_line}
+<<generate_line Nobody "say anything" "Nobody answers.">>
+Narrator: {$llm_line}
+<<generate_options many>>
+<<generate_options 2 "what now" "Wait|Knock">>
+<<if $llm_choice == 2>>
+    Narrator: KNOCKED
+<<endif>>
+===
+"#;
+
+#[test]
+fn without_a_model_the_runner_goes_on_with_the_writers_fallbacks_and_clear_errors() {
+    let assets = scratch_assets("yarn-fallback");
+    guard_persona(&assets);
+    let missing = LlmDialoguePlugin {
+        model: Some(assets.join("models/nope.gguf")),
+        ..plugin()
+    };
+    let mut app = yarn_app(&assets, missing, FALLBACKS);
+    app.insert_resource(Take(1));
+    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
+    app.world_mut().entity_mut(guard).insert(Name::new("Guard"));
+    update_until(&mut app, LONG, "ModelFailed", |log| {
+        !log.model_failed.is_empty()
+    });
+    start(&mut app, YarnBridge::default(), "Start");
+    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+
+    let view = app.world().resource::<View>();
+    let lines: Vec<&str> = view.lines.iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["Evening. Mind the wolves.", "Nobody answers.", "KNOCKED"]
+    );
+    assert!(view.finished.iter().all(|f| f.fallback));
+    let errors: Vec<&YarnError> = view.failures.iter().map(|f| &f.error).collect();
+    assert!(
+        matches!(errors[0], YarnError::NoModel(r) if r.contains("nope.gguf")),
+        "{errors:?}"
+    );
+    match errors[1] {
+        YarnError::UnknownNpc { name, known } => {
+            assert_eq!(name, "Nobody");
+            assert!(known.contains("Guard"), "{known}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(errors[2], YarnError::BadArguments(m) if m.contains("2..=6")),
+        "{errors:?}"
+    );
+    // No narrator for the second `generate_options`: the fallback options were offered.
+    assert!(matches!(errors[3], YarnError::NoNarrator), "{errors:?}");
+    assert_eq!(view.options[0].options, ["Wait", "Knock"]);
+    assert!(view.options[0].fallback);
+    assert!(view.failures.iter().all(|f| f.node == "Start"));
+}
