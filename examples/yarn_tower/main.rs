@@ -26,10 +26,13 @@ fn main() {
         ))
         .add_plugins(LlmDialoguePlugin::default())
         // A game would load its scripts from its asset folder (`YarnFileSource::file`).
-        .add_plugins(YarnSpinnerPlugin::with_yarn_source(YarnFile::new(
-            "tower.yarn",
-            include_str!("tower.yarn"),
-        )))
+        .add_plugins(
+            YarnSpinnerPlugin::with_yarn_source(YarnFile::new(
+                "tower.yarn",
+                include_str!("tower.yarn"),
+            ))
+            .with_development_file_generation(DevelopmentFileGeneration::None),
+        )
         .add_plugins(YarnBridgePlugin)
         .insert_resource(Keyboard::spawn())
         .add_systems(Startup, spawn_aldous)

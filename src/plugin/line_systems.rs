@@ -183,10 +183,18 @@ fn line_job(
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     if let Some(direction) = &request.direction {
-        // Next to the newest turn, where a small model looks (as lore notes are).
         let at = messages.len() - 1;
-        let note = format!("Direction for {}'s next line: {direction}", persona.name);
-        messages.insert(at, crate::engine::ChatMessage::system(note));
+        if player_line.is_none() {
+            // Inside the newest turn: on the quality suite's personas 39 % of lines then
+            // followed it and none repeated it, against 26 % and 7 % for a system note
+            // (QUALITY.md, "Directions").
+            let ask = crate::prompt::UNPROMPTED_LINE.trim_end_matches(".)");
+            messages[at].content = format!("{ask}: {direction}.)");
+        } else {
+            // Next to the player's line, as lore notes are.
+            let note = format!("Direction for {}'s next line: {direction}", persona.name);
+            messages.insert(at, crate::engine::ChatMessage::system(note));
+        }
     }
     let mut params = line_params(&env.settings.defaults, persona, overrides, request)?;
     params.guard = policy.guard.clone();

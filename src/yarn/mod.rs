@@ -1,7 +1,7 @@
 //! Authored and generated dialogue together: a bridge to Yarn Spinner (feature `yarn`).
 //!
 //! Writers keep the story beats, quest logic and key lines in `.yarn` files and ask the model
-//! for lines and options where variety helps. Three Yarn commands do the asking; each holds
+//! for lines and options where variety helps. Four Yarn commands do the asking; each holds
 //! the runner until its result is there, and puts the result in Yarn variables that the
 //! script shows like any other text:
 //!

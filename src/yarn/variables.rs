@@ -132,3 +132,29 @@ pub(super) fn set_npc_variables(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npc_names_become_variable_prefixes() {
+        assert_eq!(npc_variable_prefix("Guard"), "$guard");
+        assert_eq!(npc_variable_prefix(" Old Tom "), "$old_tom");
+        assert_eq!(npc_variable_prefix("Zoë-2"), "$zoë_2");
+    }
+
+    #[test]
+    fn yarn_values_become_facts_with_whole_numbers_as_integers() {
+        assert_eq!(fact_value(&YarnValue::Number(3.0)), serde_json::json!(3));
+        assert_eq!(fact_value(&YarnValue::Number(0.5)), serde_json::json!(0.5));
+        assert_eq!(
+            fact_value(&YarnValue::Boolean(true)),
+            serde_json::json!(true)
+        );
+        assert_eq!(
+            fact_value(&YarnValue::String("open".into())),
+            serde_json::json!("open")
+        );
+    }
+}

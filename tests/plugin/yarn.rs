@@ -133,13 +133,19 @@ Guard: {$llm_line}
 ===
 "#;
 
-/// A story without a pinned opening, so that the narrator writes the options.
+/// A story without a pinned opening, so that the narrator writes the options; its pinned
+/// scene is the narrator's example.
 const STORY: &str = r#"(
     title: "The Gate",
     premise: "A traveller reaches the shut gate of Elmsbrook at night; a guard stands watch.",
     tone: "warm, a little eerie",
     choices: 3,
     max_scene_chars: 240,
+    nodes: [(
+        id: "example",
+        text: "Lantern light falls on the shut gate. The guard leans on his spear and watches the dark road.",
+        choices: [(text: "Ask the guard to open the gate"), (text: "Ask about the wolves"), (text: "Wait by the wall")],
+    )],
 )"#;
 
 fn guard_persona(assets: &std::path::Path) {
