@@ -24,6 +24,14 @@ use crate::story::Story;
 /// message, not a panic in `bevy_yarnspinner`'s argument conversion.
 pub(super) type Args = (Option<String>, Option<String>, Option<String>);
 
+/// `generate_options`' arguments: a fourth says where the options go.
+pub(super) type OptionArgs = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// Everything the commands read and write.
 #[derive(SystemParam)]
 pub(super) struct CommandCx<'w, 's> {
@@ -40,6 +48,7 @@ pub(super) struct CommandCx<'w, 's> {
         ),
     >,
     npcs: Query<'w, 's, (Entity, &'static Npc, Option<&'static Name>)>,
+    stories: Query<'w, 's, &'static Story>,
     personas: Res<'w, Assets<Persona>>,
     model: Res<'w, DialogueModel>,
     lines: MessageWriter<'w, RequestLine>,
@@ -194,6 +203,7 @@ struct OptionsShown {
     scene: String,
     options: Vec<String>,
     fallback: bool,
+    beside: bool,
 }
 
 fn show_options(
@@ -208,7 +218,9 @@ fn show_options(
         let name = format!("$llm_option_{}", i + 1);
         set(runner, &name, YarnValue::String(option.clone()));
     }
-    set(runner, "$llm_choice", YarnValue::Number(0.0));
+    if !shown.beside {
+        set(runner, "$llm_choice", YarnValue::Number(0.0));
+    }
     transcript.entries.push(Generated {
         id: shown.id.clone(),
         kind: GeneratedKind::Options {
@@ -224,6 +236,7 @@ fn show_options(
         scene: shown.scene,
         options: shown.options,
         fallback: shown.fallback,
+        beside: shown.beside,
     };
     out.write(ev.clone());
     commands.trigger(ev);
@@ -245,7 +258,7 @@ pub(super) fn generate_action(In(args): In<Args>, mut cx: CommandCx) -> Hold {
 }
 
 /// `<<generate_options N [direction] [fallback|fallback|...]>>`.
-pub(super) fn generate_options(In(args): In<Args>, mut cx: CommandCx) -> Hold {
+pub(super) fn generate_options(In(args): In<OptionArgs>, mut cx: CommandCx) -> Hold {
     cx.options(args)
 }
 
@@ -409,10 +422,16 @@ impl CommandCx<'_, '_> {
         hold
     }
 
-    fn options(&mut self, (n, direction, fallback): Args) -> Hold {
+    fn options(&mut self, (n, direction, fallback, place): OptionArgs) -> Hold {
         let command = COMMANDS[2];
         let Some(entity) = self.caller(command) else {
             return done();
+        };
+        let place = place.as_deref().map(str::trim).map(str::to_ascii_lowercase);
+        let (beside, bad_place) = match place.as_deref() {
+            None | Some("" | "instead") => (false, None),
+            Some("beside") => (true, None),
+            Some(other) => (false, Some(other.to_owned())),
         };
         let fallback: Vec<String> = fallback
             .unwrap_or_default()
@@ -446,6 +465,7 @@ impl CommandCx<'_, '_> {
         // Replayed from a save: the same options again; otherwise the narrator's, or the
         // writer's fallback when the narrator cannot write them.
         let replay = transcript.replay.iter().find(|e| e.id == id).cloned();
+        let count = count.filter(|_| bad_place.is_none());
         let shown = match (replay, count, bridge.narrator, no_model) {
             (
                 Some(Generated {
@@ -461,13 +481,25 @@ impl CommandCx<'_, '_> {
                     request = request.direction(direction);
                 }
                 self.scenes.write(request);
-                if let Some(old) = waiting.0.replace(wait(WaitFor::Scene { story, fallback })) {
+                // Options beside authored ones leave the narrator's story as it was: the
+                // bridge does not learn which option the script's player takes.
+                let mark = beside.then(|| StoryMark::of(self.stories.get(story).ok()));
+                let what = WaitFor::Scene {
+                    story,
+                    fallback,
+                    beside: mark,
+                };
+                if let Some(old) = waiting.0.replace(wait(what)) {
                     old.release();
                 }
                 return hold;
             }
             (_, count, narrator, no_model) => {
-                let error = if count.is_none() {
+                let error = if let Some(place) = &bad_place {
+                    YarnError::BadArguments(format!(
+                        "`{place}`: options go `beside` authored ones or `instead` of them"
+                    ))
+                } else if count.is_none() {
                     YarnError::BadArguments(format!(
                         "the number of options must be {}..={}: <<generate_options N [\"direction\"] [\"fallback|fallback\"]>>",
                         OPTIONS.start(),
@@ -482,6 +514,14 @@ impl CommandCx<'_, '_> {
                     .fail(&mut self.commands, entity, (&node, command), error);
                 if fallback.is_empty() {
                     set(&mut runner, "$llm_choice", YarnValue::Number(0.0));
+                    if beside {
+                        // No stale options from an earlier command: a script can hide
+                        // empty ones with `<<if $llm_option_1 != "">>`.
+                        for i in 1..=*OPTIONS.end() {
+                            let name = format!("$llm_option_{i}");
+                            set(&mut runner, &name, YarnValue::String(String::new()));
+                        }
+                    }
                     return done();
                 }
                 (String::new(), fallback, true)
@@ -494,6 +534,7 @@ impl CommandCx<'_, '_> {
             scene,
             options: options.clone(),
             fallback: is_fallback,
+            beside,
         };
         show_options(
             &mut self.commands,
@@ -502,6 +543,9 @@ impl CommandCx<'_, '_> {
             &mut transcript,
             shown,
         );
+        if beside {
+            return done();
+        }
         waiting.0 = Some(wait(WaitFor::Choice {
             story: None,
             options,
@@ -633,6 +677,7 @@ pub(super) fn deliver_options(
         &mut YarnTranscript,
         &mut Waiting,
     )>,
+    mut stories: Query<&mut Story>,
     mut out: Out,
 ) {
     let finished: Vec<SceneFinished> = scenes.read().cloned().collect();
@@ -642,13 +687,18 @@ pub(super) fn deliver_options(
     }
     for (entity, mut runner, mut transcript, mut waiting) in &mut runners {
         let Some(Wait {
-            what: WaitFor::Scene { story, fallback },
+            what:
+                WaitFor::Scene {
+                    story,
+                    fallback,
+                    beside,
+                },
             ..
         }) = waiting.0.as_ref()
         else {
             continue;
         };
-        let story = *story;
+        let (story, mark) = (*story, beside.clone());
         let (scene, options, is_fallback) =
             if let Some(f) = finished.iter().find(|f| f.story == story) {
                 (f.text.clone(), f.choices.clone(), false)
@@ -662,6 +712,9 @@ pub(super) fn deliver_options(
                 continue;
             };
         let mut wait = waiting.0.take().expect("matched above");
+        if let (Some(mark), Ok(mut story)) = (&mark, stories.get_mut(story)) {
+            mark.restore(&mut story);
+        }
         if options.is_empty() {
             set(&mut runner, "$llm_choice", YarnValue::Number(0.0));
             wait.release();
@@ -673,6 +726,7 @@ pub(super) fn deliver_options(
             scene,
             options: options.clone(),
             fallback: is_fallback,
+            beside: mark.is_some(),
         };
         show_options(
             &mut commands,
@@ -681,11 +735,40 @@ pub(super) fn deliver_options(
             &mut transcript,
             shown,
         );
+        if mark.is_some() {
+            wait.release();
+            continue;
+        }
         wait.what = WaitFor::Choice {
             story: (!is_fallback).then_some(story),
             options,
         };
         waiting.0 = Some(wait);
+    }
+}
+
+/// Where a narrator's story was before a scene written only for options beside authored
+/// ones, to go back to once they are shown.
+#[derive(Clone, Debug)]
+pub(crate) struct StoryMark {
+    scenes: usize,
+    current: Option<usize>,
+    pending: Option<(usize, usize)>,
+}
+
+impl StoryMark {
+    fn of(story: Option<&Story>) -> Self {
+        Self {
+            scenes: story.map_or(0, |s| s.nodes.len()),
+            current: story.and_then(|s| s.current),
+            pending: story.and_then(|s| s.pending),
+        }
+    }
+
+    fn restore(&self, story: &mut Story) {
+        story.nodes.truncate(self.scenes);
+        story.current = self.current;
+        story.pending = self.pending;
     }
 }
 

@@ -24,7 +24,9 @@
 //!   ([`YarnBridge::narrator`]) writes a short scene and `N` choices (2..=6) under the scene
 //!   choices' guarantees (exactly `N`, non-empty, pairwise distinct). They arrive as
 //!   [`GeneratedOptions`]; the game answers with [`ChooseGenerated`]. `fallback` is the
-//!   options to offer without a model, separated by `|`.
+//!   options to offer without a model, separated by `|`. With a fourth argument `beside`,
+//!   the runner goes on once they are written, and the script shows them among its own
+//!   options: `-> {$llm_option_1}`.
 //!
 //! Lines stream as [`GeneratedLineDelta`]s while the runner waits, then end in
 //! [`GeneratedLineFinished`]; the variables are `$llm_line` and `$llm_speaker` for lines,
@@ -263,6 +265,10 @@ pub struct GeneratedOptions {
     pub options: Vec<String>,
     /// Whether these are the writer's fallback options.
     pub fallback: bool,
+    /// Whether the script shows them itself, beside its authored options
+    /// (`<<generate_options N "..." "..." beside>>`): the runner has gone on, and nothing is
+    /// to be answered with [`ChooseGenerated`].
+    pub beside: bool,
 }
 
 /// The player takes option `index` (from 0) of the runner's [`GeneratedOptions`]: the runner
@@ -326,7 +332,7 @@ pub enum YarnError {
 struct CommandSystems {
     line: SystemId<In<commands::Args>, Hold>,
     reply: SystemId<In<commands::Args>, Hold>,
-    options: SystemId<In<commands::Args>, Hold>,
+    options: SystemId<In<commands::OptionArgs>, Hold>,
     action: SystemId<In<commands::Args>, Hold>,
 }
 
@@ -361,10 +367,12 @@ pub(crate) enum WaitFor {
         fallback: String,
         text: String,
     },
-    /// The narrator's scene and options.
+    /// The narrator's scene and options; for options beside authored ones, where its story
+    /// goes back to.
     Scene {
         story: Entity,
         fallback: Vec<String>,
+        beside: Option<commands::StoryMark>,
     },
     /// An NPC's decision among its actions.
     Action { npc: Entity },

@@ -6,7 +6,7 @@ use bevy_llm_dialogue::yarn::{
     ChooseGenerated, GeneratedLineDelta, GeneratedLineFinished, GeneratedOptions, YarnBridge,
     YarnBridgeFailed, YarnBridgePlugin, YarnError, YarnSave, YarnTranscript,
 };
-use bevy_yarnspinner::events::{DialogueCompleted, PresentLine};
+use bevy_yarnspinner::events::{DialogueCompleted, PresentLine, PresentOptions};
 use bevy_yarnspinner::prelude::*;
 
 use crate::harness::*;
@@ -19,6 +19,8 @@ struct View {
     deltas: String,
     finished: Vec<GeneratedLineFinished>,
     options: Vec<GeneratedOptions>,
+    /// Authored option lists the runner presented, as texts.
+    authored_options: Vec<Vec<String>>,
     failures: Vec<YarnBridgeFailed>,
     completed: bool,
 }
@@ -56,10 +58,25 @@ fn yarn_app(assets: &std::path::Path, plugin: LlmDialoguePlugin, script: &str) -
              take: Res<Take>,
              mut choose: MessageWriter<ChooseGenerated>| {
                 view.options.push(ev.clone());
+                if ev.beside {
+                    return;
+                }
                 choose.write(ChooseGenerated {
                     runner: ev.runner,
                     index: take.0,
                 });
+            },
+        )
+        .add_observer(
+            |ev: On<PresentOptions>,
+             mut view: ResMut<View>,
+             mut runners: Query<&mut DialogueRunner>| {
+                let texts = ev.options.iter().map(|o| o.line.text.clone()).collect();
+                view.authored_options.push(texts);
+                // The first option the player may take, as a view would offer it.
+                let first = ev.options.iter().find(|o| o.is_available).unwrap();
+                let mut runner = runners.get_mut(ev.entity).unwrap();
+                runner.select_option(first.id).unwrap();
             },
         )
         .add_observer(|ev: On<GeneratedLineDelta>, mut view: ResMut<View>| {
@@ -121,6 +138,8 @@ const GATE: &str = r#"title: Gate
 <<declare $llm_line = "">>
 <<declare $llm_choice = 0>>
 <<declare $llm_choice_text = "">>
+<<declare $llm_option_1 = "">>
+<<declare $llm_option_2 = "">>
 Narrator: The gate of Elmsbrook is shut for the night.
 <<generate_line Guard "greet the traveller and mention the wolves" "Evening. Mind the wolves.">>
 Guard: {$llm_line}
@@ -130,6 +149,13 @@ Guard: {$llm_line}
 <<else>>
     Narrator: OTHER BRANCH
 <<endif>>
+<<generate_options 2 "what the traveller could ask the guard" "Ask about the road|Ask about the inn" beside>>
+-> {$llm_option_1}
+    Narrator: FIRST {$llm_option_1}
+-> {$llm_option_2}
+    Narrator: SECOND
+-> Show the silver key.
+    Narrator: KEY
 ===
 "#;
 
@@ -158,6 +184,7 @@ fn guard_persona(assets: &std::path::Path) {
         (name: "open_gate", description: "let the traveller in"),
         (name: "refuse", description: "keep the gate shut"),
     ],
+    disposition: Some((moods: ["wary", "friendly", "angry"], affinity: (-5, 5))),
 )"#,
     )
     .unwrap();
@@ -198,7 +225,7 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
 
     let view = app.world().resource::<View>();
     assert!(view.failures.is_empty(), "{:?}", view.failures);
-    assert_eq!(view.lines.len(), 3, "{:?}", view.lines);
+    assert_eq!(view.lines.len(), 4, "{:?}", view.lines);
     assert_eq!(
         view.lines[0].1,
         "The gate of Elmsbrook is shut for the night."
@@ -229,6 +256,15 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         view.lines[2].1,
         format!("SECOND BRANCH {}", options.options[1])
     );
+    // Generated options beside authored ones: the script shows them in its own list.
+    let beside = &view.options[1];
+    assert!(beside.beside && !beside.fallback);
+    assert_eq!(beside.options.len(), 2, "{:?}", beside.options);
+    assert_ne!(beside.options[0], beside.options[1]);
+    let mut listed = beside.options.clone();
+    listed.push("Show the silver key.".into());
+    assert_eq!(view.authored_options, [listed]);
+    assert_eq!(view.lines[3].1, format!("FIRST {}", beside.options[0]));
     // The NPC remembers what it said.
     let history = app.world().get::<DialogueHistory>(guard).unwrap();
     assert!(history.turns.iter().any(|t| t.content == line.text));
@@ -254,7 +290,7 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         save.restore(&mut r, &mut t).unwrap();
     }
     until(&mut app, LONG, "the end of the replay", |v| {
-        v.completed && v.lines.len() >= 3
+        v.completed && v.lines.len() >= 4
     });
     let view = app.world().resource::<View>();
     let replayed = view.finished.last().unwrap();
@@ -265,12 +301,15 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         view.failures
     );
     assert_eq!(replayed.text, generated_text);
-    assert_eq!(view.options.last().unwrap().options, generated_options);
+    assert_eq!(view.options[0].options, generated_options);
     assert!(
         view.lines.iter().any(|l| l.1 == "OTHER BRANCH"),
         "{:?}",
         view.lines
     );
+    // What the save did not hold needs the model: the writer's fallback options instead.
+    assert!(view.options[1].fallback && view.options[1].beside);
+    assert_eq!(view.lines[3].1, "FIRST Ask about the road");
 }
 
 const DOOR: &str = r#"title: Door
@@ -292,8 +331,8 @@ fn a_variable_set_by_an_npc_action_selects_the_authored_branch() {
     guard_persona(&assets);
     let mut app = yarn_app(&assets, plugin(), DOOR);
     // Named by its persona (no Name component).
-    spawn_npc(&mut app, "personas/guard.persona.ron");
-    start(&mut app, YarnBridge::default(), "Door");
+    let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
+    let runner = start(&mut app, YarnBridge::default(), "Door");
     until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
 
     let log = app.world().resource::<Log>();
@@ -319,6 +358,27 @@ fn a_variable_set_by_an_npc_action_selects_the_authored_branch() {
         Some(decided.as_str()),
         "Yarn variables are world facts"
     );
+
+    // A changed disposition reaches Yarn too.
+    app.world_mut().write_message(
+        UpdateDisposition::new(guard).situation("The traveller insults the guard's mother."),
+    );
+    let begin = Instant::now();
+    loop {
+        app.update();
+        let answered = app.world().get::<NpcDisposition>(guard).cloned();
+        let runner = app.world().get::<DialogueRunner>(runner).unwrap();
+        if let (Some(d), Ok(YarnValue::String(mood))) =
+            (answered, runner.variable_storage().get("$tobin_mood"))
+        {
+            assert_eq!(mood, d.mood);
+            let affinity = runner.variable_storage().get("$tobin_affinity").unwrap();
+            assert_eq!(affinity, YarnValue::Number(d.affinity as f32));
+            break;
+        }
+        assert!(begin.elapsed() < LONG, "no disposition variables");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 const FALLBACKS: &str = r#"title: Start
@@ -334,6 +394,12 @@ Narrator: {$llm_line}
 <<if $llm_choice == 2>>
     Narrator: KNOCKED
 <<endif>>
+<<generate_options 2 "what now" "" somewhere>>
+<<generate_options 2 "what now" "" beside>>
+-> {$llm_option_1} <<if $llm_option_1 != "">>
+    Narrator: EMPTY
+-> Leave.
+    Narrator: LEFT
 ===
 "#;
 
@@ -359,7 +425,12 @@ fn without_a_model_the_runner_goes_on_with_the_writers_fallbacks_and_clear_error
     let lines: Vec<&str> = view.lines.iter().map(|l| l.1.as_str()).collect();
     assert_eq!(
         lines,
-        ["Evening. Mind the wolves.", "Nobody answers.", "KNOCKED"]
+        [
+            "Evening. Mind the wolves.",
+            "Nobody answers.",
+            "KNOCKED",
+            "LEFT"
+        ]
     );
     assert!(view.finished.iter().all(|f| f.fallback));
     let errors: Vec<&YarnError> = view.failures.iter().map(|f| &f.error).collect();
@@ -382,5 +453,15 @@ fn without_a_model_the_runner_goes_on_with_the_writers_fallbacks_and_clear_error
     assert!(matches!(errors[3], YarnError::NoNarrator), "{errors:?}");
     assert_eq!(view.options[0].options, ["Wait", "Knock"]);
     assert!(view.options[0].fallback);
+    assert!(
+        matches!(errors[4], YarnError::BadArguments(m) if m.contains("somewhere")),
+        "{errors:?}"
+    );
+    // Beside authored options, with nothing to fall back on: the generated one is empty and
+    // the script's condition hides it.
+    assert!(matches!(errors[5], YarnError::NoNarrator), "{errors:?}");
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    assert_eq!(view.authored_options.len(), 1);
+    assert_eq!(view.authored_options[0], ["", "Leave."]);
     assert!(view.failures.iter().all(|f| f.node == "Start"));
 }
