@@ -213,7 +213,11 @@ pub(super) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let qs: [i8; QK] = std::array::from_fn(|i| (x[i] * id).round() as i8);
+    // To the nearest integer, ties to even, as ggml's AVX path (`_mm256_round_ps`) rounds:
+    // adding and subtracting 1.5 · 2²³ does it in two additions the compiler vectorizes,
+    // where `f32::round` is a call to `roundf` per element (3 % of a prefill's time).
+    const ROUND: f32 = 12_582_912.0;
+    let qs: [i8; QK] = std::array::from_fn(|i| ((x[i] * id + ROUND) - ROUND) as i8);
     let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
     BlockQ8_1 {
         d: f16::from_f32(d).to_f32(),

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::super::error::{EngineError, Result};
 use super::super::gguf::GgufHeader;
 use super::super::kernels::{QMatrix, Simd};
+pub(crate) use super::activation::Activation;
 use super::attention;
 use super::source::TensorSource;
 
@@ -26,14 +27,6 @@ pub(crate) enum Rope {
     Interleaved,
     /// Halves `(i, i + d/2)`, as the Hugging Face models compute it (Qwen, Gemma).
     Halves,
-}
-
-/// The feed-forward gate's activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Activation {
-    Silu,
-    /// GELU with the tanh approximation (Gemma).
-    GeluTanh,
 }
 
 /// Layers that attend to the last `window` positions only, and their own rotary base.
@@ -615,11 +608,7 @@ impl DecoderWeights {
                     (both.narrow(2, 0, n_ff)?, both.narrow(2, n_ff, n_ff)?)
                 }
             };
-            let gate = match cfg.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let mut ff = layer.down.forward(&(gate * up)?)?;
+            let mut ff = layer.down.forward(&cfg.activation.gate(&gate, &up)?)?;
             if let Some([_, post]) = &layer.post_norms {
                 ff = norm(&ff, post)?;
             }

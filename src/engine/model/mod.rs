@@ -1,5 +1,6 @@
 //! Model architectures behind one interface.
 
+mod activation;
 mod attention;
 mod decoder;
 mod gemma3;
