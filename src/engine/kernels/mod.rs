@@ -321,6 +321,16 @@ pub(crate) enum Simd {
 }
 
 impl Simd {
+    /// Every kernel build this CPU runs, the best first.
+    #[cfg(test)]
+    fn builds() -> Vec<Self> {
+        match Self::detect() {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2(cpu) => vec![Simd::Avx2(cpu), Simd::Avx2(cpu.without_vnni())],
+            simd => vec![simd],
+        }
+    }
+
     /// The best this CPU runs.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -412,7 +422,12 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_dots_agree() {
-        let simd = Simd::detect();
+        for simd in Simd::builds() {
+            simd_and_scalar_dots_agree_on(simd);
+        }
+    }
+
+    fn simd_and_scalar_dots_agree_on(simd: Simd) {
         for dtype in PACKED {
             let (_, m) = matrix(3, 256, dtype, 1);
             let acts: Vec<BlockQ8_1> = random(256, 2)
@@ -425,6 +440,9 @@ mod tests {
                     m.blocks.dot(simd, w.clone(), &acts),
                     m.blocks.dot_scalar(w, &acts),
                 );
+                // Every build this CPU runs (AVX2 with or without VNNI) gives the same bits.
+                let first = m.blocks.dot(Simd::detect(), r * 8..(r + 1) * 8, &acts);
+                assert_eq!(fast.to_bits(), first.to_bits(), "{simd:?} {dtype:?}");
                 let four = m.blocks.dot4(simd, r * 8..(r + 1) * 8, [&acts; 4]);
                 assert!(
                     four.iter().all(|f| *f == fast),
