@@ -86,8 +86,9 @@ pub(crate) fn summarize_histories(
                  and promise.",
             ),
             ChatMessage::user(format!(
-                "{earlier}Conversation between the player and {name}:\n{transcript}\nWrite \
-                 one or two sentences about what was said."
+                "{earlier}Conversation between the player and {name}:\n{transcript}\nIn one \
+                 or two sentences, write what the player told {name}, with every name, place \
+                 and thing they mentioned."
             )),
         ];
         let mut params = settings.defaults.clone();

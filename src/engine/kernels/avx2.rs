@@ -143,42 +143,58 @@ fn load(bytes: &[i8; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
+/// The single and four-input kernels of a format with a scale and a minimum per block
+/// (`Q4_1`, `Q5_1`), whose unsigned values `$values` unpacks.
+macro_rules! scale_min_kernels {
+    ($features:literal, $bytes:ident, $dot:ident, $dot4:ident, $block:ty, $values:ident) => {
+        /// # Safety
+        /// The CPU must support the module's features; `w` and `a` have the same length.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $dot(w: &[$block], a: &[BlockQ8_1]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let mut mins = 0f32;
+            for (w, a) in w.iter().zip(a) {
+                let p = $bytes($values(w), load(&a.qs));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
+                mins += w.m * a.s;
+            }
+            hsum(acc) + mins
+        }
+
+        /// Four dots against one weight row, each computed exactly as the single one is.
+        ///
+        /// # Safety
+        /// The CPU must support the module's features; every slice has `w`'s length.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $dot4(w: &[$block], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut mins = [0f32; 4];
+            for (b, w) in w.iter().enumerate() {
+                let q = $values(w);
+                for k in 0..4 {
+                    let a = &a[k][b];
+                    let p = $bytes(q, load(&a.qs));
+                    let scale = _mm256_set1_ps(w.d * a.d);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+                    mins[k] += w.m * a.s;
+                }
+            }
+            std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+        }
+    };
+}
+
 /// The kernels, for one set of target features and one way (`$bytes`) to sum unsigned
 /// times signed bytes into eight `i32` lanes of four products each.
 macro_rules! kernels {
     ($features:literal, $bytes:ident) => {
         use super::*;
 
+        scale_min_kernels!($features, $bytes, dot_q4_1, dot4_q4_1, BlockQ4_1, q4_values);
+        scale_min_kernels!($features, $bytes, dot_q5_1, dot4_q5_1, BlockQ5_1, q5_values);
+
         /// # Safety
         /// The CPU must support the module's features; `w` and `a` have the same length.
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut mins = 0f32;
-            for (w, a) in w.iter().zip(a) {
-                let p = $bytes(q4_values(w), load(&a.qs));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
-                mins += w.m * a.s;
-            }
-            hsum(acc) + mins
-        }
-
-        /// # Safety
-        /// As [`dot_q4_1`].
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut mins = 0f32;
-            for (w, a) in w.iter().zip(a) {
-                let p = $bytes(q5_values(w), load(&a.qs));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
-                mins += w.m * a.s;
-            }
-            hsum(acc) + mins
-        }
-
-        /// # Safety
-        /// As [`dot_q4_1`].
         #[target_feature(enable = $features)]
         pub(super) unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
             let mut acc = _mm256_setzero_ps();
@@ -191,52 +207,10 @@ macro_rules! kernels {
             hsum(acc)
         }
 
-        /// Four dots against one weight row: each is computed exactly as `dot_q4_1` would.
-        ///
-        /// # Safety
-        /// The CPU must support the module's features; every slice has `w`'s length.
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot4_q4_1(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut mins = [0f32; 4];
-            for (b, w) in w.iter().enumerate() {
-                let q = q4_values(w);
-                for k in 0..4 {
-                    let a = &a[k][b];
-                    let p = $bytes(q, load(&a.qs));
-                    let scale = _mm256_set1_ps(w.d * a.d);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-                    mins[k] += w.m * a.s;
-                }
-            }
-            std::array::from_fn(|k| hsum(acc[k]) + mins[k])
-        }
-
-        /// Four dots against one weight row: each is computed exactly as `dot_q5_1` would.
-        ///
-        /// # Safety
-        /// As [`dot4_q4_1`].
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot4_q5_1(w: &[BlockQ5_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut mins = [0f32; 4];
-            for (b, w) in w.iter().enumerate() {
-                let q = q5_values(w);
-                for k in 0..4 {
-                    let a = &a[k][b];
-                    let p = $bytes(q, load(&a.qs));
-                    let scale = _mm256_set1_ps(w.d * a.d);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-                    mins[k] += w.m * a.s;
-                }
-            }
-            std::array::from_fn(|k| hsum(acc[k]) + mins[k])
-        }
-
         /// Four dots against one weight row: each is computed exactly as `dot_q8_0` would.
         ///
         /// # Safety
-        /// As [`dot4_q4_1`].
+        /// The CPU must support the module's features; every slice has `w`'s length.
         #[target_feature(enable = $features)]
         pub(super) unsafe fn dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
             let mut acc = [_mm256_setzero_ps(); 4];
