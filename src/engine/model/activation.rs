@@ -1,4 +1,4 @@
-//! The feed-forward gate: `act(gate) * up`, with SiLU (most families) or GELU's tanh form
+//! The feed-forward gate: `act(gate) * up`, with `SiLU` (most families) or GELU's tanh form
 //! (Gemma).
 //!
 //! On the CPU the activation is computed here, on plain `f32` slices, with an exponential
@@ -75,7 +75,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // 2ⁿ from its exponent bits; n is in -126..=127 after the clamp.
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
