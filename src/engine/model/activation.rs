@@ -62,7 +62,7 @@ fn gelu_tanh(x: f32) -> f32 {
 /// degree-5 polynomial on `[-ln 2 / 2, ln 2 / 2]` scaled by `2ⁿ`). Inputs are clamped to
 /// `[-87.3, 88.3]`, so the result is never infinite or subnormal; `NaN` stays `NaN`. No
 /// branch and no call, so loops over it vectorize.
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer (for |v| < 2²²).
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4;

@@ -19,6 +19,7 @@ use super::gguf::GgufHeader;
 use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
+pub(crate) use activation::exp;
 pub(crate) use decoder::{Fed, KvCache};
 use source::TensorSource;
 
