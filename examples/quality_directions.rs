@@ -11,7 +11,7 @@ use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams, Role,
 };
 use bevy_llm_dialogue::persona::Persona;
-use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
+use bevy_llm_dialogue::prompt::{Facts, PromptTemplate, directed_unprompted_line};
 
 /// Directions with the words that show a line followed them.
 const DIRECTIONS: [(&str, &[&str]); 3] = [
@@ -97,8 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             messages.insert(last, ChatMessage::system(note));
                         }
                         Placement::InTurn => {
-                            let ask = messages[last].content.trim_end_matches(".)").to_owned();
-                            messages[last].content = format!("{ask}: {direction}.)");
+                            messages[last].content = directed_unprompted_line(direction);
                         }
                     }
                     let mut params = GenerateParams {

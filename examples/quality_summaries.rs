@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 
 use bevy_llm_dialogue::engine::{
-    CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams, SamplingParams,
+    CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams, Role, SamplingParams,
 };
+use bevy_llm_dialogue::prompt::summary_messages;
 
 /// The player's name, what was lost and where: the facts a note must keep.
 const FACTS: [(&str, &str, &str); 6] = [
@@ -48,35 +49,42 @@ enum Prompt {
     /// The plugin's prompt until this measurement: a system note on what to keep, and "what
     /// was said".
     WhatWasSaid,
-    /// The same system note; the ask names what the player told the NPC.
+    /// The plugin's prompt now (`prompt::summary_messages`): the same system note; the ask
+    /// names what the player told the NPC.
     WhatThePlayerTold,
     /// No system note; the ask names the kinds of facts to keep, in the player's words.
     FactsInTheAsk,
 }
 
 impl Prompt {
-    fn messages(self, name: &str, transcript: &str) -> Vec<ChatMessage> {
-        const SYSTEM: &str = "You write short notes about conversations. Keep every name, place, object and promise.";
+    fn messages(self, name: &str, turns: &[ChatMessage]) -> Vec<ChatMessage> {
+        if let Prompt::WhatThePlayerTold = self {
+            return summary_messages(name, None, turns);
+        }
+        // The earlier prompts, on the transcript as the plugin writes it.
+        let transcript: String = turns
+            .iter()
+            .map(|t| {
+                let who = if t.role == Role::User { "Player" } else { name };
+                format!("{who}: {}\n", t.content)
+            })
+            .collect();
         let conversation = format!("Conversation between the player and {name}:\n{transcript}");
-        match self {
-            Prompt::WhatWasSaid => vec![
-                ChatMessage::system(SYSTEM),
+        if let Prompt::WhatWasSaid = self {
+            return vec![
+                ChatMessage::system(
+                    "You write short notes about conversations. Keep every name, place, \
+                     object and promise.",
+                ),
                 ChatMessage::user(format!(
                     "{conversation}\nWrite one or two sentences about what was said."
                 )),
-            ],
-            Prompt::WhatThePlayerTold => vec![
-                ChatMessage::system(SYSTEM),
-                ChatMessage::user(format!(
-                    "{conversation}\nIn one or two sentences, write what the player told {name}, \
-                     with every name, place and thing they mentioned."
-                )),
-            ],
-            Prompt::FactsInTheAsk => vec![ChatMessage::user(format!(
-                "{conversation}\nIn one or two sentences, note what the player told {name}: \
-                 their name, what they lost and where."
-            ))],
+            ];
         }
+        vec![ChatMessage::user(format!(
+            "{conversation}\nIn one or two sentences, note what the player told {name}: \
+             their name, what they lost and where."
+        ))]
     }
 }
 
@@ -112,18 +120,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut sample = String::new();
         for (player, thing, place) in FACTS {
             for (npc, small_talk, reply) in NPCS {
-                // The transcript as the plugin writes it: one line per turn.
-                let mut transcript = format!(
-                    "Player: My name is {player}. I lost my {thing} at the {place}.\n\
-                     {npc}: Your {thing}? I will keep an eye out, {player}.\n"
-                );
+                let mut turns = vec![
+                    ChatMessage::user(format!(
+                        "My name is {player}. I lost my {thing} at the {place}."
+                    )),
+                    ChatMessage::assistant(format!(
+                        "Your {thing}? I will keep an eye out, {player}."
+                    )),
+                ];
                 for _ in 0..5 {
-                    transcript.push_str(&format!("Player: {small_talk}\n{npc}: {reply}\n"));
+                    turns.push(ChatMessage::user(small_talk));
+                    turns.push(ChatMessage::assistant(reply));
                 }
                 let mut session = engine.new_session();
                 let note = engine.chat(
                     &mut session,
-                    &prompt.messages(npc, &transcript),
+                    &prompt.messages(npc, &turns),
                     &params,
                     &CancelToken::new(),
                     |_| {},

@@ -185,11 +185,8 @@ fn line_job(
     if let Some(direction) = &request.direction {
         let at = messages.len() - 1;
         if player_line.is_none() {
-            // Inside the newest turn: on the quality suite's personas 39 % of lines then
-            // followed it and none repeated it, against 26 % and 7 % for a system note
-            // (QUALITY.md, "Directions").
-            let ask = crate::prompt::UNPROMPTED_LINE.trim_end_matches(".)");
-            messages[at].content = format!("{ask}: {direction}.)");
+            // Inside the newest turn, where it was followed best (measured).
+            messages[at].content = crate::prompt::directed_unprompted_line(direction);
         } else {
             // Next to the player's line, as lore notes are.
             let note = format!("Direction for {}'s next line: {direction}", persona.name);

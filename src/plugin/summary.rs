@@ -10,7 +10,8 @@ use super::in_flight::{ActiveKind, Dispatcher, Inbox, Progress, RequestEnv};
 use super::npc::{DialogueHistory, Npc, Speaking};
 use super::request::{DialogueSettings, Priority};
 use super::worker::{Job, Output};
-use crate::engine::{CancelToken, ChatMessage, Role, SamplingParams};
+use crate::engine::{CancelToken, SamplingParams};
+use crate::prompt::summary_messages;
 
 /// On an NPC while the model summarises its oldest turns.
 #[derive(Component, Clone, Copy, Debug)]
@@ -67,30 +68,7 @@ pub(crate) fn summarize_histories(
             continue;
         }
         let name = &persona.name;
-        let transcript: String = history.turns[..n]
-            .iter()
-            .filter(|t| t.role != Role::System)
-            .map(|t| {
-                let who = if t.role == Role::User { "Player" } else { name };
-                format!("{who}: {}\n", t.content)
-            })
-            .collect();
-        let earlier = history
-            .summary
-            .as_deref()
-            .map(|s| format!("Earlier: {s}\n"))
-            .unwrap_or_default();
-        let messages = vec![
-            ChatMessage::system(
-                "You write short notes about conversations. Keep every name, place, object \
-                 and promise.",
-            ),
-            ChatMessage::user(format!(
-                "{earlier}Conversation between the player and {name}:\n{transcript}\nIn one \
-                 or two sentences, write what the player told {name}, with every name, place \
-                 and thing they mentioned."
-            )),
-        ];
+        let messages = summary_messages(name, history.summary.as_deref(), &history.turns[..n]);
         let mut params = settings.defaults.clone();
         params.max_tokens = SUMMARY_TOKENS;
         params.max_sentences = Some(3);

@@ -5,14 +5,16 @@
 mod facts;
 mod narrator;
 mod npc;
+mod summary;
 mod template;
 
 pub use facts::Facts;
 pub use narrator::{choice_list, opening_ask};
 pub use npc::{
     DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,
-    UNPROMPTED_LINE, conversation, relevant_facts,
+    UNPROMPTED_LINE, conversation, directed_unprompted_line, relevant_facts,
 };
+pub use summary::summary_messages;
 pub use template::{
     DEFAULT_ACTION_TEMPLATE, DEFAULT_NARRATOR_TEMPLATE, DEFAULT_NPC_TEMPLATE, PROMPT_TEMPLATE_FUEL,
     PromptError, PromptTemplate,

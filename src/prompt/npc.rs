@@ -80,6 +80,15 @@ pub fn relevant_facts<'a>(knowledge: &'a [String], said: &str) -> Vec<&'a str> {
 /// What the player "says" when an NPC speaks first (a greeting or a bark).
 pub const UNPROMPTED_LINE: &str = "(The player walks up to you. Say something to them.)";
 
+/// [`UNPROMPTED_LINE`] carrying a direction for the line: `(The player walks up to you. Say
+/// something to them: DIRECTION.)`. The plugin's `RequestLine::direction` goes here when
+/// the NPC speaks first: on the quality suite's personas 39 % of lines then followed it and
+/// none repeated it, against 26 % and 7 % for a system note (QUALITY.md, "Directions").
+pub fn directed_unprompted_line(direction: &str) -> String {
+    let ask = UNPROMPTED_LINE.trim_end_matches(".)");
+    format!("{ask}: {direction}.)")
+}
+
 /// The most turns of history a prompt (and its template's `history`) sees: the newest.
 /// The context may hold fewer; then the oldest of these are dropped too.
 pub const MAX_HISTORY_TURNS: usize = 48;

@@ -39,7 +39,7 @@ impl Activation {
     }
 }
 
-/// `g[i] = act(g[i]) * u[i]`, in chunks the compiler turns into vector code.
+/// `g[i] = act(g[i]) * u[i]`, a loop the compiler turns into vector code.
 fn gate_with(g: &mut [f32], u: &[f32], act: impl Fn(f32) -> f32) {
     for (g, u) in g.iter_mut().zip(u) {
         *g = act(*g) * u;
