@@ -1,5 +1,11 @@
 //! The AVX2 + FMA kernels (x86-64), lane for lane the same sums as the scalar reference.
 //!
+//! Each kernel multiplies a run of interleaved groups (eight weight rows, see `blocks`) by up
+//! to four inputs: a 32-byte vector of four weights of each row meets four activation bytes
+//! broadcast to every lane, so each `i32` lane sums one row's products and a block's scales
+//! are applied to eight rows in one multiply-add. The weights' unpacking is shared by the
+//! inputs.
+//!
 //! This is the crate's only `unsafe` code: the intrinsics. The `unsafe` kernels are reached
 //! only through [`Avx2`], which exists only after runtime detection of the features they are
 //! compiled for, and the tests check them against the scalar path.
@@ -8,13 +14,13 @@
 //! 32 byte products are summed by `maddubs` and `madd`, and for CPUs with VNNI (AVX-512 VNNI
 //! with VL: Zen 4 and later, Ice Lake and later servers; or AVX-VNNI: Alder Lake and later),
 //! where one `dpbusd` does both. The sums are the same integers (no `maddubs` pair here can
-//! saturate: at most 2 · 127 · 127), so both give the scalar path's results bit for bit.
+//! saturate), so both give the scalar path's results bit for bit.
 
 #![expect(unsafe_code, reason = "SIMD intrinsics, confined to this module")]
 
 use std::arch::x86_64::*;
 
-use super::blocks::{BlockQ4_1, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use super::blocks::{BlockQ8_1, GroupQ4, GroupQ5, GroupQ8, ROWS};
 
 /// Which byte-product instruction the CPU has beyond AVX2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,17 +39,22 @@ pub(crate) struct Avx2(Vnni);
 
 /// A safe method per kernel: it calls the build the CPU has.
 macro_rules! dispatch {
-    ($($(#[$doc:meta])* $name:ident($w:ident: $wt:ty, $a:ident: $at:ty) -> $out:ty;)*) => {
+    ($($(#[$doc:meta])* $name:ident($w:ident: $wt:ty);)*) => {
         $(
             $(#[$doc])*
-            pub(super) fn $name(self, $w: $wt, $a: $at) -> $out {
+            pub(super) fn $name<const N: usize>(
+                self,
+                $w: $wt,
+                a: [&[BlockQ8_1]; N],
+            ) -> [[f32; ROWS]; N] {
                 // SAFETY: `self` exists only where AVX2 and FMA were detected, and its `Vnni`
-                // only where that extension was.
+                // only where that extension was; every slice of `a` has `w`'s length (checked
+                // by the caller, and by the kernels' indexing).
                 unsafe {
                     match self.0 {
-                        Vnni::None => plain::$name($w, $a),
-                        Vnni::Avx512 => avx512_vnni::$name($w, $a),
-                        Vnni::Avx => avx_vnni::$name($w, $a),
+                        Vnni::None => plain::$name($w, a),
+                        Vnni::Avx512 => avx512_vnni::$name($w, a),
+                        Vnni::Avx => avx_vnni::$name($w, a),
                     }
                 }
             }
@@ -75,186 +86,190 @@ impl Avx2 {
     }
 
     dispatch! {
-        /// `Σ w·a` over the blocks, exactly as `scalar::dot_q4_1` computes it.
-        dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32;
-        /// `Σ w·a` over the blocks, exactly as `scalar::dot_q5_1` computes it.
-        dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32;
-        /// `Σ w·a` over the blocks, exactly as `scalar::dot_q8_0` computes it.
-        dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32;
-        /// Four [`dot_q4_1`](Self::dot_q4_1)s against one weight row, sharing its loads.
-        dot4_q4_1(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4];
-        /// Four [`dot_q5_1`](Self::dot_q5_1)s against one weight row, sharing its loads.
-        dot4_q5_1(w: &[BlockQ5_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4];
-        /// Four [`dot_q8_0`](Self::dot_q8_0)s against one weight row, sharing its loads.
-        dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4];
+        /// Eight rows of `Q4` groups times `N` inputs, exactly as `scalar::gemv` computes each.
+        gemm_q4(w: &[GroupQ4]);
+        /// Eight rows of `Q5` groups times `N` inputs, exactly as `scalar::gemv` computes each.
+        gemm_q5(w: &[GroupQ5]);
+        /// Eight rows of `Q8_0` groups times `N` inputs, exactly as `scalar::gemv` computes each.
+        gemm_q8(w: &[GroupQ8]);
     }
-}
-
-/// The horizontal sum, in the order `Lanes::sum` uses.
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
-}
-
-/// The 32 four-bit values of a block, one per byte in element order: low nibbles, then high.
-#[target_feature(enable = "avx2,fma")]
-fn q4_values(w: &BlockQ4_1) -> __m256i {
-    let nibble = _mm_set1_epi8(0x0F);
-    // SAFETY: 16 bytes from a 16-byte array, an unaligned load.
-    let raw = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
-    let lo = _mm_and_si128(raw, nibble);
-    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-    _mm256_set_m128i(hi, lo)
-}
-
-/// The 32 five-bit values of a block, one per byte in element order: the nibbles as in
-/// [`q4_values`], with bit `e` of `qh` moved to bit 4 of byte `e` (ggml's `bytes_from_bits_32`).
-#[target_feature(enable = "avx2,fma")]
-fn q5_values(w: &BlockQ5_1) -> __m256i {
-    let nibble = _mm_set1_epi8(0x0F);
-    // SAFETY: 16 bytes from a 16-byte array, an unaligned load.
-    let raw = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
-    let lo = _mm_and_si128(raw, nibble);
-    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-    let q = _mm256_set_m128i(hi, lo);
-    // Byte e gets byte e / 8 of qh, then all its bits but bit e % 8 set: it is all ones
-    // exactly where that bit was set.
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(w.qh as i32),
-        _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        ),
-    );
-    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1));
-    _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
 }
 
 /// 32 bytes loaded from an array of 32.
 #[target_feature(enable = "avx2,fma")]
-fn load(bytes: &[i8; 32]) -> __m256i {
+fn load<T>(bytes: &[T; 32]) -> __m256i {
+    const { assert!(size_of::<T>() == 1) };
     // SAFETY: 32 bytes from a 32-byte array, an unaligned load.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
-/// The single and four-input kernels of a format with a scale and a minimum per block
-/// (`Q4_1`, `Q5_1`), whose unsigned values `$values` unpacks.
-macro_rules! scale_min_kernels {
-    ($features:literal, $bytes:ident, $dot:ident, $dot4:ident, $block:ty, $values:ident) => {
-        /// # Safety
-        /// The CPU must support the module's features; `w` and `a` have the same length.
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn $dot(w: &[$block], a: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut mins = 0f32;
-            for (w, a) in w.iter().zip(a) {
-                let p = $bytes($values(w), load(&a.qs));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
-                mins += w.m * a.s;
-            }
-            hsum(acc) + mins
-        }
-
-        /// Four dots against one weight row, each computed exactly as the single one is.
-        ///
-        /// # Safety
-        /// The CPU must support the module's features; every slice has `w`'s length.
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn $dot4(w: &[$block], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut mins = [0f32; 4];
-            for (b, w) in w.iter().enumerate() {
-                let q = $values(w);
-                for k in 0..4 {
-                    let a = &a[k][b];
-                    let p = $bytes(q, load(&a.qs));
-                    let scale = _mm256_set1_ps(w.d * a.d);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-                    mins[k] += w.m * a.s;
-                }
-            }
-            std::array::from_fn(|k| hsum(acc[k]) + mins[k])
-        }
-    };
+/// Chunk `j` of an activation block (its bytes `4j..4j + 4`) in every `i32` lane.
+#[target_feature(enable = "avx2,fma")]
+fn broadcast(a: &BlockQ8_1, j: usize) -> __m256i {
+    assert!(j < 8);
+    // SAFETY: bytes `4j..4j + 4` of a 32-byte array (`j < 8`), an unaligned load.
+    let chunk = unsafe { a.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
+    _mm256_set1_epi32(chunk)
 }
 
-/// The kernels, for one set of target features and one way (`$bytes`) to sum unsigned
-/// times signed bytes into eight `i32` lanes of four products each.
+/// A block's integer sums into the float accumulators: `acc = sum · (d_w · d_a) + acc`, then
+/// `acc = m_w · s_a + acc` where the format has minimums (as `scalar::gemv`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn add_block<const N: usize>(
+    acc: &mut [__m256; N],
+    sums: [__m256i; N],
+    d: &[f32; ROWS],
+    m: Option<&[f32; ROWS]>,
+    a: [&BlockQ8_1; N],
+) {
+    // SAFETY: eight floats from arrays of eight, unaligned loads.
+    let d = unsafe { _mm256_loadu_ps(d.as_ptr()) };
+    let m = m.map(|m| unsafe { _mm256_loadu_ps(m.as_ptr()) });
+    for k in 0..N {
+        let scale = _mm256_mul_ps(d, _mm256_set1_ps(a[k].d));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[k]), scale, acc[k]);
+        if let Some(m) = m {
+            acc[k] = _mm256_fmadd_ps(m, _mm256_set1_ps(a[k].s), acc[k]);
+        }
+    }
+}
+
+/// The accumulators as arrays.
+#[target_feature(enable = "avx2,fma")]
+fn store<const N: usize>(acc: [__m256; N]) -> [[f32; ROWS]; N] {
+    let mut out = [[0f32; ROWS]; N];
+    for (o, v) in out.iter_mut().zip(acc) {
+        // SAFETY: eight floats into an array of eight, an unaligned store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+    }
+    out
+}
+
+/// The kernels, for one set of target features and one way (`$dpadd`) to add unsigned times
+/// signed bytes, four products to each `i32` lane, to an accumulator.
 macro_rules! kernels {
-    ($features:literal, $bytes:ident) => {
+    ($features:literal, $dpadd:ident) => {
         use super::*;
 
-        scale_min_kernels!($features, $bytes, dot_q4_1, dot4_q4_1, BlockQ4_1, q4_values);
-        scale_min_kernels!($features, $bytes, dot_q5_1, dot4_q5_1, BlockQ5_1, q5_values);
-
         /// # Safety
-        /// The CPU must support the module's features; `w` and `a` have the same length.
+        /// The CPU must support the module's features; every slice of `a` has `w`'s length.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (w, a) in w.iter().zip(a) {
-                let (x, y) = (load(&w.qs), load(&a.qs));
-                // The products take unsigned times signed: move x's sign onto y.
-                let p = $bytes(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(w.d * a.d), acc);
+        pub(super) unsafe fn gemm_q4<const N: usize>(
+            w: &[GroupQ4],
+            a: [&[BlockQ8_1]; N],
+        ) -> [[f32; ROWS]; N] {
+            let nibble = _mm256_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, g) in w.iter().enumerate() {
+                let a = a.map(|a| &a[b]);
+                let mut sums = [_mm256_setzero_si256(); N];
+                for j in 0..4 {
+                    let raw = load(&g.qs[j]);
+                    let lo = _mm256_and_si256(raw, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nibble);
+                    for k in 0..N {
+                        sums[k] = $dpadd(sums[k], lo, broadcast(a[k], j));
+                        sums[k] = $dpadd(sums[k], hi, broadcast(a[k], j + 4));
+                    }
+                }
+                add_block(&mut acc, sums, &g.d, Some(&g.m), a);
             }
-            hsum(acc)
+            store(acc)
         }
 
-        /// Four dots against one weight row: each is computed exactly as `dot_q8_0` would.
-        ///
         /// # Safety
-        /// The CPU must support the module's features; every slice has `w`'s length.
+        /// The CPU must support the module's features; every slice of `a` has `w`'s length.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (b, w) in w.iter().enumerate() {
-                let x = load(&w.qs);
-                let ax = _mm256_sign_epi8(x, x);
-                for k in 0..4 {
-                    let a = &a[k][b];
-                    let p = $bytes(ax, _mm256_sign_epi8(load(&a.qs), x));
-                    let scale = _mm256_set1_ps(w.d * a.d);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+        pub(super) unsafe fn gemm_q5<const N: usize>(
+            w: &[GroupQ5],
+            a: [&[BlockQ8_1]; N],
+        ) -> [[f32; ROWS]; N] {
+            let nibble = _mm256_set1_epi8(0x0F);
+            let fifth = _mm256_set1_epi8(0x10);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, g) in w.iter().enumerate() {
+                let a = a.map(|a| &a[b]);
+                let h = load(&g.qh);
+                let mut sums = [_mm256_setzero_si256(); N];
+                for j in 0..4 {
+                    let raw = load(&g.qs[j]);
+                    // Bit j of qh's bytes (chunk j) and bit j + 4 (chunk j + 4) moved to bit
+                    // 4: a 16-bit shift, whose bits crossing into the other byte never land
+                    // on its bit 4.
+                    let up = _mm256_sll_epi16(h, _mm_cvtsi32_si128(4 - j as i32));
+                    let down = _mm256_srl_epi16(h, _mm_cvtsi32_si128(j as i32));
+                    let lo =
+                        _mm256_or_si256(_mm256_and_si256(raw, nibble), _mm256_and_si256(up, fifth));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nibble),
+                        _mm256_and_si256(down, fifth),
+                    );
+                    for k in 0..N {
+                        sums[k] = $dpadd(sums[k], lo, broadcast(a[k], j));
+                        sums[k] = $dpadd(sums[k], hi, broadcast(a[k], j + 4));
+                    }
                 }
+                add_block(&mut acc, sums, &g.d, Some(&g.m), a);
             }
-            std::array::from_fn(|k| hsum(acc[k]))
+            store(acc)
+        }
+
+        /// # Safety
+        /// The CPU must support the module's features; every slice of `a` has `w`'s length.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn gemm_q8<const N: usize>(
+            w: &[GroupQ8],
+            a: [&[BlockQ8_1]; N],
+        ) -> [[f32; ROWS]; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, g) in w.iter().enumerate() {
+                let a = a.map(|a| &a[b]);
+                let mut sums = [_mm256_setzero_si256(); N];
+                for j in 0..8 {
+                    let x = load(&g.qs[j]);
+                    // The products take unsigned times signed: move x's sign onto a's bytes.
+                    let ax = _mm256_sign_epi8(x, x);
+                    for k in 0..N {
+                        let y = _mm256_sign_epi8(broadcast(a[k], j), x);
+                        sums[k] = $dpadd(sums[k], ax, y);
+                    }
+                }
+                add_block(&mut acc, sums, &g.d, None, a);
+            }
+            store(acc)
         }
     };
 }
 
-/// AVX2: `maddubs` (pairs to `i16`), then `madd` with ones (pairs of those to `i32`).
+/// AVX2: `maddubs` (pairs to `i16`), then `madd` with ones (pairs of those to `i32`). No pair
+/// saturates: at most 2 · 128 · 127.
 mod plain {
     #[target_feature(enable = "avx2,fma")]
-    fn bytes(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    fn dpadd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
     }
 
-    kernels!("avx2,fma", bytes);
+    kernels!("avx2,fma", dpadd);
 }
 
-/// AVX-512 VNNI (256-bit forms): `dpbusd`, four products to `i32` in one instruction.
+/// AVX-512 VNNI (256-bit forms): `dpbusd`, four products added to each `i32` lane at once.
 mod avx512_vnni {
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    fn bytes(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    fn dpadd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
     }
 
-    kernels!("avx2,fma,avx512vnni,avx512vl", bytes);
+    kernels!("avx2,fma,avx512vnni,avx512vl", dpadd);
 }
 
 /// AVX-VNNI: the same `dpbusd`, VEX-encoded.
 mod avx_vnni {
     #[target_feature(enable = "avx2,fma,avxvnni")]
-    fn bytes(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+    fn dpadd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
     }
 
-    kernels!("avx2,fma,avxvnni", bytes);
+    kernels!("avx2,fma,avxvnni", dpadd);
 }

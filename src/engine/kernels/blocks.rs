@@ -2,6 +2,13 @@
 //! formats become them at load: `Q4_0`, `Q4_1` and `Q4_K` become [`BlockQ4_1`], `Q5_0`, `Q5_1`
 //! and `Q5_K` become [`BlockQ5_1`], `Q8_0` stays [`BlockQ8_0`], all without changing a single
 //! weight (a K-quant's sub-block scale `d * sc` is exact in `f32`). Activations are [`BlockQ8_1`].
+//!
+//! The matrices keep them interleaved: the blocks of eight rows at one block column make one
+//! group ([`GroupQ4`], [`GroupQ5`], [`GroupQ8`]) in which a 32-byte vector holds four
+//! consecutive weights of each of the eight rows. A kernel multiplies such a vector by four
+//! activation bytes broadcast to every row and gets eight rows' sums in eight lanes, with no
+//! horizontal sum and one vector of scales per block (llama.cpp's repacked `q4_0_8x8`
+//! layout does the same). The groups take the same bytes as the blocks.
 
 use half::f16;
 
@@ -27,18 +34,6 @@ pub(super) struct BlockQ5_1 {
     pub(super) qs: [u8; QK / 2],
 }
 
-impl BlockQ5_1 {
-    /// Element `e`'s five-bit value.
-    pub(super) fn q(&self, e: usize) -> u8 {
-        let nibble = if e < QK / 2 {
-            self.qs[e] & 0x0F
-        } else {
-            self.qs[e - QK / 2] >> 4
-        };
-        nibble | ((((self.qh >> e) & 1) as u8) << 4)
-    }
-}
-
 /// Eight-bit weights with a scale: `w = d * q`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct BlockQ8_0 {
@@ -53,6 +48,195 @@ pub(super) struct BlockQ8_1 {
     pub(super) d: f32,
     pub(super) s: f32,
     pub(super) qs: [i8; QK],
+}
+
+/// Rows per interleaved group.
+pub(super) const ROWS: usize = 8;
+
+/// Elements per chunk: a chunk of each row fills one `i32` lane.
+const CHUNK: usize = 4;
+
+/// Byte `4r + i` of a group's 32-byte vector for chunk `j`: element `4j + i` of row `r`.
+fn chunk_bytes<T>(j: usize, v: impl Fn(usize, usize) -> T) -> [T; 32] {
+    std::array::from_fn(|b| v(b / CHUNK, CHUNK * j + b % CHUNK))
+}
+
+/// Eight rows' nibbles in ggml's order as a group's four vectors: byte `e < 16` of a row holds
+/// elements `e` and `e + 16`, which are chunks `j` and `j + 4` for `j = e / 4`, so vector `j`
+/// takes bytes `4j..4j + 4` of each row whole.
+fn nibble_chunks(rows: [&[u8; QK / 2]; ROWS]) -> [[u8; 32]; 4] {
+    std::array::from_fn(|j| chunk_bytes(j, |r, e| rows[r][e]))
+}
+
+/// Eight rows' [`BlockQ4_1`]s at one block column: `w = d[r] * q + m[r]`. Chunk `j`
+/// (elements `4j..4j + 4`) of every row is in `qs[j % 4]` ([`chunk_bytes`]), in the low
+/// nibbles for `j < 4` and the high nibbles for `j >= 4`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupQ4 {
+    pub(super) d: [f32; ROWS],
+    pub(super) m: [f32; ROWS],
+    pub(super) qs: [[u8; 32]; 4],
+}
+
+/// Eight rows' [`BlockQ5_1`]s at one block column: the low four bits as in [`GroupQ4`]; bit
+/// `j` of byte `4r + i` of `qh` is the fifth bit of element `4j + i` of row `r`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupQ5 {
+    pub(super) d: [f32; ROWS],
+    pub(super) m: [f32; ROWS],
+    pub(super) qh: [u8; 32],
+    pub(super) qs: [[u8; 32]; 4],
+}
+
+/// Eight rows' [`BlockQ8_0`]s at one block column: `w = d[r] * q`; chunk `j` of every row in
+/// `qs[j]` ([`chunk_bytes`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupQ8 {
+    pub(super) d: [f32; ROWS],
+    pub(super) qs: [[i8; 32]; 8],
+}
+
+/// A row's block format, and the group its blocks interleave into.
+pub(super) trait RowBlock: Copy {
+    type Group: Group;
+    /// The block of a row that pads a matrix to a whole group: every weight zero.
+    const ZERO: Self;
+    fn group(rows: [&Self; ROWS]) -> Self::Group;
+}
+
+/// What the scalar reference and the row lookups read of a group.
+pub(super) trait Group: Copy + Send + Sync {
+    /// Element `e`'s stored value in row `r` (unsigned, or signed for `Q8_0`).
+    fn q(&self, r: usize, e: usize) -> i32;
+    /// The rows' scales.
+    fn d(&self) -> &[f32; ROWS];
+    /// The rows' minimums, for formats that have them.
+    fn m(&self) -> Option<&[f32; ROWS]>;
+}
+
+impl RowBlock for BlockQ4_1 {
+    type Group = GroupQ4;
+    const ZERO: Self = BlockQ4_1 {
+        d: 0.0,
+        m: 0.0,
+        qs: [0; QK / 2],
+    };
+
+    fn group(rows: [&Self; ROWS]) -> GroupQ4 {
+        GroupQ4 {
+            d: rows.map(|b| b.d),
+            m: rows.map(|b| b.m),
+            qs: nibble_chunks(rows.map(|b| &b.qs)),
+        }
+    }
+}
+
+impl Group for GroupQ4 {
+    fn q(&self, r: usize, e: usize) -> i32 {
+        let (j, i) = (e / CHUNK, e % CHUNK);
+        let byte = self.qs[j % 4][CHUNK * r + i];
+        i32::from(if j < 4 { byte & 0x0F } else { byte >> 4 })
+    }
+
+    fn d(&self) -> &[f32; ROWS] {
+        &self.d
+    }
+
+    fn m(&self) -> Option<&[f32; ROWS]> {
+        Some(&self.m)
+    }
+}
+
+impl RowBlock for BlockQ5_1 {
+    type Group = GroupQ5;
+    const ZERO: Self = BlockQ5_1 {
+        d: 0.0,
+        m: 0.0,
+        qh: 0,
+        qs: [0; QK / 2],
+    };
+
+    fn group(rows: [&Self; ROWS]) -> GroupQ5 {
+        GroupQ5 {
+            d: rows.map(|b| b.d),
+            m: rows.map(|b| b.m),
+            qh: std::array::from_fn(|b| {
+                let (r, i) = (b / CHUNK, b % CHUNK);
+                (0..QK / CHUNK).fold(0u8, |h, j| {
+                    h | ((((rows[r].qh >> (CHUNK * j + i)) & 1) as u8) << j)
+                })
+            }),
+            qs: nibble_chunks(rows.map(|b| &b.qs)),
+        }
+    }
+}
+
+impl Group for GroupQ5 {
+    fn q(&self, r: usize, e: usize) -> i32 {
+        let (j, i) = (e / CHUNK, e % CHUNK);
+        let byte = self.qs[j % 4][CHUNK * r + i];
+        let low = if j < 4 { byte & 0x0F } else { byte >> 4 };
+        let high = (self.qh[CHUNK * r + i] >> j) & 1;
+        i32::from(low | (high << 4))
+    }
+
+    fn d(&self) -> &[f32; ROWS] {
+        &self.d
+    }
+
+    fn m(&self) -> Option<&[f32; ROWS]> {
+        Some(&self.m)
+    }
+}
+
+impl RowBlock for BlockQ8_0 {
+    type Group = GroupQ8;
+    const ZERO: Self = BlockQ8_0 {
+        d: 0.0,
+        qs: [0; QK],
+    };
+
+    fn group(rows: [&Self; ROWS]) -> GroupQ8 {
+        GroupQ8 {
+            d: rows.map(|b| b.d),
+            qs: std::array::from_fn(|j| chunk_bytes(j, |r, e| rows[r].qs[e])),
+        }
+    }
+}
+
+impl Group for GroupQ8 {
+    fn q(&self, r: usize, e: usize) -> i32 {
+        i32::from(self.qs[e / CHUNK][CHUNK * r + e % CHUNK])
+    }
+
+    fn d(&self) -> &[f32; ROWS] {
+        &self.d
+    }
+
+    fn m(&self) -> Option<&[f32; ROWS]> {
+        None
+    }
+}
+
+/// Interleaves whole rows of `per_row` blocks each into groups, `per_row` groups for every
+/// eight rows, in block-column order; a last group of fewer rows is padded with zero rows.
+pub(super) fn interleave<B: RowBlock>(blocks: &[B], per_row: usize) -> Vec<B::Group> {
+    let rows = blocks.len() / per_row;
+    let mut out = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
+    let zero = B::ZERO;
+    for first in (0..rows).step_by(ROWS) {
+        for b in 0..per_row {
+            out.push(B::group(std::array::from_fn(|r| {
+                let row = first + r;
+                if row < rows {
+                    &blocks[row * per_row + b]
+                } else {
+                    &zero
+                }
+            })));
+        }
+    }
+    out
 }
 
 pub(super) fn parse_q4_1(bytes: &[u8]) -> Vec<BlockQ4_1> {

@@ -23,51 +23,25 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result};
 use rayon::prelude::*;
 
-use blocks::{BlockQ4_1, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use blocks::{
+    BlockQ4_1, BlockQ5_1, BlockQ8_0, BlockQ8_1, Group, GroupQ4, GroupQ5, GroupQ8, QK, ROWS,
+    RowBlock,
+};
 
+/// A matrix's groups: `per_row` groups (one per block column) for each eight rows.
 #[derive(Debug)]
-enum Blocks {
-    Q4_1(Vec<BlockQ4_1>),
-    Q5_1(Vec<BlockQ5_1>),
-    Q8_0(Vec<BlockQ8_0>),
+enum Groups {
+    Q4(Vec<GroupQ4>),
+    Q5(Vec<GroupQ5>),
+    Q8(Vec<GroupQ8>),
 }
 
-impl Blocks {
+impl Groups {
     fn len(&self) -> usize {
         match self {
-            Blocks::Q4_1(b) => b.len(),
-            Blocks::Q5_1(b) => b.len(),
-            Blocks::Q8_0(b) => b.len(),
-        }
-    }
-
-    /// The dot of blocks `w` with the activations `a`.
-    #[cfg(test)]
-    fn dot(&self, simd: Simd, w: std::ops::Range<usize>, a: &[BlockQ8_1]) -> f32 {
-        match self {
-            Blocks::Q4_1(b) => dot_q4_1(simd, &b[w], a),
-            Blocks::Q5_1(b) => dot_q5_1(simd, &b[w], a),
-            Blocks::Q8_0(b) => dot_q8_0(simd, &b[w], a),
-        }
-    }
-
-    /// Four dots of blocks `w`, sharing its loads.
-    #[cfg(test)]
-    fn dot4(&self, simd: Simd, w: std::ops::Range<usize>, a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        match self {
-            Blocks::Q4_1(b) => dot4_q4_1(simd, &b[w], a),
-            Blocks::Q5_1(b) => dot4_q5_1(simd, &b[w], a),
-            Blocks::Q8_0(b) => dot4_q8_0(simd, &b[w], a),
-        }
-    }
-
-    /// The scalar reference of [`Blocks::dot`].
-    #[cfg(test)]
-    fn dot_scalar(&self, w: std::ops::Range<usize>, a: &[BlockQ8_1]) -> f32 {
-        match self {
-            Blocks::Q4_1(b) => scalar::dot_q4_1(&b[w], a),
-            Blocks::Q5_1(b) => scalar::dot_q5_1(&b[w], a),
-            Blocks::Q8_0(b) => scalar::dot_q8_0(&b[w], a),
+            Groups::Q4(g) => g.len(),
+            Groups::Q5(g) => g.len(),
+            Groups::Q8(g) => g.len(),
         }
     }
 }
@@ -77,7 +51,7 @@ impl Blocks {
 pub(crate) struct QMatrix {
     rows: usize,
     cols: usize,
-    blocks: Blocks,
+    groups: Groups,
     simd: Simd,
 }
 
@@ -104,23 +78,26 @@ impl QMatrix {
             p.push(&t.data()?);
             return p.finish().map(Some);
         }
-        let blocks = match t.dtype() {
+        let groups = match t.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
             _ => {
                 let values = t
                     .dequantize(&Device::Cpu)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                Blocks::Q8_0(values.chunks_exact(QK).map(blocks::quantize_q8_0).collect())
+                let blocks: Vec<BlockQ8_0> =
+                    values.chunks_exact(QK).map(blocks::quantize_q8_0).collect();
+                Groups::Q8(blocks::interleave(&blocks, cols / QK))
             }
         };
-        check_blocks(&blocks, rows, cols)?;
-        Ok(Some(Self {
+        let m = Self {
             rows,
             cols,
-            blocks,
+            groups,
             simd,
-        }))
+        };
+        m.check()?;
+        Ok(Some(m))
     }
 
     /// Output size.
@@ -135,30 +112,23 @@ impl QMatrix {
 
     /// Row `r`, dequantized into `out` (an embedding lookup).
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match &self.groups {
+            Groups::Q4(g) => self.dequantize_from(g, r, out),
+            Groups::Q5(g) => self.dequantize_from(g, r, out),
+            Groups::Q8(g) => self.dequantize_from(g, r, out),
+        }
+    }
+
+    fn dequantize_from<G: Group>(&self, groups: &[G], r: usize, out: &mut [f32]) {
         let per_row = self.cols / QK;
-        let range = r * per_row..(r + 1) * per_row;
-        match &self.blocks {
-            Blocks::Q4_1(b) => {
-                for (block, out) in b[range].iter().zip(out.chunks_exact_mut(QK)) {
-                    for j in 0..QK / 2 {
-                        out[j] = block.d * f32::from(block.qs[j] & 0x0F) + block.m;
-                        out[j + QK / 2] = block.d * f32::from(block.qs[j] >> 4) + block.m;
-                    }
-                }
-            }
-            Blocks::Q5_1(b) => {
-                for (block, out) in b[range].iter().zip(out.chunks_exact_mut(QK)) {
-                    for (e, o) in out.iter_mut().enumerate() {
-                        *o = block.d * f32::from(block.q(e)) + block.m;
-                    }
-                }
-            }
-            Blocks::Q8_0(b) => {
-                for (block, out) in b[range].iter().zip(out.chunks_exact_mut(QK)) {
-                    for (o, q) in out.iter_mut().zip(block.qs) {
-                        *o = block.d * f32::from(q);
-                    }
-                }
+        let (first, lane) = (r / ROWS * per_row, r % ROWS);
+        for (g, out) in groups[first..first + per_row]
+            .iter()
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let (d, m) = (g.d()[lane], g.m().map_or(0.0, |m| m[lane]));
+            for (e, o) in out.iter_mut().enumerate() {
+                *o = d * g.q(lane, e) as f32 + m;
             }
         }
     }
@@ -169,147 +139,224 @@ impl QMatrix {
         let acts: Vec<BlockQ8_1> = x.chunks_exact(QK).map(blocks::quantize_q8_1).collect();
         let simd = self.simd;
         // One match per product, not per row: each format gets its own loop.
-        match &self.blocks {
-            Blocks::Q4_1(b) => self.product(
-                b,
+        match &self.groups {
+            Groups::Q4(g) => self.product(
+                g,
                 &acts,
-                |w, a| dot_q4_1(simd, w, a),
-                |w, a| dot4_q4_1(simd, w, a),
+                |w, a| gemm_q4(simd, w, a),
+                |w, a| gemm_q4(simd, w, a),
             ),
-            Blocks::Q5_1(b) => self.product(
-                b,
+            Groups::Q5(g) => self.product(
+                g,
                 &acts,
-                |w, a| dot_q5_1(simd, w, a),
-                |w, a| dot4_q5_1(simd, w, a),
+                |w, a| gemm_q5(simd, w, a),
+                |w, a| gemm_q5(simd, w, a),
             ),
-            Blocks::Q8_0(b) => self.product(
-                b,
+            Groups::Q8(g) => self.product(
+                g,
                 &acts,
-                |w, a| dot_q8_0(simd, w, a),
-                |w, a| dot4_q8_0(simd, w, a),
+                |w, a| gemm_q8(simd, w, a),
+                |w, a| gemm_q8(simd, w, a),
             ),
         }
     }
 
-    fn product<B: Sync>(
+    fn product<G: Sync>(
         &self,
-        blocks: &[B],
+        groups: &[G],
         acts: &[BlockQ8_1],
-        dot: impl Fn(&[B], &[BlockQ8_1]) -> f32 + Sync,
-        dot4: impl Fn(&[B], [&[BlockQ8_1]; 4]) -> [f32; 4] + Sync,
+        gemm1: impl Fn(&[G], [&[BlockQ8_1]; 1]) -> [[f32; ROWS]; 1] + Sync,
+        gemm4: impl Fn(&[G], [&[BlockQ8_1]; 4]) -> [[f32; ROWS]; 4] + Sync,
     ) -> Vec<f32> {
         let per_row = self.cols / QK;
         let n = acts.len() / per_row;
-        // Each task computes a run of weight rows for every input row (a weight row stays in
-        // L1 while it meets all the inputs), into a transposed buffer.
+        let rows = self.rows;
+        let n_groups = groups.len() / per_row;
+        // Each task computes a run of eight-row groups for every input (a group's weights
+        // stay in L1 while they meet all the inputs), into its own `n` by `task rows` buffer.
         let threads = rayon::current_num_threads().max(1);
-        let rows_per_task = (self.rows / (threads * 8)).clamp(4, 256);
-        let mut yt = vec![0f32; self.rows * n];
-        yt.par_chunks_mut(rows_per_task * n)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * rows_per_task;
-                for (i, out) in out.chunks_exact_mut(n).enumerate() {
-                    let r = first + i;
-                    let w = &blocks[r * per_row..(r + 1) * per_row];
-                    let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
-                    // Four inputs at a time share each weight block's loads and unpacking.
+        let per_task = (n_groups / (threads * 8)).clamp(1, 32);
+        let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
+        let parts: Vec<Vec<f32>> = (0..n_groups.div_ceil(per_task))
+            .into_par_iter()
+            .map(|task| {
+                let first = task * per_task;
+                let task_groups = per_task.min(n_groups - first);
+                let width = task_groups * ROWS;
+                let mut out = vec![0f32; n * width];
+                for i in 0..task_groups {
+                    let g = first + i;
+                    let w = &groups[g * per_row..(g + 1) * per_row];
+                    let mut put = |t: usize, y: &[f32; ROWS]| {
+                        out[t * width + i * ROWS..][..ROWS].copy_from_slice(y);
+                    };
+                    // Four inputs at a time share each group's loads and unpacking.
                     let mut t = 0;
                     while t + 4 <= n {
-                        let y = dot4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                        out[t..t + 4].copy_from_slice(&y);
+                        let y = gemm4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                        for (k, y) in y.iter().enumerate() {
+                            put(t + k, y);
+                        }
                         t += 4;
                     }
-                    for (t, y) in out.iter_mut().enumerate().skip(t) {
-                        *y = dot(w, act(t));
+                    for t in t..n {
+                        put(t, &gemm1(w, [act(t)])[0]);
                     }
                 }
-            });
-        if n == 1 {
-            return yt;
-        }
-        // Back to one row per input, eight inputs per task: each weight row's eight values
-        // are read together, and the eight output rows are written in order (a plain
-        // element-by-element transpose, on one thread, took 7 % of a prefill).
-        const INPUTS: usize = 8;
-        let rows = self.rows;
+                out
+            })
+            .collect();
+        // One output row per input: each task's part of it, without the padding rows.
+        let width = per_task * ROWS;
         let mut y = vec![0f32; rows * n];
-        y.par_chunks_mut(rows * INPUTS)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * INPUTS;
-                let inputs = out.len() / rows;
-                for (r, col) in yt.chunks_exact(n).enumerate() {
-                    for (i, v) in col[first..first + inputs].iter().enumerate() {
-                        out[i * rows + r] = *v;
-                    }
-                }
-            });
+        let assemble = |(t, y): (usize, &mut [f32])| {
+            for (task, part) in parts.iter().enumerate() {
+                let first = task * width;
+                let part_width = part.len() / n;
+                let take = part_width.min(rows - first);
+                y[first..first + take].copy_from_slice(&part[t * part_width..][..take]);
+            }
+        };
+        if n >= 16 {
+            y.par_chunks_mut(rows).enumerate().for_each(assemble);
+        } else {
+            y.chunks_mut(rows).enumerate().for_each(assemble);
+        }
         y
+    }
+
+    fn check(&self) -> Result<()> {
+        let want = self.rows.div_ceil(ROWS) * (self.cols / QK);
+        if self.groups.len() != want {
+            candle_core::bail!(
+                "packed {} groups, shape {}x{} needs {want}",
+                self.groups.len(),
+                self.rows,
+                self.cols
+            );
+        }
+        Ok(())
     }
 }
 
-/// Builds a [`QMatrix`] of a format [`QMatrix::stores`] from whole blocks of the file's bytes,
+/// Blocks of whole rows not yet interleaved (fewer than eight rows' worth between pushes).
+enum Pending {
+    Q4(Vec<BlockQ4_1>),
+    Q5(Vec<BlockQ5_1>),
+    Q8(Vec<BlockQ8_0>),
+}
+
+/// Builds a [`QMatrix`] of a format [`QMatrix::stores`] from whole rows of the file's bytes,
 /// in order. The loader streams a tensor through it a few rows at a time, so the file's bytes
 /// are never held whole beside the packed copy.
 pub(crate) struct Packer {
     dtype: GgmlDType,
+    pending: Pending,
+    /// Blocks pushed so far.
+    pushed: usize,
     matrix: QMatrix,
 }
 
 impl Packer {
     pub(crate) fn new(dtype: GgmlDType, rows: usize, cols: usize, simd: Simd) -> Self {
-        let n = rows * cols / QK;
-        let blocks = match dtype {
+        let n = rows.div_ceil(ROWS) * cols / QK;
+        let (pending, groups) = match dtype {
             GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => {
-                Blocks::Q4_1(Vec::with_capacity(n))
+                (Pending::Q4(Vec::new()), Groups::Q4(Vec::with_capacity(n)))
             }
             GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => {
-                Blocks::Q5_1(Vec::with_capacity(n))
+                (Pending::Q5(Vec::new()), Groups::Q5(Vec::with_capacity(n)))
             }
-            _ => Blocks::Q8_0(Vec::with_capacity(n)),
+            _ => (Pending::Q8(Vec::new()), Groups::Q8(Vec::with_capacity(n))),
         };
         Self {
             dtype,
+            pending,
+            pushed: 0,
             matrix: QMatrix {
                 rows,
                 cols,
-                blocks,
+                groups,
                 simd,
             },
         }
     }
 
-    /// Appends whole blocks of the file's bytes.
+    /// Appends whole rows of the file's bytes.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
-        match (self.dtype, &mut self.matrix.blocks) {
-            (GgmlDType::Q4_0, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_0(bytes)),
-            (GgmlDType::Q4K, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_k(bytes)),
-            (_, Blocks::Q4_1(b)) => b.extend(blocks::parse_q4_1(bytes)),
-            (GgmlDType::Q5_0, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_0(bytes)),
-            (GgmlDType::Q5K, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_k(bytes)),
-            (_, Blocks::Q5_1(b)) => b.extend(blocks::parse_q5_1(bytes)),
-            (_, Blocks::Q8_0(b)) => b.extend(blocks::parse_q8_0(bytes)),
-        }
+        let per_row = self.matrix.cols / QK;
+        let dtype = self.dtype;
+        self.pushed += match (&mut self.pending, &mut self.matrix.groups) {
+            (Pending::Q4(p), Groups::Q4(g)) => absorb(
+                p,
+                match dtype {
+                    GgmlDType::Q4_0 => blocks::parse_q4_0(bytes),
+                    GgmlDType::Q4K => blocks::parse_q4_k(bytes),
+                    _ => blocks::parse_q4_1(bytes),
+                },
+                g,
+                per_row,
+            ),
+            (Pending::Q5(p), Groups::Q5(g)) => absorb(
+                p,
+                match dtype {
+                    GgmlDType::Q5_0 => blocks::parse_q5_0(bytes),
+                    GgmlDType::Q5K => blocks::parse_q5_k(bytes),
+                    _ => blocks::parse_q5_1(bytes),
+                },
+                g,
+                per_row,
+            ),
+            (Pending::Q8(p), Groups::Q8(g)) => absorb(p, blocks::parse_q8_0(bytes), g, per_row),
+            _ => unreachable!("the pending blocks and the groups have one format"),
+        };
     }
 
-    /// The matrix, once every block has arrived.
-    pub(crate) fn finish(self) -> Result<QMatrix> {
-        let m = self.matrix;
-        check_blocks(&m.blocks, m.rows, m.cols)?;
-        Ok(m)
+    /// The matrix, once every row has arrived.
+    pub(crate) fn finish(mut self) -> Result<QMatrix> {
+        let m = &mut self.matrix;
+        let (per_row, want) = (m.cols / QK, m.rows * m.cols / QK);
+        if self.pushed != want {
+            candle_core::bail!(
+                "tensor data holds {} blocks, shape {}x{} needs {want}",
+                self.pushed,
+                m.rows,
+                m.cols
+            );
+        }
+        match (&mut self.pending, &mut m.groups) {
+            (Pending::Q4(p), Groups::Q4(g)) => flush(p, g, per_row),
+            (Pending::Q5(p), Groups::Q5(g)) => flush(p, g, per_row),
+            (Pending::Q8(p), Groups::Q8(g)) => flush(p, g, per_row),
+            _ => unreachable!("the pending blocks and the groups have one format"),
+        }
+        self.matrix.check()?;
+        Ok(self.matrix)
     }
 }
 
-fn check_blocks(blocks: &Blocks, rows: usize, cols: usize) -> Result<()> {
-    let n_blocks = blocks.len();
-    if n_blocks != rows * cols / QK {
-        candle_core::bail!(
-            "tensor data holds {n_blocks} blocks, shape {rows}x{cols} needs {}",
-            rows * cols / QK
-        );
+/// Adds `blocks` to `pending`, then moves every whole eight rows of it into `groups`.
+/// Returns how many blocks came.
+fn absorb<B: RowBlock>(
+    pending: &mut Vec<B>,
+    blocks: Vec<B>,
+    groups: &mut Vec<B::Group>,
+    per_row: usize,
+) -> usize {
+    let n = blocks.len();
+    pending.extend(blocks);
+    let whole = pending.len() / (ROWS * per_row) * ROWS * per_row;
+    if whole > 0 {
+        groups.extend(blocks::interleave(&pending[..whole], per_row));
+        pending.drain(..whole);
     }
-    Ok(())
+    n
+}
+
+/// Moves the last rows of `pending` (fewer than eight) into `groups`, padded with zero rows.
+fn flush<B: RowBlock>(pending: &mut Vec<B>, groups: &mut Vec<B::Group>, per_row: usize) {
+    groups.extend(blocks::interleave(pending, per_row));
+    pending.clear();
 }
 
 /// Which kernels this CPU can run.
@@ -341,51 +388,27 @@ impl Simd {
     }
 }
 
-fn dot_q4_1(simd: Simd, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+fn gemm_q4<const N: usize>(simd: Simd, w: &[GroupQ4], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
     match simd {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot_q4_1(w, a),
-        Simd::Scalar => scalar::dot_q4_1(w, a),
+        Simd::Avx2(cpu) => cpu.gemm_q4(w, a),
+        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
     }
 }
 
-fn dot_q5_1(simd: Simd, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+fn gemm_q5<const N: usize>(simd: Simd, w: &[GroupQ5], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
     match simd {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot_q5_1(w, a),
-        Simd::Scalar => scalar::dot_q5_1(w, a),
+        Simd::Avx2(cpu) => cpu.gemm_q5(w, a),
+        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
     }
 }
 
-fn dot4_q5_1(simd: Simd, w: &[BlockQ5_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+fn gemm_q8<const N: usize>(simd: Simd, w: &[GroupQ8], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
     match simd {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot4_q5_1(w, a),
-        Simd::Scalar => a.map(|a| scalar::dot_q5_1(w, a)),
-    }
-}
-
-fn dot_q8_0(simd: Simd, w: &[BlockQ8_0], a: &[BlockQ8_1]) -> f32 {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot_q8_0(w, a),
-        Simd::Scalar => scalar::dot_q8_0(w, a),
-    }
-}
-
-fn dot4_q4_1(simd: Simd, w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot4_q4_1(w, a),
-        Simd::Scalar => a.map(|a| scalar::dot_q4_1(w, a)),
-    }
-}
-
-fn dot4_q8_0(simd: Simd, w: &[BlockQ8_0], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.dot4_q8_0(w, a),
-        Simd::Scalar => a.map(|a| scalar::dot_q8_0(w, a)),
+        Simd::Avx2(cpu) => cpu.gemm_q8(w, a),
+        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
     }
 }
 
@@ -420,38 +443,68 @@ mod tests {
         GgmlDType::Q8_0,
     ];
 
-    #[test]
-    fn simd_and_scalar_dots_agree() {
-        for simd in Simd::builds() {
-            simd_and_scalar_dots_agree_on(simd);
+    fn acts(n: usize, cols: usize, seed: u64) -> Vec<BlockQ8_1> {
+        random(n * cols, seed)
+            .chunks_exact(QK)
+            .map(blocks::quantize_q8_1)
+            .collect()
+    }
+
+    /// Group `g`'s eight rows times input `t`, by the scalar reference.
+    fn reference(m: &QMatrix, g: usize, acts: &[BlockQ8_1], t: usize) -> [f32; ROWS] {
+        let per_row = m.cols / QK;
+        let (w, a) = (
+            g * per_row..(g + 1) * per_row,
+            &acts[t * per_row..(t + 1) * per_row],
+        );
+        match &m.groups {
+            Groups::Q4(b) => scalar::gemv(&b[w], a),
+            Groups::Q5(b) => scalar::gemv(&b[w], a),
+            Groups::Q8(b) => scalar::gemv(&b[w], a),
         }
     }
 
-    fn simd_and_scalar_dots_agree_on(simd: Simd) {
-        for dtype in PACKED {
-            let (_, m) = matrix(3, 256, dtype, 1);
-            let acts: Vec<BlockQ8_1> = random(256, 2)
-                .chunks_exact(QK)
-                .map(blocks::quantize_q8_1)
-                .collect();
-            for r in 0..3 {
-                let w = r * 8..(r + 1) * 8;
-                let (fast, slow) = (
-                    m.blocks.dot(simd, w.clone(), &acts),
-                    m.blocks.dot_scalar(w, &acts),
-                );
-                // Every build this CPU runs (AVX2 with or without VNNI) gives the same bits.
-                let first = m.blocks.dot(Simd::detect(), r * 8..(r + 1) * 8, &acts);
-                assert_eq!(fast.to_bits(), first.to_bits(), "{simd:?} {dtype:?}");
-                let four = m.blocks.dot4(simd, r * 8..(r + 1) * 8, [&acts; 4]);
-                assert!(
-                    four.iter().all(|f| *f == fast),
-                    "{dtype:?}: {four:?} vs {fast}"
-                );
-                assert!(
-                    (fast - slow).abs() <= 1e-4 * slow.abs().max(1.0),
-                    "{dtype:?}: {fast} vs {slow}"
-                );
+    /// Group `g`'s eight rows times inputs `t..t + N` with `simd`.
+    fn kernel<const N: usize>(
+        m: &QMatrix,
+        simd: Simd,
+        g: usize,
+        acts: &[BlockQ8_1],
+        t: usize,
+    ) -> [[f32; ROWS]; N] {
+        let per_row = m.cols / QK;
+        let w = g * per_row..(g + 1) * per_row;
+        let a = std::array::from_fn(|k| &acts[(t + k) * per_row..(t + k + 1) * per_row]);
+        match &m.groups {
+            Groups::Q4(b) => gemm_q4(simd, &b[w], a),
+            Groups::Q5(b) => gemm_q5(simd, &b[w], a),
+            Groups::Q8(b) => gemm_q8(simd, &b[w], a),
+        }
+    }
+
+    #[test]
+    fn every_kernel_build_gives_the_scalar_references_bits() {
+        for simd in Simd::builds() {
+            for dtype in PACKED.into_iter().chain([GgmlDType::Q6K]) {
+                let (_, m) = matrix(16, 256, dtype, 1);
+                let acts = acts(4, 256, 2);
+                for g in 0..2 {
+                    let four = kernel::<4>(&m, simd, g, &acts, 0);
+                    for (t, four) in four.iter().enumerate() {
+                        let want = reference(&m, g, &acts, t);
+                        let one = kernel::<1>(&m, simd, g, &acts, t)[0];
+                        assert_eq!(
+                            one.map(f32::to_bits),
+                            want.map(f32::to_bits),
+                            "{simd:?} {dtype:?}"
+                        );
+                        assert_eq!(
+                            four.map(f32::to_bits),
+                            want.map(f32::to_bits),
+                            "{simd:?} {dtype:?}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -459,30 +512,53 @@ mod tests {
     #[test]
     fn matmul_puts_every_row_and_token_in_its_place() {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_1, GgmlDType::Q8_0] {
-            // 70 rows do not split evenly into tasks; 9 tokens are two transposing tasks, 1
-            // token is a decoded one.
+            // 70 rows are nine groups, the last padded, split over several tasks; 9 tokens
+            // are two of four and one alone, and assemble on the pool; 1 token is a decoded one.
             for n in [9, 1] {
                 let (rows, cols) = (70, 512);
                 let (_, packed) = matrix(rows, cols, dtype, 3);
                 let x = random(n * cols, 4);
                 let ours = packed.matmul(&x);
-                let per_row = cols / QK;
+                assert_eq!(ours.len(), n * rows);
                 let acts: Vec<BlockQ8_1> = x.chunks_exact(QK).map(blocks::quantize_q8_1).collect();
                 for r in 0..rows {
                     for t in 0..n {
-                        let (w, a) = (
-                            r * per_row..(r + 1) * per_row,
-                            &acts[t * per_row..(t + 1) * per_row],
-                        );
-                        let want = packed.blocks.dot_scalar(w, a);
+                        let want = reference(&packed, r / ROWS, &acts, t)[r % ROWS];
                         let got = ours[t * rows + r];
-                        assert!(
-                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "{dtype:?} row {r} token {t}: {got} vs {want}"
-                        );
+                        assert_eq!(got.to_bits(), want.to_bits(), "{dtype:?} row {r} token {t}");
                     }
                 }
             }
+        }
+    }
+
+    /// The loader pushes a few rows at a time: any split packs the same groups as one push,
+    /// and rows missing at the end are an error, not zero weights.
+    #[test]
+    fn packing_rows_in_pieces_matches_packing_them_whole() {
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let (rows, cols) = (21, 256);
+            let (q, whole) = matrix(rows, cols, dtype, 6);
+            let bytes = q.data().unwrap();
+            let row_bytes = bytes.len() / rows;
+            for piece in [1, 3, 8, 20] {
+                let mut p = Packer::new(dtype, rows, cols, Simd::detect());
+                for chunk in bytes.chunks(piece * row_bytes) {
+                    p.push(chunk);
+                }
+                let m = p.finish().unwrap();
+                let mut a = vec![0f32; cols];
+                let mut b = vec![0f32; cols];
+                for r in 0..rows {
+                    m.dequantize_row(r, &mut a);
+                    whole.dequantize_row(r, &mut b);
+                    assert_eq!(a, b, "{dtype:?} pieces of {piece} rows, row {r}");
+                }
+            }
+            let mut short = Packer::new(dtype, rows, cols, Simd::detect());
+            short.push(&bytes[..(rows - 1) * row_bytes]);
+            let err = short.finish().unwrap_err().to_string();
+            assert!(err.contains("blocks"), "{err}");
         }
     }
 
