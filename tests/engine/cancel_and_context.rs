@@ -219,7 +219,14 @@ fn a_prompt_fed_in_pieces_scores_like_one_pass() {
     let prompt = engine.chat_tokens(&long_story()).unwrap();
     let mut whole = engine.new_session();
     let want = engine.logits(&mut whole, &prompt).unwrap();
-    for split in [1, 4, 8, prompt.len() / 2, prompt.len() - 5, prompt.len() - 1] {
+    for split in [
+        1,
+        4,
+        8,
+        prompt.len() / 2,
+        prompt.len() - 5,
+        prompt.len() - 1,
+    ] {
         let mut pieces = engine.new_session();
         engine.logits(&mut pieces, &prompt[..split]).unwrap();
         let got = engine.logits(&mut pieces, &prompt[split..]).unwrap();
@@ -228,7 +235,9 @@ fn a_prompt_fed_in_pieces_scores_like_one_pass() {
         assert_eq!(argmax(&got), argmax(&want), "split at {split}");
     }
     // A stale cache fails it: the second piece fed after the whole prompt again.
-    let stale = engine.logits(&mut whole, &prompt[prompt.len() - 5..]).unwrap();
+    let stale = engine
+        .logits(&mut whole, &prompt[prompt.len() - 5..])
+        .unwrap();
     assert!(relative(&want, &stale) > 0.15);
 }
 
@@ -424,4 +433,3 @@ fn a_new_conversation_reuses_another_npcs_shared_preamble() {
     let session = slots.take_for(3, &other, &engine);
     assert!(session.cached_tokens().is_empty());
 }
-
