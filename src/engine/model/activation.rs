@@ -8,6 +8,7 @@
 //! a few ulp: closer to the exact functions than llama.cpp, whose GELU reads an f16 table.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::super::error::Result;
 
@@ -39,11 +40,21 @@ impl Activation {
     }
 }
 
-/// `g[i] = act(g[i]) * u[i]`, a loop the compiler turns into vector code.
-fn gate_with(g: &mut [f32], u: &[f32], act: impl Fn(f32) -> f32) {
-    for (g, u) in g.iter_mut().zip(u) {
-        *g = act(*g) * u;
+/// `g[i] = act(g[i]) * u[i]`, a loop the compiler turns into vector code; a prompt's
+/// (many rows) in pieces on the pool (on one thread it took 4 % of a 2-thread prefill).
+fn gate_with(g: &mut [f32], u: &[f32], act: impl Fn(f32) -> f32 + Sync) {
+    const PIECE: usize = 8192;
+    let run = |g: &mut [f32], u: &[f32]| {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = act(*g) * u;
+        }
+    };
+    if g.len() <= 2 * PIECE {
+        return run(g, u);
     }
+    g.par_chunks_mut(PIECE)
+        .zip(u.par_chunks(PIECE))
+        .for_each(|(g, u)| run(g, u));
 }
 
 /// `x · σ(x)`.

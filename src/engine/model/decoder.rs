@@ -16,8 +16,8 @@ use super::super::error::{EngineError, Result};
 use super::super::gguf::GgufHeader;
 use super::super::kernels::{QMatrix, Simd};
 pub(crate) use super::activation::Activation;
-use super::attention;
 use super::source::TensorSource;
+use super::{attention, elementwise};
 
 /// How the rotary embedding pairs a head's dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -597,7 +597,7 @@ impl DecoderWeights {
             if let Some([post, _]) = &layer.post_norms {
                 y = norm(&y, post)?;
             }
-            x = (x + y)?;
+            x = elementwise::add(&x, &y)?;
 
             let h = norm(&x, &layer.ffn_norm)?;
             let (gate, up) = match &layer.gate_up {
@@ -612,7 +612,7 @@ impl DecoderWeights {
             if let Some([_, post]) = &layer.post_norms {
                 ff = norm(&ff, post)?;
             }
-            x = (x + ff)?;
+            x = elementwise::add(&x, &ff)?;
         }
         for (fed, part) in batch.iter_mut().zip(&parts) {
             fed.cache.len = part.pos + part.seq;
@@ -809,10 +809,11 @@ impl DecoderWeights {
             .reshape((1, cfg.n_kv_head, n_rep * seq, cfg.head_dim))?
             .to_dtype(dtype)?;
         let att = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
-        let mut att = (att * f64::from(cfg.attention_scale))?;
-        if let Some(mask) = &attended.mask {
-            att = att.broadcast_add(mask)?;
-        }
+        let att = elementwise::scale_and_mask(
+            &att,
+            f64::from(cfg.attention_scale),
+            attended.mask.as_ref(),
+        )?;
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
         Ok(att
             .matmul(&values)?

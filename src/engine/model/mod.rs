@@ -3,6 +3,7 @@
 mod activation;
 mod attention;
 mod decoder;
+mod elementwise;
 mod gemma3;
 mod llama;
 mod phi3;
