@@ -136,25 +136,31 @@ impl QMatrix {
     /// `y[t][r] = Σ_k w[r][k] * x[t][k]` for `n = x.len() / cols` input rows; `y` is `n` by
     /// `rows`, row-major. Runs on the current rayon pool.
     pub(crate) fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        let acts = quantize_activations(x);
+        self.matmul_quantized(&Activations::quantize(x))
+    }
+
+    /// [`QMatrix::matmul`] of inputs already quantized (several matrices that take the same
+    /// input, such as a layer's query, key and value, quantize it once).
+    pub(crate) fn matmul_quantized(&self, acts: &Activations) -> Vec<f32> {
+        let acts = &acts.0;
         let simd = self.simd;
         // One match per product, not per row: each format gets its own loop.
         match &self.groups {
             Groups::Q4(g) => self.product(
                 g,
-                &acts,
+                acts,
                 |w, a| gemm_q4(simd, w, a),
                 |w, a| gemm_q4(simd, w, a),
             ),
             Groups::Q5(g) => self.product(
                 g,
-                &acts,
+                acts,
                 |w, a| gemm_q5(simd, w, a),
                 |w, a| gemm_q5(simd, w, a),
             ),
             Groups::Q8(g) => self.product(
                 g,
-                &acts,
+                acts,
                 |w, a| gemm_q8(simd, w, a),
                 |w, a| gemm_q8(simd, w, a),
             ),
@@ -239,17 +245,24 @@ impl QMatrix {
     }
 }
 
-/// The inputs as 8-bit blocks; a prompt's on the pool (on one thread it took 7 % of a
-/// 2-thread prefill), a decoded token's where it is.
-fn quantize_activations(x: &[f32]) -> Vec<BlockQ8_1> {
-    const PER_TASK: usize = 64;
-    if x.len() < 4 * PER_TASK * QK {
-        return x.chunks_exact(QK).map(blocks::quantize_q8_1).collect();
+/// Inputs of a product, quantized to 8-bit blocks.
+pub(crate) struct Activations(Vec<BlockQ8_1>);
+
+impl Activations {
+    /// `x` (a whole number of blocks of 32) quantized; a prompt's on the pool (on one thread
+    /// it took 7 % of a 2-thread prefill), a decoded token's where it is.
+    pub(crate) fn quantize(x: &[f32]) -> Self {
+        const PER_TASK: usize = 64;
+        if x.len() < 4 * PER_TASK * QK {
+            return Self(x.chunks_exact(QK).map(blocks::quantize_q8_1).collect());
+        }
+        Self(
+            x.par_chunks_exact(QK)
+                .with_min_len(PER_TASK)
+                .map(blocks::quantize_q8_1)
+                .collect(),
+        )
     }
-    x.par_chunks_exact(QK)
-        .with_min_len(PER_TASK)
-        .map(blocks::quantize_q8_1)
-        .collect()
 }
 
 /// Blocks of whole rows not yet interleaved (fewer than eight rows' worth between pushes).

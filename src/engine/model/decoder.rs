@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::super::error::{EngineError, Result};
 use super::super::gguf::GgufHeader;
-use super::super::kernels::{QMatrix, Simd};
+use super::super::kernels::{Activations, QMatrix, Simd};
 pub(crate) use super::activation::Activation;
 use super::source::TensorSource;
 use super::{attention, elementwise};
@@ -175,6 +175,31 @@ impl Linear {
             return Ok(Linear::Packed(Arc::new(m)));
         }
         Ok(Linear::Candle(QMatMul::from_arc(t)?))
+    }
+
+    /// Each matrix's [`Linear::forward`] of the same `x`; packed ones share its quantization.
+    fn forward_each<const N: usize>(linears: &[Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let packed: Vec<&QMatrix> = linears
+            .iter()
+            .filter_map(|l| match l {
+                Linear::Packed(m) => Some(&**m),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        let (b, s, cols) = x.dims3()?;
+        if packed.len() < N || packed.iter().any(|m| m.cols() != cols) {
+            let out: Vec<Tensor> = linears
+                .iter()
+                .map(|l| l.forward(x))
+                .collect::<Result<_>>()?;
+            return Ok(out.try_into().expect("one output per matrix"));
+        }
+        let acts = Activations::quantize(&x.flatten_all()?.to_vec1::<f32>()?);
+        let out: Vec<Tensor> = packed
+            .iter()
+            .map(|m| Tensor::from_vec(m.matmul_quantized(&acts), (b, s, m.rows()), x.device()))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(out.try_into().expect("one output per matrix"))
     }
 
     /// `(batch, seq, cols)` to `(batch, seq, rows)`.
@@ -551,7 +576,10 @@ impl DecoderWeights {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = norm(&x, &layer.attn_norm)?;
             let (mut q, mut k, mut v) = match &layer.qkv {
-                Qkv::Separate([wq, wk, wv]) => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
+                Qkv::Separate(w) => {
+                    let [q, k, v] = Linear::forward_each(w, &h)?;
+                    (q, k, v)
+                }
                 Qkv::Fused(w) => {
                     let qkv = w.forward(&h)?;
                     (
@@ -601,7 +629,10 @@ impl DecoderWeights {
 
             let h = norm(&x, &layer.ffn_norm)?;
             let (gate, up) = match &layer.gate_up {
-                GateUp::Separate([gate, up]) => (gate.forward(&h)?, up.forward(&h)?),
+                GateUp::Separate(w) => {
+                    let [gate, up] = Linear::forward_each(w, &h)?;
+                    (gate, up)
+                }
                 GateUp::Fused(w) => {
                     let both = w.forward(&h)?;
                     let n_ff = both.dim(2)? / 2;
