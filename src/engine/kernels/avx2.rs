@@ -149,8 +149,10 @@ fn store<const N: usize>(acc: [__m256; N]) -> [[f32; ROWS]; N] {
 /// The kernels, for one set of target features and one way (`$dpadd`) to add unsigned times
 /// signed bytes, four products to each `i32` lane, to an accumulator.
 macro_rules! kernels {
-    ($features:literal, $dpadd:ident) => {
+    ($features:literal, $dpadd:ident, $q8:ident) => {
         use super::*;
+
+        $q8!($features, $dpadd);
 
         /// # Safety
         /// The CPU must support the module's features; every slice of `a` has `w`'s length.
@@ -214,7 +216,13 @@ macro_rules! kernels {
             }
             store(acc)
         }
+    };
+}
 
+/// The `Q8_0` kernel where products take unsigned times signed bytes in pairs that must not
+/// overflow `i16` (`maddubs`): each weight's sign moves onto the activation byte.
+macro_rules! q8_by_sign {
+    ($features:literal, $dpadd:ident) => {
         /// # Safety
         /// The CPU must support the module's features; every slice of `a` has `w`'s length.
         #[target_feature(enable = $features)]
@@ -228,11 +236,40 @@ macro_rules! kernels {
                 let mut sums = [_mm256_setzero_si256(); N];
                 for j in 0..8 {
                     let x = load(&g.qs[j]);
-                    // The products take unsigned times signed: move x's sign onto a's bytes.
                     let ax = _mm256_sign_epi8(x, x);
                     for k in 0..N {
                         let y = _mm256_sign_epi8(broadcast(a[k], j), x);
                         sums[k] = $dpadd(sums[k], ax, y);
+                    }
+                }
+                add_block(&mut acc, sums, &g.d, None, a);
+            }
+            store(acc)
+        }
+    };
+}
+
+/// The `Q8_0` kernel where four products go straight to `i32` (`dpbusd`): the weights are
+/// offset by 128 to be unsigned (one `xor` per vector, shared by the inputs), and `128 · Σq`
+/// of each activation block, exact in integers, taken off again.
+macro_rules! q8_by_offset {
+    ($features:literal, $dpadd:ident) => {
+        /// # Safety
+        /// The CPU must support the module's features; every slice of `a` has `w`'s length.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn gemm_q8<const N: usize>(
+            w: &[GroupQ8],
+            a: [&[BlockQ8_1]; N],
+        ) -> [[f32; ROWS]; N] {
+            let offset = _mm256_set1_epi8(-128);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, g) in w.iter().enumerate() {
+                let a = a.map(|a| &a[b]);
+                let mut sums = a.map(|a| _mm256_set1_epi32(-128 * a.sum));
+                for j in 0..8 {
+                    let x = _mm256_xor_si256(load(&g.qs[j]), offset);
+                    for k in 0..N {
+                        sums[k] = $dpadd(sums[k], x, broadcast(a[k], j));
                     }
                 }
                 add_block(&mut acc, sums, &g.d, None, a);
@@ -251,7 +288,7 @@ mod plain {
         _mm256_add_epi32(acc, p)
     }
 
-    kernels!("avx2,fma", dpadd);
+    kernels!("avx2,fma", dpadd, q8_by_sign);
 }
 
 /// AVX-512 VNNI (256-bit forms): `dpbusd`, four products added to each `i32` lane at once.
@@ -261,7 +298,7 @@ mod avx512_vnni {
         _mm256_dpbusd_epi32(acc, u, s)
     }
 
-    kernels!("avx2,fma,avx512vnni,avx512vl", dpadd);
+    kernels!("avx2,fma,avx512vnni,avx512vl", dpadd, q8_by_offset);
 }
 
 /// AVX-VNNI: the same `dpbusd`, VEX-encoded.
@@ -271,5 +308,5 @@ mod avx_vnni {
         _mm256_dpbusd_avx_epi32(acc, u, s)
     }
 
-    kernels!("avx2,fma,avxvnni", dpadd);
+    kernels!("avx2,fma,avxvnni", dpadd, q8_by_offset);
 }

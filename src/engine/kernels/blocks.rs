@@ -47,6 +47,8 @@ pub(super) struct BlockQ8_0 {
 pub(super) struct BlockQ8_1 {
     pub(super) d: f32,
     pub(super) s: f32,
+    /// `Σq` exactly (the VNNI `Q8_0` kernel's correction).
+    pub(super) sum: i32,
     pub(super) qs: [i8; QK],
 }
 
@@ -414,6 +416,7 @@ pub(super) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
     BlockQ8_1 {
         d: f16::from_f32(d).to_f32(),
         s: f16::from_f32(sum as f32 * d).to_f32(),
+        sum,
         qs,
     }
 }
