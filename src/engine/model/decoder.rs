@@ -177,7 +177,8 @@ impl Linear {
         Ok(Linear::Candle(QMatMul::from_arc(t)?))
     }
 
-    /// Each matrix's [`Linear::forward`] of the same `x`; packed ones share its quantization.
+    /// Each matrix's [`Linear::forward`] of the same `x`; packed ones share its quantization
+    /// and one pass on the pool.
     fn forward_each<const N: usize>(linears: &[Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
         let packed: Vec<&QMatrix> = linears
             .iter()
@@ -195,9 +196,10 @@ impl Linear {
             return Ok(out.try_into().expect("one output per matrix"));
         }
         let acts = Activations::quantize(&x.flatten_all()?.to_vec1::<f32>()?);
-        let out: Vec<Tensor> = packed
-            .iter()
-            .map(|m| Tensor::from_vec(m.matmul_quantized(&acts), (b, s, m.rows()), x.device()))
+        let out: Vec<Tensor> = QMatrix::matmul_each(&packed, &acts)
+            .into_iter()
+            .zip(&packed)
+            .map(|(y, m)| Tensor::from_vec(y, (b, s, m.rows()), x.device()))
             .collect::<candle_core::Result<_>>()?;
         Ok(out.try_into().expect("one output per matrix"))
     }
