@@ -103,6 +103,7 @@ pub(super) trait RowBlock: Copy {
     type Group: Group;
     /// The block of a row that pads a matrix to a whole group: every weight zero.
     const ZERO: Self;
+    /// The eight rows' blocks at one block column, interleaved.
     fn group(rows: [&Self; ROWS]) -> Self::Group;
 }
 

@@ -1,18 +1,20 @@
-//! Quantized matrix products for the llama forward pass on the CPU.
+//! Quantized matrix products for the decoder's forward pass on the CPU.
 //!
 //! Why not candle's `QMatMul`: candle 0.11 has no SIMD kernel for Q4_1 (the default model's
 //! format; measured 7-11x slower than llama.cpp), and its quantized matmul runs on a global,
 //! spinning thread pool sized to every core, which ignores `EngineConfig::threads` and takes
-//! the game's core. Here weights are packed once at load into blocks with `f32` scales, the
-//! activations are quantized per block of 32 to 8 bits (llama.cpp's `Q8_1`: scale and scaled
-//! sum), and each output is an integer dot product, with AVX2 where the CPU has it and a
-//! scalar path that defines the result everywhere else. Work is split over output rows on the
-//! current rayon pool, so the engine's thread budget holds.
+//! the game's core. Here weights are packed once at load into blocks with `f32` scales,
+//! interleaved eight rows at a time (see `blocks`), the activations are quantized per block
+//! of 32 to 8 bits (llama.cpp's `Q8_1`: scale and scaled sum), and each block of eight rows
+//! times up to four inputs is integer dot products, with AVX2 (and VNNI) where the CPU has it
+//! and a scalar path that defines the result everywhere else. Work is split over runs of
+//! eight-row groups on the current rayon pool, so the engine's thread budget holds.
 //!
 //! Laid out as candle's `quantized` module is: `blocks` holds the block formats, `scalar`
-//! the reference dots, and `avx2` the SIMD dots, the only `unsafe` code in the crate (reached
-//! through a value that exists only after runtime detection of AVX2 and FMA; the tests check
-//! it against the scalar path). This file packs matrices and dispatches to one or the other.
+//! the reference kernel, and `avx2` the SIMD kernels, the only `unsafe` code in the crate
+//! (reached through a value that exists only after runtime detection of AVX2 and FMA; the
+//! tests check them against the scalar path bit for bit). This file packs matrices, splits
+//! products into tasks and dispatches to one or the other.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
