@@ -92,7 +92,7 @@ mod tests {
     use candle_core::Device;
 
     fn tensor(n: usize, shape: &[usize], seed: f32) -> Tensor {
-        let v: Vec<f32> = (0..n).map(|i| ((i as f32 * seed).sin() * 3.0)).collect();
+        let v: Vec<f32> = (0..n).map(|i| (i as f32 * seed).sin() * 3.0).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
