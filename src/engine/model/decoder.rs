@@ -592,9 +592,9 @@ impl DecoderWeights {
                 }
             };
             if let Some([bq, bk, bv]) = &layer.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+                q = elementwise::add(&q, bq)?;
+                k = elementwise::add(&k, bk)?;
+                v = elementwise::add(&v, bv)?;
             }
             // Each sequence's keys and values go into its cache; its rotated queries come back.
             let single = batch.len() == 1;

@@ -31,16 +31,23 @@ fn on_cpu(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// `a + b`, two tensors of one shape (a residual connection).
+/// `a + b`, where `b` has `a`'s shape (a residual connection) or its last dimensions (a
+/// bias), repeated over the rest as `broadcast_add` does.
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !(on_cpu(a) && on_cpu(b) && a.shape() == b.shape()) {
-        return Ok((a + b)?);
+    if !(on_cpu(a) && on_cpu(b) && a.dims().ends_with(b.dims()) && b.elem_count() > 0) {
+        return Ok(a.broadcast_add(b)?);
     }
     let mut x = a.flatten_all()?.to_vec1::<f32>()?;
     let y = b.flatten_all()?.to_vec1::<f32>()?;
     each_piece(&mut x, |at, x| {
-        for (x, y) in x.iter_mut().zip(&y[at..]) {
-            *x += y;
+        if y.len() >= at + x.len() {
+            for (x, y) in x.iter_mut().zip(&y[at..]) {
+                *x += y;
+            }
+        } else {
+            for (i, x) in x.iter_mut().enumerate() {
+                *x += y[(at + i) % y.len()];
+            }
         }
     });
     Ok(Tensor::from_vec(x, a.shape(), a.device())?)
