@@ -182,44 +182,20 @@ impl QMatrix {
 
     /// One task's part of the product: its groups' rows for every input, `n` by its rows.
     fn task(&self, split: Split, task: usize, acts: &[BlockQ8_1]) -> Vec<f32> {
-        let simd = self.simd;
         // One match per task, not per row: each format gets its own loop.
         match &self.groups {
-            Groups::Q4(g) => self.task_of(
-                g,
-                split,
-                task,
-                acts,
-                |w, a| gemm_q4(simd, w, a),
-                |w, a| gemm_q4(simd, w, a),
-            ),
-            Groups::Q5(g) => self.task_of(
-                g,
-                split,
-                task,
-                acts,
-                |w, a| gemm_q5(simd, w, a),
-                |w, a| gemm_q5(simd, w, a),
-            ),
-            Groups::Q8(g) => self.task_of(
-                g,
-                split,
-                task,
-                acts,
-                |w, a| gemm_q8(simd, w, a),
-                |w, a| gemm_q8(simd, w, a),
-            ),
+            Groups::Q4(g) => self.task_of(g, split, task, acts),
+            Groups::Q5(g) => self.task_of(g, split, task, acts),
+            Groups::Q8(g) => self.task_of(g, split, task, acts),
         }
     }
 
-    fn task_of<G>(
+    fn task_of<G: Gemm>(
         &self,
         groups: &[G],
         split: Split,
         task: usize,
         acts: &[BlockQ8_1],
-        gemm1: impl Fn(&[G], [&[BlockQ8_1]; 1]) -> [[f32; ROWS]; 1],
-        gemm4: impl Fn(&[G], [&[BlockQ8_1]; 4]) -> [[f32; ROWS]; 4],
     ) -> Vec<f32> {
         let per_row = self.cols / QK;
         let n = acts.len() / per_row;
@@ -240,14 +216,14 @@ impl QMatrix {
             // Four inputs at a time share each group's loads and unpacking.
             let mut t = 0;
             while t + 4 <= n {
-                let y = gemm4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                let y = G::gemm(self.simd, w, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
                 for (k, y) in y.iter().enumerate() {
                     put(t + k, y);
                 }
                 t += 4;
             }
             for t in t..n {
-                put(t, &gemm1(w, [act(t)])[0]);
+                put(t, &G::gemm(self.simd, w, [act(t)])[0]);
             }
         }
         out
@@ -464,29 +440,33 @@ impl Simd {
     }
 }
 
-fn gemm_q4<const N: usize>(simd: Simd, w: &[GroupQ4], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.gemm_q4(w, a),
-        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
-    }
+/// A group format's product kernel: eight rows of groups `w` times `N` inputs, with the
+/// SIMD build this CPU has or the scalar reference.
+trait Gemm: Group {
+    fn gemm<const N: usize>(simd: Simd, w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N];
 }
 
-fn gemm_q5<const N: usize>(simd: Simd, w: &[GroupQ5], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.gemm_q5(w, a),
-        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
-    }
+macro_rules! gemm {
+    ($($group:ty => $kernel:ident),*) => {
+        $(
+            impl Gemm for $group {
+                fn gemm<const N: usize>(
+                    simd: Simd,
+                    w: &[Self],
+                    a: [&[BlockQ8_1]; N],
+                ) -> [[f32; ROWS]; N] {
+                    match simd {
+                        #[cfg(target_arch = "x86_64")]
+                        Simd::Avx2(cpu) => cpu.$kernel(w, a),
+                        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
+                    }
+                }
+            }
+        )*
+    };
 }
 
-fn gemm_q8<const N: usize>(simd: Simd, w: &[GroupQ8], a: [&[BlockQ8_1]; N]) -> [[f32; ROWS]; N] {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2(cpu) => cpu.gemm_q8(w, a),
-        Simd::Scalar => a.map(|a| scalar::gemv(w, a)),
-    }
-}
+gemm!(GroupQ4 => gemm_q4, GroupQ5 => gemm_q5, GroupQ8 => gemm_q8);
 
 #[cfg(test)]
 mod tests {
@@ -552,9 +532,9 @@ mod tests {
         let w = g * per_row..(g + 1) * per_row;
         let a = std::array::from_fn(|k| &acts[(t + k) * per_row..(t + k + 1) * per_row]);
         match &m.groups {
-            Groups::Q4(b) => gemm_q4(simd, &b[w], a),
-            Groups::Q5(b) => gemm_q5(simd, &b[w], a),
-            Groups::Q8(b) => gemm_q8(simd, &b[w], a),
+            Groups::Q4(b) => Gemm::gemm(simd, &b[w], a),
+            Groups::Q5(b) => Gemm::gemm(simd, &b[w], a),
+            Groups::Q8(b) => Gemm::gemm(simd, &b[w], a),
         }
     }
 
