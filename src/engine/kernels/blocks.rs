@@ -163,15 +163,19 @@ impl RowBlock for BlockQ5_1 {
         GroupQ5 {
             d: rows.map(|b| b.d),
             m: rows.map(|b| b.m),
-            qh: std::array::from_fn(|b| {
-                let (r, i) = (b / CHUNK, b % CHUNK);
-                (0..QK / CHUNK).fold(0u8, |h, j| {
-                    h | ((((rows[r].qh >> (CHUNK * j + i)) & 1) as u8) << j)
-                })
-            }),
+            qh: std::array::from_fn(|b| every_fourth_bit(rows[b / CHUNK].qh >> (b % CHUNK))),
             qs: nibble_chunks(rows.map(|b| &b.qs)),
         }
     }
+}
+
+/// Bits `0, 4, 8, …, 28` of `x` as the eight bits of a byte (bit `4j` to bit `j`): pairs,
+/// then fours, then all eight gathered by shifts.
+fn every_fourth_bit(x: u32) -> u8 {
+    let x = x & 0x1111_1111;
+    let x = (x | (x >> 3)) & 0x0303_0303;
+    let x = (x | (x >> 6)) & 0x000F_000F;
+    ((x | (x >> 12)) & 0xFF) as u8
 }
 
 impl Group for GroupQ5 {
@@ -384,34 +388,43 @@ pub(super) fn parse_q8_0(bytes: &[u8]) -> Vec<BlockQ8_0> {
         .collect()
 }
 
-/// ggml's `quantize_row_q8_0` for one block, scale rounded through f16.
+/// ggml's `quantize_row_q8_0` for one block, scale rounded through f16 and values to the
+/// nearest integer, ties to even (as ggml's AVX path; [`quantize_q8_1`] says how).
 pub(super) fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = max_magnitude(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     BlockQ8_0 {
         d: f16::from_f32(d).to_f32(),
-        qs: std::array::from_fn(|i| (x[i] * id).round() as i8),
+        qs: std::array::from_fn(|i| ((x[i] * id + ROUND) - ROUND) as i8),
     }
 }
 
-/// ggml's `quantize_row_q8_1` for one block.
-pub(super) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
-    // The largest magnitude in eight lanes, then across them: the same maximum as one scan,
-    // in vector instructions (a single running maximum is a chain the compiler keeps scalar).
+/// Adding and subtracting 1.5 · 2²³ rounds an `f32` below 2²² to the nearest integer, ties
+/// to even.
+const ROUND: f32 = 12_582_912.0;
+
+/// The largest magnitude in a block, in eight lanes and then across them: the same maximum
+/// as one scan, in vector instructions (a single running maximum is a chain the compiler
+/// keeps scalar).
+fn max_magnitude(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for c in x.chunks_exact(8) {
         for (m, v) in lanes.iter_mut().zip(c) {
             *m = m.max(v.abs());
         }
     }
-    let amax = lanes.iter().fold(0f32, |m, v| m.max(*v));
+    lanes.iter().fold(0f32, |m, v| m.max(*v))
+}
+
+/// ggml's `quantize_row_q8_1` for one block.
+pub(super) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
+    let amax = max_magnitude(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     // To the nearest integer, ties to even, as ggml's AVX path (`_mm256_round_ps`) rounds:
-    // adding and subtracting 1.5 · 2²³ does it in two additions the compiler vectorizes,
-    // where `f32::round` is a call to `roundf` per element (3 % of a prefill's time).
-    const ROUND: f32 = 12_582_912.0;
+    // adding and subtracting 1.5 · 2²³ ([`ROUND`]) does it in two additions the compiler
+    // vectorizes, where `f32::round` is a call to `roundf` per element (3 % of a prefill).
     let qs: [i8; QK] = std::array::from_fn(|i| ((x[i] * id + ROUND) - ROUND) as i8);
     let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
     BlockQ8_1 {
