@@ -26,6 +26,23 @@ fn each_piece(x: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
         .for_each(|(i, piece)| f(i * PIECE, piece));
 }
 
+/// `f(x[i], y[i mod y.len()])` for every element of `x` (`y` repeated to its length), in
+/// pieces on the pool: runs of `x` against slices of `y`, loops the compiler vectorizes,
+/// with no division per element.
+fn zip_repeated(x: &mut [f32], y: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    each_piece(x, |at, mut x| {
+        let mut j = at % y.len();
+        while !x.is_empty() {
+            let n = (y.len() - j).min(x.len());
+            let (run, rest) = std::mem::take(&mut x).split_at_mut(n);
+            for (x, y) in run.iter_mut().zip(&y[j..j + n]) {
+                f(x, *y);
+            }
+            (x, j) = (rest, 0);
+        }
+    });
+}
+
 /// Whether `t` is an `f32` tensor on the CPU, which these steps handle themselves.
 fn on_cpu(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -39,24 +56,15 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let mut x = a.flatten_all()?.to_vec1::<f32>()?;
     let y = b.flatten_all()?.to_vec1::<f32>()?;
-    each_piece(&mut x, |at, x| {
-        if y.len() >= at + x.len() {
-            for (x, y) in x.iter_mut().zip(&y[at..]) {
-                *x += y;
-            }
-        } else {
-            for (i, x) in x.iter_mut().enumerate() {
-                *x += y[(at + i) % y.len()];
-            }
-        }
-    });
+    zip_repeated(&mut x, &y, |x, y| *x += y);
     Ok(Tensor::from_vec(x, a.shape(), a.device())?)
 }
 
 /// `scores · scale + mask`: attention scores scaled, and the mask (its last two dimensions)
 /// added to every leading index, as `(scores * scale)?.broadcast_add(mask)` computes them.
 pub(crate) fn scale_and_mask(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    if !(on_cpu(scores) && mask.is_none_or(on_cpu)) {
+    let fits = |m: &Tensor| on_cpu(m) && scores.dims().ends_with(m.dims()) && m.elem_count() > 0;
+    if !(on_cpu(scores) && mask.is_none_or(fits)) {
         let scaled = (scores * scale)?;
         return Ok(match mask {
             Some(mask) => scaled.broadcast_add(mask)?,
@@ -64,32 +72,14 @@ pub(crate) fn scale_and_mask(scores: &Tensor, scale: f64, mask: Option<&Tensor>)
         });
     }
     let mut x = scores.flatten_all()?.to_vec1::<f32>()?;
-    let mask = mask
-        .map(|m| m.flatten_all().and_then(|m| m.to_vec1::<f32>()))
-        .transpose()?;
-    if let Some(mask) = &mask
-        && (mask.is_empty() || x.len() % mask.len() != 0)
-    {
-        return Err(candle_core::Error::Msg(format!(
-            "a mask of {} elements for {} scores",
-            mask.len(),
-            x.len()
-        ))
-        .into());
-    }
     let scale = scale as f32;
-    each_piece(&mut x, |at, x| match &mask {
+    match mask {
         Some(mask) => {
-            for (i, x) in x.iter_mut().enumerate() {
-                *x = *x * scale + mask[(at + i) % mask.len()];
-            }
+            let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+            zip_repeated(&mut x, &mask, |x, m| *x = *x * scale + m);
         }
-        None => {
-            for x in x.iter_mut() {
-                *x *= scale;
-            }
-        }
-    });
+        None => each_piece(&mut x, |_, x| x.iter_mut().for_each(|x| *x *= scale)),
+    }
     Ok(Tensor::from_vec(x, scores.shape(), scores.device())?)
 }
 
@@ -128,6 +118,12 @@ mod tests {
             assert_eq!(
                 bits(&add(&scores, &other).unwrap()),
                 bits(&(&scores + &other).unwrap())
+            );
+            // A bias: the last dimension, repeated over the rows.
+            let bias = tensor(width, &[width], 0.71);
+            assert_eq!(
+                bits(&add(&scores, &bias).unwrap()),
+                bits(&scores.broadcast_add(&bias).unwrap())
             );
         }
     }
