@@ -18,27 +18,52 @@ pub mod prompt;
 pub mod remote;
 pub mod ron_file;
 pub mod score;
+pub mod settings;
 pub mod story;
+pub mod worker;
 #[cfg(feature = "yarn")]
 pub mod yarn;
 
-/// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go.
+/// Everything a game names: `use bevy_llm_dialogue::prelude::*;` and go. The error types
+/// and the types that appear in public fields are here too, and the Yarn bridge's types with
+/// the `yarn` feature.
 pub mod prelude {
-    pub use crate::action::{ActionSpec, ArgSpec};
+    pub use crate::action::{ActionError, ActionSpec, ArgSpec};
+    pub use crate::card::CardError;
     pub use crate::content::{ContentOverride, ContentPolicy, PlayerLineCheck, Profanity};
-    pub use crate::engine::{ChatMessage, GenerateParams, Role, SamplingParams, StopReason};
+    pub use crate::engine::{
+        Backend, ChatMessage, EngineError, GenerateParams, Generation, GenerationStats, ModelInfo,
+        Role, SamplingParams, StopReason,
+    };
+    pub use crate::lore::Lorebook;
     pub use crate::persona::Persona;
     #[cfg(feature = "bevy")]
     pub use crate::plugin::{
-        ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueContext,
-        DialogueError, DialogueHistory, DialogueModel, DialogueOverrides, DialogueSettings,
-        DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed, LineFiltered,
-        LineFinished, LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded,
-        ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext, NpcDisposition, Priority,
-        RequestAction, RequestId, RequestLine, RequestScene, SceneDelta, SceneFailed,
+        ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueAssetError,
+        DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRequests,
+        DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed,
+        LineFiltered, LineFinished, LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed,
+        ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext,
+        NpcDisposition, RequestAction, RequestLine, RequestScene, SceneDelta, SceneFailed,
         SceneFinished, Speaking, UpdateDisposition, model_ready,
     };
-    pub use crate::prompt::{Facts, PromptTemplate};
+    #[cfg(feature = "bevy")]
+    #[expect(
+        deprecated,
+        reason = "the old names stay for one release, with their warning"
+    )]
+    pub use crate::plugin::{NpcAction, SceneReady};
+    pub use crate::prompt::{Facts, PromptError, PromptTemplate, TemplateValue};
+    #[cfg(feature = "remote")]
+    pub use crate::remote::{RemoteConfig, RemoteError};
     pub use crate::ron_file::RonFileError;
-    pub use crate::story::{Scene, Story, StoryAsset};
+    pub use crate::settings::LineSettings;
+    pub use crate::story::{Scene, Story, StoryAsset, StoryError};
+    pub use crate::worker::{Priority, RequestId, WorkerError, WorkerStatus};
+    #[cfg(feature = "yarn")]
+    pub use crate::yarn::{
+        ChooseGenerated, Generated, GeneratedKind, GeneratedLineDelta, GeneratedLineFinished,
+        GeneratedOptions, YarnBridge, YarnBridgeFailed, YarnBridgePlugin, YarnError, YarnSave,
+        YarnTranscript,
+    };
 }

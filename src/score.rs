@@ -1,5 +1,7 @@
 //! Judging generated text: the checks the quality suite counts, and the score that
-//! [`best_line`] (`RequestLine::best_of`) keeps the best draw by.
+//! best-of draws (`RequestLine::best_of`, the worker's [`Output::Text`]) are ranked by.
+//!
+//! [`Output::Text`]: crate::worker::Output::Text
 //!
 //! Each check is a plain function of the text, so its definition is the code. A line's
 //! score is its mean token log-probability ([`GenerationStats::mean_logprob`]) minus
@@ -18,9 +20,7 @@
 //!
 //! [`GenerationStats::mean_logprob`]: crate::engine::GenerationStats::mean_logprob
 
-use crate::engine::{
-    CancelToken, Engine, EngineError, GenerateParams, Generation, Session, TokenId, ends_sentence,
-};
+use crate::engine::{Generation, ends_sentence};
 
 /// What one flaw costs a draw's score: more than any difference in mean log-probability
 /// a small model shows between fluent draws (they differ by about 1).
@@ -147,24 +147,6 @@ pub fn ranked(scores: &[f64]) -> Vec<usize> {
     };
     order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
     order
-}
-
-/// The best of `n` draws of a line after `prompt` (from one prefill, as
-/// [`Engine::generate_alternatives`] draws them) by [`line_score`] for `speaker`: what
-/// `RequestLine::best_of` runs. Nothing streams; the chosen draw is returned whole.
-pub fn best_line(
-    engine: &mut Engine,
-    session: &mut Session,
-    prompt: &[TokenId],
-    params: &GenerateParams,
-    n: usize,
-    speaker: &str,
-    cancel: &CancelToken,
-) -> Result<Generation, EngineError> {
-    let mut draws =
-        engine.generate_alternatives(session, prompt, params, None, n, cancel, |_, _| {})?;
-    let scores: Vec<f64> = draws.iter().map(|g| line_score(g, speaker)).collect();
-    Ok(draws.swap_remove(ranked(&scores)[0]))
 }
 
 #[cfg(test)]

@@ -238,10 +238,11 @@ impl Default for AdventureConfig {
 
 impl AdventureConfig {
     /// Sampling for the next request: seeded (a new seed each time) when [`Self::seed`] is set.
-    fn sampling(&mut self) -> Option<SamplingParams> {
+    /// The next request's seed, when the game runs seeded (the persona's other settings
+    /// stay: a seed is one field of the layered settings).
+    fn seed(&mut self) -> Option<u64> {
         self.requests += 1;
-        let seed = self.seed?;
-        Some(SamplingParams::default().with_seed(seed.wrapping_add(self.requests)))
+        Some(self.seed?.wrapping_add(self.requests))
     }
 }
 
@@ -339,12 +340,12 @@ impl Turn<'_, '_> {
         let mut line = RequestLine::new(npc)
             .saying(text)
             .priority(Priority::Player);
-        line.sampling = self.config.sampling();
+        line.settings.seed = self.config.seed();
         self.lines.write(line);
         // Then the character decides whether to act on it (give, open, refuse).
         let mut decision =
             RequestAction::new(npc).situation(format!("The traveller says to you: \"{text}\""));
-        decision.sampling = self.config.sampling();
+        decision.settings.seed = self.config.seed();
         self.decisions.write(decision);
         // Aldous's persona declares a disposition: how he feels about the traveller moves.
         if to == "aldous" {

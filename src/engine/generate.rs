@@ -77,6 +77,7 @@ impl GenerateParams {
 
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 #[non_exhaustive]
 pub enum StopReason {
     /// The model ended its turn (end-of-sequence or end-of-turn token).
@@ -100,6 +101,7 @@ pub enum StopReason {
 
 /// Figures for one generation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 pub struct GenerationStats {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,

@@ -38,37 +38,46 @@ pub enum DialogueAssetError {
     /// A character card is malformed or holds no card (the message names the file and field).
     #[error(transparent)]
     Card(#[from] CardError),
+    /// The file is longer than its format's limit; it was not read past it.
+    #[error("{path} is over {limit} bytes; dialogue files this large are refused")]
+    TooLarge {
+        /// The asset path.
+        path: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
-async fn read_bytes(
-    reader: &mut dyn Reader,
-    cx: &LoadContext<'_>,
-) -> Result<Vec<u8>, DialogueAssetError> {
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|source| DialogueAssetError::Io {
-            path: cx.path().to_string(),
-            source,
-        })?;
-    Ok(bytes)
+/// The largest persona, lorebook, story or template file read (a modder's file past it is
+/// refused, not read to the end).
+pub const MAX_DIALOGUE_FILE_BYTES: usize = 4 << 20;
+
+/// A dialogue file format: which files it reads and how their bytes become an asset. One
+/// [`DialogueLoader`] reads every format the same way: at most [`DialogueFormat::MAX_BYTES`]
+/// (a file past it is refused unread), then [`DialogueFormat::parse`].
+pub trait DialogueFormat: TypePath + Send + Sync + 'static {
+    /// The asset it produces.
+    type Asset: Asset;
+    /// File extensions, without the leading dot.
+    const EXTENSIONS: &'static [&'static str];
+    /// The largest file read.
+    const MAX_BYTES: usize = MAX_DIALOGUE_FILE_BYTES;
+    /// Parses a file; `path` names it in errors.
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<Self::Asset, DialogueAssetError>;
 }
 
-async fn read_text(
-    reader: &mut dyn Reader,
-    cx: &LoadContext<'_>,
-) -> Result<String, DialogueAssetError> {
-    let bytes = read_bytes(reader, cx).await?;
-    String::from_utf8(bytes).map_err(|_| DialogueAssetError::NotUtf8(cx.path().to_string()))
+/// Reads a [`DialogueFormat`]: the crate registers one for each of its formats.
+#[derive(TypePath)]
+pub struct DialogueLoader<F: DialogueFormat>(std::marker::PhantomData<F>);
+
+impl<F: DialogueFormat> Default for DialogueLoader<F> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
 }
 
-/// Loads [`Persona`]s from `*.persona.ron`.
-#[derive(Default, TypePath)]
-pub struct PersonaLoader;
-
-impl AssetLoader for PersonaLoader {
-    type Asset = Persona;
+impl<F: DialogueFormat> AssetLoader for DialogueLoader<F> {
+    type Asset = F::Asset;
     type Settings = ();
     type Error = DialogueAssetError;
 
@@ -77,122 +86,116 @@ impl AssetLoader for PersonaLoader {
         reader: &mut dyn Reader,
         _settings: &(),
         cx: &mut LoadContext<'_>,
-    ) -> Result<Persona, DialogueAssetError> {
-        let text = read_text(reader, cx).await?;
-        Ok(Persona::from_ron(&text, &cx.path().to_string())?)
-    }
-
-    fn extensions(&self) -> &[&str] {
-        &["persona.ron"]
-    }
-}
-
-/// Loads character cards (V2 and V3, `*.card.json` or a `*.card.png` with the card in its
-/// text chunk) as [`Persona`]s: an NPC points at one as at a persona file.
-#[derive(Default, TypePath)]
-pub struct CardLoader;
-
-impl AssetLoader for CardLoader {
-    type Asset = Persona;
-    type Settings = ();
-    type Error = DialogueAssetError;
-
-    async fn load(
-        &self,
-        reader: &mut dyn Reader,
-        _settings: &(),
-        cx: &mut LoadContext<'_>,
-    ) -> Result<Persona, DialogueAssetError> {
+    ) -> Result<F::Asset, DialogueAssetError> {
+        use bevy::tasks::futures_lite::AsyncReadExt;
         let path = cx.path().to_string();
-        let bytes = read_bytes(reader, cx).await?;
-        if bytes.len() > MAX_CARD_BYTES {
-            return Err(CardError::Png {
-                file: path,
-                reason: format!("is over {MAX_CARD_BYTES} bytes"),
-            }
-            .into());
+        let mut bytes = Vec::new();
+        // One byte past the cap tells a file that is too long without reading it all (a
+        // path that names a device never ends).
+        reader
+            .take(F::MAX_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|source| DialogueAssetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if bytes.len() > F::MAX_BYTES {
+            return Err(DialogueAssetError::TooLarge {
+                path,
+                limit: F::MAX_BYTES,
+            });
         }
-        Ok(CharacterCard::persona_from_bytes(&bytes, &path)?)
+        F::parse(bytes, &path)
     }
 
     fn extensions(&self) -> &[&str] {
-        &["card.json", "card.png"]
+        F::EXTENSIONS
     }
 }
 
-/// Loads [`Lorebook`](crate::lore::Lorebook)s from `*.lore.ron`, for
+fn utf8(bytes: Vec<u8>, path: &str) -> Result<String, DialogueAssetError> {
+    String::from_utf8(bytes).map_err(|_| DialogueAssetError::NotUtf8(path.to_owned()))
+}
+
+/// [`Persona`]s from `*.persona.ron`.
+#[derive(TypePath)]
+pub struct PersonaFormat;
+
+impl DialogueFormat for PersonaFormat {
+    type Asset = Persona;
+    const EXTENSIONS: &'static [&'static str] = &["persona.ron"];
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<Persona, DialogueAssetError> {
+        Ok(Persona::from_ron(&utf8(bytes, path)?, path)?)
+    }
+}
+
+/// Character cards (V2 and V3, `*.card.json` or a `*.card.png` with the card in its text
+/// chunk) as [`Persona`]s: an NPC points at one as at a persona file.
+#[derive(TypePath)]
+pub struct CardFormat;
+
+impl DialogueFormat for CardFormat {
+    type Asset = Persona;
+    const EXTENSIONS: &'static [&'static str] = &["card.json", "card.png"];
+    const MAX_BYTES: usize = MAX_CARD_BYTES;
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<Persona, DialogueAssetError> {
+        Ok(CharacterCard::persona_from_bytes(&bytes, path)?)
+    }
+}
+
+/// [`Lorebook`](crate::lore::Lorebook)s from `*.lore.ron`, for
 /// [`DialogueContext::lore`](super::DialogueContext) or a persona (copy the loaded book in).
-#[derive(Default, TypePath)]
-pub struct LoreLoader;
+#[derive(TypePath)]
+pub struct LoreFormat;
 
-impl AssetLoader for LoreLoader {
+impl DialogueFormat for LoreFormat {
     type Asset = crate::lore::Lorebook;
-    type Settings = ();
-    type Error = DialogueAssetError;
-
-    async fn load(
-        &self,
-        reader: &mut dyn Reader,
-        _settings: &(),
-        cx: &mut LoadContext<'_>,
-    ) -> Result<crate::lore::Lorebook, DialogueAssetError> {
-        let text = read_text(reader, cx).await?;
-        Ok(crate::lore::Lorebook::from_ron(
-            &text,
-            &cx.path().to_string(),
-        )?)
-    }
-
-    fn extensions(&self) -> &[&str] {
-        &["lore.ron"]
+    const EXTENSIONS: &'static [&'static str] = &["lore.ron"];
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<Self::Asset, DialogueAssetError> {
+        Ok(crate::lore::Lorebook::from_ron(&utf8(bytes, path)?, path)?)
     }
 }
 
-/// Loads [`PromptTemplate`]s from `*.jinja`.
-#[derive(Default, TypePath)]
-pub struct PromptTemplateLoader;
+/// [`PromptTemplate`]s from `*.jinja`.
+#[derive(TypePath)]
+pub struct PromptTemplateFormat;
 
-impl AssetLoader for PromptTemplateLoader {
+impl DialogueFormat for PromptTemplateFormat {
     type Asset = PromptTemplate;
-    type Settings = ();
-    type Error = DialogueAssetError;
-
-    async fn load(
-        &self,
-        reader: &mut dyn Reader,
-        _settings: &(),
-        cx: &mut LoadContext<'_>,
-    ) -> Result<PromptTemplate, DialogueAssetError> {
-        let text = read_text(reader, cx).await?;
-        Ok(PromptTemplate::new(&cx.path().to_string(), &text)?)
-    }
-
-    fn extensions(&self) -> &[&str] {
-        &["jinja"]
+    const EXTENSIONS: &'static [&'static str] = &["jinja"];
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<PromptTemplate, DialogueAssetError> {
+        Ok(PromptTemplate::new(path, &utf8(bytes, path)?)?)
     }
 }
 
-/// Loads [`StoryAsset`]s from `*.story.ron`.
-#[derive(Default, TypePath)]
-pub struct StoryLoader;
+/// [`StoryAsset`]s from `*.story.ron`.
+#[derive(TypePath)]
+pub struct StoryFormat;
 
-impl AssetLoader for StoryLoader {
+impl DialogueFormat for StoryFormat {
     type Asset = StoryAsset;
-    type Settings = ();
-    type Error = DialogueAssetError;
-
-    async fn load(
-        &self,
-        reader: &mut dyn Reader,
-        _settings: &(),
-        cx: &mut LoadContext<'_>,
-    ) -> Result<StoryAsset, DialogueAssetError> {
-        let text = read_text(reader, cx).await?;
-        Ok(StoryAsset::from_ron(&text, &cx.path().to_string())?)
+    const EXTENSIONS: &'static [&'static str] = &["story.ron"];
+    fn parse(bytes: Vec<u8>, path: &str) -> Result<StoryAsset, DialogueAssetError> {
+        Ok(StoryAsset::from_ron(&utf8(bytes, path)?, path)?)
     }
+}
 
-    fn extensions(&self) -> &[&str] {
-        &["story.ron"]
+/// Registers the dialogue assets and their loaders, and the built-in prompt templates.
+pub(crate) struct AssetsPlugin;
+
+impl Plugin for AssetsPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_asset::<Persona>()
+            .init_asset::<PromptTemplate>()
+            .init_asset::<StoryAsset>()
+            .init_asset::<crate::lore::Lorebook>()
+            .init_asset_loader::<DialogueLoader<PersonaFormat>>()
+            .init_asset_loader::<DialogueLoader<CardFormat>>()
+            .init_asset_loader::<DialogueLoader<LoreFormat>>()
+            .init_asset_loader::<DialogueLoader<PromptTemplateFormat>>()
+            .init_asset_loader::<DialogueLoader<StoryFormat>>()
+            .init_resource::<BuiltinPrompts>();
     }
 }
 

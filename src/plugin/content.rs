@@ -9,6 +9,23 @@ use crate::content::{ContentFilter, ContentPolicy, PlayerLineCheck};
 use crate::engine::Guard;
 use crate::engine::{Generation, StopReason};
 
+/// Registers the content policy and its message, and warms the profanity filter up.
+pub(crate) struct ContentPlugin;
+
+impl Plugin for ContentPlugin {
+    fn build(&self, app: &mut App) {
+        // The profanity filter's tables take tens of milliseconds to build: not on the main
+        // thread at the first player line a policy checks. A failed spawn only means the
+        // first check builds them.
+        let _ = std::thread::Builder::new()
+            .name("llm-dialogue-content-warm-up".into())
+            .spawn(ContentFilter::warm_up);
+        app.init_resource::<ContentPolicy>()
+            .register_type::<LineFiltered>()
+            .add_message::<LineFiltered>();
+    }
+}
+
 /// What the content policy did to a line, a scene or a player's line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reflect)]
 #[reflect(Clone, Debug, PartialEq)]
@@ -30,7 +47,7 @@ pub enum FilterAction {
 
 /// The content policy acted on a line (one message per hit): for logs, moderation counters
 /// and debug displays. The line itself arrives as usual.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct LineFiltered {
     /// The NPC (or the narrator, for a scene).
     #[event_target]
@@ -49,10 +66,7 @@ pub(crate) fn report(
     filtered: &mut MessageWriter<LineFiltered>,
     ev: LineFiltered,
 ) {
-    filtered.write(ev.clone());
-    if commands.get_entity(ev.npc).is_ok() {
-        commands.trigger(ev);
-    }
+    crate::plugin::notify::notify(commands, filtered, ev);
 }
 
 /// A line's policy, ready: its filter, the guard for the generator, the fallback line.

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::line::RequestLine;
-use super::model::{DialogueModel, ModelState};
 use super::npc::DialogueContext;
 use super::request::{
     DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, RequestId,
 };
-use super::worker::{Command, Job};
-use super::worker_link::WorkerLink;
 use crate::action::ActionSpec;
 use crate::engine::{CancelToken, Generation};
+use crate::plugin::lines::RequestLine;
+use crate::plugin::model::worker_link::WorkerLink;
+use crate::plugin::model::{DialogueModel, ModelState};
+use crate::worker::{Command, Job};
 
 /// A request between its sending and its result.
 pub(crate) struct Active {
@@ -57,10 +57,21 @@ pub(crate) struct PendingScene {
     pub(crate) job: Job,
 }
 
+/// Gives out request ids: shared by the dispatch systems and
+/// [`DialogueRequests`](super::DialogueRequests), which hands a game its id at once.
+#[derive(Resource, Clone, Default)]
+pub(crate) struct RequestIds(Arc<std::sync::atomic::AtomicU64>);
+
+impl RequestIds {
+    pub(crate) fn next(&self) -> RequestId {
+        RequestId(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    }
+}
+
 /// Requests waiting for their assets, and requests at the worker.
 #[derive(Resource, Default)]
 pub(crate) struct InFlight {
-    next_id: u64,
+    pub(crate) ids: RequestIds,
     /// Lines whose persona or template is still loading.
     pub(crate) waiting_lines: Vec<(RequestId, RequestLine)>,
     pub(crate) active: HashMap<RequestId, Active>,
@@ -68,8 +79,7 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     pub(crate) fn next_id(&mut self) -> RequestId {
-        self.next_id += 1;
-        RequestId(self.next_id)
+        self.ids.next()
     }
 
     /// Whether one more request of `entity` may queue, with `also_waiting` requests waiting

@@ -1,64 +1,63 @@
 //! The Bevy plugin: NPCs that talk through components, messages and assets.
 //!
-//! Each file holds one concept: [`npc`](self) components, lines, the narrator, actions, the
-//! model; the table of requests in flight, the worker thread and the app's link to it are
-//! private. Everything a game names is re-exported here and in the [prelude](crate::prelude).
+//! [`LlmDialoguePlugin`] is made of small plugins, one per concept, each in its own folder or
+//! file and registering its own messages, types and systems: the model and its worker
+//! (`model/`), dialogue assets (`assets.rs`), lines (`lines/`), the narrator (`narrator/`),
+//! actions and disposition (`actions/`), history summaries (`summary.rs`) and content control
+//! (`content.rs`). What they share (the NPC components, request ids and errors, the table of
+//! requests in flight) lives beside them. Everything a game names is re-exported here and in
+//! the [prelude](crate::prelude).
 
-mod action;
+mod actions;
 mod assets;
 mod content;
-mod disposition;
+mod dialogue_requests;
 mod in_flight;
-mod line;
-mod line_systems;
+mod lines;
 mod model;
 mod narrator;
-mod narrator_systems;
+pub(crate) mod notify;
 mod npc;
-mod pacing;
-mod receive;
-#[cfg(feature = "remote")]
-mod remote_worker;
 mod request;
 mod summary;
-mod worker;
-mod worker_link;
 mod yarn_check;
 
 use std::path::PathBuf;
 
 use bevy::prelude::*;
 
+pub use crate::worker::{WorkerStatus, running_workers};
 #[expect(deprecated, reason = "the old names stay for one release")]
-pub use action::NpcAction;
-pub use action::{ActionFailed, ActionFinished, Deciding, RequestAction};
+pub use actions::NpcAction;
+pub use actions::{
+    ActionFailed, ActionFinished, Deciding, DispositionChanged, NpcDisposition, RequestAction,
+    UpdateDisposition,
+};
 pub use assets::{
-    CardLoader, DialogueAssetError, LoreLoader, PersonaLoader, PromptTemplateLoader, StoryLoader,
+    CardFormat, DialogueAssetError, DialogueFormat, DialogueLoader, LoreFormat,
+    MAX_DIALOGUE_FILE_BYTES, PersonaFormat, PromptTemplateFormat, StoryFormat,
 };
 pub use content::{FilterAction, LineFiltered};
-pub use disposition::{DispositionChanged, NpcDisposition, UpdateDisposition};
-pub use line::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
+pub use dialogue_requests::DialogueRequests;
+pub use lines::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
+#[cfg(feature = "fault-injection")]
+pub use model::InjectWorkerPanic;
 pub use model::{
-    DialogueModel, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, model_ready,
+    DialogueModel, LoadModel, MAX_PAUSE, ModelFailed, ModelLoaded, ModelLoading, ModelState,
+    model_ready,
 };
 #[expect(deprecated, reason = "the old names stay for one release")]
 pub use narrator::SceneReady;
 pub use narrator::{
     ChooseOption, Narrating, Narrator, RequestScene, SceneDelta, SceneFailed, SceneFinished,
 };
-pub use npc::{DialogueContext, DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
-pub use pacing::MAX_PAUSE;
+pub use npc::{DialogueContext, DialogueHistory, Npc, NpcContext, Speaking};
 pub use request::{
     DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, Priority, RequestId,
 };
-pub use worker::{WorkerStatus, running_workers};
-#[cfg(feature = "fault-injection")]
-pub use worker_link::InjectWorkerPanic;
 
 use crate::engine::{Backend, EngineConfig, GenerateParams};
-use crate::persona::Persona;
-use crate::prompt::PromptTemplate;
-use crate::story::{Story, StoryAsset};
+use crate::worker::{LocalConfig, WorkerConfig};
 
 /// The default model, relative to the asset folder.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -143,6 +142,12 @@ impl Default for LlmDialoguePlugin {
     }
 }
 
+/// Inserted by the Yarn bridge (`yarn::YarnBridgePlugin`): Yarn commands that ask for
+/// generated dialogue are answered, so the startup check of Yarn scripts stays quiet.
+#[doc(hidden)]
+#[derive(Resource, Clone, Copy, Debug, Default)]
+pub struct YarnCommandsAnswered;
+
 /// System sets of the plugin; see [`LlmDialoguePlugin`] for where they run.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DialogueSystems {
@@ -150,6 +155,18 @@ pub enum DialogueSystems {
     Receive,
     /// `PostUpdate`: requests, cancels and model loads go to the worker.
     Dispatch,
+}
+
+/// The order of the sub-plugins' systems inside [`DialogueSystems::Receive`] and
+/// [`DialogueSystems::Dispatch`]: the model's first (reports in, loads out), then lines,
+/// scenes, decisions and summaries.
+#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Flow {
+    Model,
+    Lines,
+    Scenes,
+    Actions,
+    Summaries,
 }
 
 /// The folder assets load from: the `AssetPlugin`'s, under the app's base path.
@@ -170,139 +187,82 @@ impl Plugin for LlmDialoguePlugin {
             asset_base(app),
             "bevy_llm_dialogue was built without its `yarn` feature",
         );
+        // The bridge sits on top of the plugin and says it is there; the plugin never
+        // names it.
         #[cfg(feature = "yarn")]
-        if !app.is_plugin_added::<crate::yarn::YarnBridgePlugin>() {
+        if !app.world().contains_resource::<YarnCommandsAnswered>() {
             yarn_check::warn_in_background(asset_base(app), "the app has no YarnBridgePlugin");
         }
     }
 
     fn build(&self, app: &mut App) {
-        let base = asset_base(app);
         let threads = self.inference_threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1))
                 .max(1)
         });
-        let worker = worker_link::WorkerLink::new(worker_link::WorkerSpec {
-            engine: EngineConfig {
-                n_ctx: self.n_ctx,
-                threads: Some(threads),
-                backend: self.backend,
-                ..Default::default()
+        let worker = WorkerConfig {
+            local: LocalConfig {
+                engine: EngineConfig {
+                    n_ctx: self.n_ctx,
+                    threads: Some(threads),
+                    backend: self.backend,
+                    ..Default::default()
+                },
+                slots: self.slots.max(1),
+                max_batch: self.max_batch.max(1),
+                kv_budget: self.kv_budget,
             },
-            slots: self.slots.max(1),
-            max_batch: self.max_batch.max(1),
-            kv_budget: self.kv_budget,
-            asset_base: base,
-            model: self.model.clone(),
             #[cfg(feature = "remote")]
             remote: self.remote.clone(),
-        });
-
-        // The profanity filter's tables take tens of milliseconds to build: not on the main
-        // thread at the first player line a policy checks. A failed spawn only means the
-        // first check builds them.
-        let _ = std::thread::Builder::new()
-            .name("llm-dialogue-content-warm-up".into())
-            .spawn(crate::content::ContentFilter::warm_up);
-
-        app.init_asset::<Persona>()
-            .init_asset::<PromptTemplate>()
-            .init_asset::<StoryAsset>()
-            .register_asset_loader(PersonaLoader)
-            .register_asset_loader(CardLoader)
-            .init_asset::<crate::lore::Lorebook>()
-            .register_asset_loader(LoreLoader)
-            .register_asset_loader(PromptTemplateLoader)
-            .register_asset_loader(StoryLoader)
-            .register_type::<Npc>()
-            .register_type::<DialogueHistory>()
-            .register_type::<NpcContext>()
-            .register_type::<DialogueOverrides>()
-            .register_type::<Speaking>()
-            .register_type::<NpcDisposition>()
-            .register_type::<Narrator>()
-            .register_type::<Narrating>()
-            .register_type::<Deciding>()
-            .register_type::<Story>()
-            .register_type::<DialogueContext>()
-            .register_type::<DialogueSettings>()
-            .register_type::<DialogueModel>()
-            .add_message::<LoadModel>()
-            .add_message::<ModelLoading>()
-            .add_message::<ModelLoaded>()
-            .add_message::<ModelFailed>()
-            .add_message::<RequestLine>()
-            .add_message::<CancelLine>()
-            .add_message::<LineStarted>()
-            .add_message::<LineDelta>()
-            .add_message::<LineFinished>()
-            .add_message::<LineFailed>()
-            .add_message::<LineFiltered>()
-            .add_message::<RequestScene>()
-            .add_message::<ChooseOption>()
-            .add_message::<SceneDelta>()
-            .add_message::<SceneFinished>()
-            .add_message::<SceneFailed>()
-            .add_message::<RequestAction>()
-            .add_message::<ActionFinished>()
-            .add_message::<ActionFailed>()
-            .add_message::<UpdateDisposition>()
-            .add_message::<DispositionChanged>()
+        };
+        let flow = || {
+            (
+                Flow::Model,
+                Flow::Lines,
+                Flow::Scenes,
+                Flow::Actions,
+                Flow::Summaries,
+            )
+                .chain()
+        };
+        let asset_base = asset_base(app);
+        // What the sub-plugins share: the NPC components, settings, the world's context,
+        // request ids and the table of requests in flight.
+        let in_flight = in_flight::InFlight::default();
+        app.insert_resource(in_flight.ids.clone())
+            .insert_resource(in_flight)
+            .init_resource::<in_flight::Inbox>()
             .insert_resource(DialogueSettings {
                 defaults: self.defaults.clone(),
                 best_of: 1,
                 frame_budget: None,
                 summarize_after: Some(crate::prompt::MAX_HISTORY_TURNS),
             })
-            .init_resource::<pacing::FrameClock>()
-            .add_systems(First, pacing::start_frame)
-            .add_systems(Last, pacing::pace_worker)
             .init_resource::<DialogueContext>()
-            .init_resource::<crate::content::ContentPolicy>()
-            .init_resource::<DialogueModel>()
-            .init_resource::<assets::BuiltinPrompts>()
-            .init_resource::<in_flight::InFlight>()
-            .init_resource::<in_flight::Inbox>()
-            .init_resource::<narrator_systems::WaitingScenes>()
-            .init_resource::<action::WaitingActions>()
-            .insert_resource(worker)
+            .register_type::<Npc>()
+            .register_type::<DialogueHistory>()
+            .register_type::<NpcContext>()
+            .register_type::<crate::settings::LineSettings>()
+            .register_type::<Speaking>()
+            .register_type::<DialogueContext>()
+            .register_type::<DialogueSettings>()
             .configure_sets(PreUpdate, DialogueSystems::Receive)
             .configure_sets(PostUpdate, DialogueSystems::Dispatch)
-            .add_systems(
-                PreUpdate,
-                (
-                    receive::receive_reports,
-                    line_systems::deliver_lines,
-                    narrator_systems::deliver_scenes,
-                    action::deliver_actions,
-                    summary::deliver_summaries,
-                )
-                    .chain()
-                    .in_set(DialogueSystems::Receive),
-            )
-            .add_systems(
-                PostUpdate,
-                (
-                    model::load_models,
-                    line_systems::cancel_lines,
-                    line_systems::queue_lines,
-                    line_systems::dispatch_lines,
-                    narrator_systems::take_choices,
-                    narrator_systems::dispatch_scenes,
-                    action::dispatch_actions,
-                    summary::summarize_histories,
-                )
-                    .chain()
-                    .in_set(DialogueSystems::Dispatch),
-            )
-            .add_observer(line_systems::on_npc_removed);
-        #[cfg(feature = "fault-injection")]
-        app.add_message::<InjectWorkerPanic>().add_systems(
-            PostUpdate,
-            worker_link::inject_faults
-                .before(line_systems::dispatch_lines)
-                .in_set(DialogueSystems::Dispatch),
-        );
+            .configure_sets(PreUpdate, flow().in_set(DialogueSystems::Receive))
+            .configure_sets(PostUpdate, flow().in_set(DialogueSystems::Dispatch))
+            .add_plugins((
+                model::ModelPlugin {
+                    worker,
+                    asset_base,
+                    model: self.model.clone(),
+                },
+                assets::AssetsPlugin,
+                content::ContentPlugin,
+                lines::LinesPlugin,
+                narrator::NarratorPlugin,
+                actions::ActionsPlugin,
+                summary::SummariesPlugin,
+            ));
     }
 }

@@ -4,7 +4,7 @@ use bevy::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::request::RequestId;
-use crate::engine::{ChatMessage, SamplingParams};
+use crate::engine::ChatMessage;
 use crate::persona::Persona;
 use crate::prompt::{Facts, PromptTemplate};
 
@@ -172,16 +172,6 @@ impl DialogueContext {
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) {
         self.facts.insert(key.into(), value.into());
     }
-}
-
-/// Per-NPC generation settings, over the persona's and the plugin's.
-#[derive(Component, Clone, Debug, Default, PartialEq, Reflect)]
-#[reflect(Component, Clone, Debug, Default, PartialEq)]
-pub struct DialogueOverrides {
-    /// Sampling for this NPC.
-    pub sampling: Option<SamplingParams>,
-    /// Longest line in tokens.
-    pub max_tokens: Option<usize>,
 }
 
 #[cfg(test)]

@@ -5,22 +5,20 @@ use bevy::prelude::*;
 
 use crate::engine::GenerateParams;
 
-/// Identifies one request (a line, a scene, a decision) from request to result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-#[reflect(Clone, Debug, PartialEq, Hash)]
-pub struct RequestId(pub u64);
+pub use crate::worker::{Priority, RequestId};
 
-/// Which request the worker serves first when several wait. The NPC the player talks to
-/// should not wait behind background chatter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-pub enum Priority {
-    /// Ambient barks and chatter nobody waits for.
-    Background,
-    /// The default.
-    #[default]
-    Normal,
-    /// The conversation the player is in.
-    Player,
+/// A persona's settings as a layer: its sampling (every field, if it sets any), length and
+/// sentences.
+pub(crate) fn persona_settings(persona: &crate::persona::Persona) -> crate::settings::LineSettings {
+    crate::settings::LineSettings {
+        max_tokens: persona.max_tokens,
+        max_sentences: persona.max_sentences,
+        ..persona
+            .sampling
+            .as_ref()
+            .map(crate::settings::LineSettings::from)
+            .unwrap_or_default()
+    }
 }
 
 /// The most lines and decisions one entity may have waiting or at the worker; more fail with
@@ -56,7 +54,8 @@ pub struct DialogueSettings {
 }
 
 /// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Reflect)]
+#[reflect(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum DialogueError {
     /// No model is loaded (missing or broken file); the message says how to get one.
@@ -122,4 +121,23 @@ pub enum DialogueError {
     /// [`ContentPolicy`](crate::content::ContentPolicy) past its rollback budget.
     #[error("{0}")]
     Filtered(String),
+}
+
+impl From<crate::worker::WorkerError> for DialogueError {
+    fn from(e: crate::worker::WorkerError) -> Self {
+        use crate::worker::WorkerError;
+        match e {
+            WorkerError::ModelUnavailable(why) => Self::ModelUnavailable(why),
+            WorkerError::Template(why) => Self::Template(why),
+            WorkerError::ContextOverflow { tokens, n_ctx } => {
+                Self::ContextOverflow { tokens, n_ctx }
+            }
+            WorkerError::InvalidRequest(why) => Self::InvalidRequest(why),
+            WorkerError::Structure(why) => Self::Structure(why),
+            WorkerError::Filtered(why) => Self::Filtered(why),
+            WorkerError::Crashed(why) => Self::WorkerCrashed(why),
+            WorkerError::Server(why) => Self::Server(why),
+            WorkerError::Inference(why) => Self::Inference(why),
+        }
+    }
 }

@@ -9,9 +9,29 @@ use super::assets::DialogueAssets;
 use super::in_flight::{ActiveKind, Dispatcher, Inbox, Progress, RequestEnv};
 use super::npc::{DialogueHistory, Npc, Speaking};
 use super::request::{DialogueSettings, Priority};
-use super::worker::{Job, Output};
 use crate::engine::{CancelToken, SamplingParams};
 use crate::prompt::summary_messages;
+use crate::worker::{Job, Output};
+
+/// Registers the systems that ask for history summaries and file them.
+pub(crate) struct SummariesPlugin;
+
+impl Plugin for SummariesPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(
+            PreUpdate,
+            deliver_summaries
+                .in_set(super::Flow::Summaries)
+                .in_set(super::DialogueSystems::Receive),
+        )
+        .add_systems(
+            PostUpdate,
+            summarize_histories
+                .in_set(super::Flow::Summaries)
+                .in_set(super::DialogueSystems::Dispatch),
+        );
+    }
+}
 
 /// On an NPC while the model summarises its oldest turns.
 #[derive(Component, Clone, Copy, Debug)]

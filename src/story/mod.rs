@@ -2,9 +2,11 @@
 //! parts of the story in `assets/stories/*.story.ron` and generated scenes fill the rest.
 //!
 //! Bevy-free: [`StoryAsset`] is what an author writes, [`Story`] is a playthrough (the graph
-//! of scenes and the choices taken; serializable for save games), and [`write_scenes`] writes
-//! the next scene with the engine: prose first, then exactly the asked number of choices as a
-//! constrained list ([`Scene::from_prose`] checks both). [`scene_schema`], [`Scene::parse`]
+//! of scenes and the choices taken; serializable for save games). The worker writes the next
+//! scene ([`Output::Scene`](crate::worker::Output::Scene)) from the settings here: prose first
+//! ([`prose_params`]), then exactly the asked number of choices as a constrained list asked
+//! for as the next turn ([`choices_ask`], [`choice_list_grammar`]; [`Scene::from_prose`]
+//! checks both). [`scene_schema`], [`Scene::parse`]
 //! and [`SceneStream`] are the older JSON form (a scene and its choices in one object), kept
 //! for callers that want one structured output.
 //!
@@ -17,8 +19,8 @@ mod scene;
 
 pub use asset::{CHOICES, FixedChoice, FixedNode, StoryAsset};
 pub use narrate::{
-    SCENE_SENTENCES, SceneDraft, choice_list_from_json, choice_list_grammar, choice_list_schema,
-    choices_ask, list_params, prose_params, write_scenes,
+    SCENE_SENTENCES, choice_list_from_json, choice_list_grammar, choice_list_schema, choices_ask,
+    list_params, prose_params,
 };
 pub use playthrough::{
     Choice, MAX_SAVED_CHOICES, MAX_SCENE_BYTES, MAX_SCENES, SceneNode, Story, StoryError,

@@ -3,24 +3,11 @@
 //! under a grammar, one short action per line. Structure stays guaranteed (exactly the asked
 //! number of choices, each a few words); the words are the model's own.
 
-use crate::engine::{
-    CancelToken, ChatMessage, Delta, Engine, EngineError, FittedPrompt, GenerateParams, Generation,
-    Grammar, Session,
-};
+use crate::engine::{GenerateParams, Grammar};
 
 /// The turn that asks for `n` choices after a scene.
 pub fn choices_ask(n: usize) -> String {
     format!("What can the player do now? Give {n} short actions, one per line.")
-}
-
-/// A scene as generated: the prose and the raw choice list.
-/// [`Scene::from_prose`](super::Scene::from_prose) checks and splits them.
-#[derive(Clone, Debug)]
-pub struct SceneDraft {
-    /// The scene's generation (its text is the prose).
-    pub scene: Generation,
-    /// The choice list's generation: `- Open the door` lines.
-    pub choices: Generation,
 }
 
 /// The most sentences in a scene (the brief asks for two or three).
@@ -92,53 +79,4 @@ pub fn list_params(choices: usize, params: &GenerateParams) -> GenerateParams {
         whole_sentences: false,
         ..params.clone()
     }
-}
-
-/// Writes `alternatives` scenes after `prompt` (a conversation that ends with the player's
-/// turn, fitted to the context by [`Engine::fit_chat`]): each
-/// scene's prose shares one prefill and streams (the first alternative only) through
-/// `on_delta`; then each gets its `choices` as a constrained list, asked for as the next
-/// turn. `params` is for the prose (its `stop` gains a line break and it keeps to whole
-/// sentences); the list gets the same sampling and a budget of its own.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "generate_alternatives' arguments plus the choices"
-)]
-pub fn write_scenes(
-    engine: &mut Engine,
-    session: &mut Session,
-    prompt: &FittedPrompt,
-    choices: usize,
-    params: &GenerateParams,
-    alternatives: usize,
-    cancel: &CancelToken,
-    mut on_delta: impl FnMut(&Delta<'_>) + Send,
-) -> Result<Vec<SceneDraft>, EngineError> {
-    let prose = prose_params(params);
-    let scenes = engine.generate_alternatives(
-        session,
-        &prompt.tokens,
-        &prose,
-        None,
-        alternatives,
-        cancel,
-        |i, d| {
-            if i == 0 {
-                on_delta(d);
-            }
-        },
-    )?;
-    let list = list_params(choices, params);
-    let grammar = choice_list_grammar(choices);
-    let mut drafts = Vec::with_capacity(scenes.len());
-    for scene in scenes {
-        let mut turns = prompt.messages.clone();
-        turns.push(ChatMessage::assistant(scene.text.clone()));
-        turns.push(ChatMessage::user(choices_ask(choices)));
-        let tokens = engine.fit_chat(turns, list.max_tokens)?.tokens;
-        let choices =
-            engine.generate_constrained(session, &tokens, &list, &grammar, cancel, |_| {})?;
-        drafts.push(SceneDraft { scene, choices });
-    }
-    Ok(drafts)
 }

@@ -9,6 +9,7 @@ pub const MIN_SCENE_WORDS: usize = 12;
 
 /// A scene as the narrator produced it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
 pub struct Scene {
     /// The scene text.
     pub scene: String,

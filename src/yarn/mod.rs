@@ -103,6 +103,7 @@ impl Plugin for YarnBridgePlugin {
             action: app.world_mut().register_system(commands::generate_action),
         };
         app.insert_resource(systems)
+            .insert_resource(crate::plugin::YarnCommandsAnswered)
             .init_resource::<Callers>()
             .add_message::<GeneratedLineDelta>()
             .add_message::<GeneratedLineFinished>()
@@ -219,7 +220,7 @@ pub enum GeneratedKind {
 
 /// More of a generated line: append `text` to what came before. Sent as a message and as
 /// an entity event on the runner while the runner waits for the line.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct GeneratedLineDelta {
     /// The dialogue runner.
     #[event_target]
@@ -233,7 +234,7 @@ pub struct GeneratedLineDelta {
 }
 
 /// A generated line is finished and in `$llm_line`; the runner goes on to present it.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct GeneratedLineFinished {
     /// The dialogue runner.
     #[event_target]
@@ -252,7 +253,7 @@ pub struct GeneratedLineFinished {
 
 /// Options to show the player: the runner waits until the game answers with
 /// [`ChooseGenerated`].
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct GeneratedOptions {
     /// The dialogue runner.
     #[event_target]
@@ -273,7 +274,7 @@ pub struct GeneratedOptions {
 
 /// The player takes option `index` (from 0) of the runner's [`GeneratedOptions`]: the runner
 /// goes on with `$llm_choice` set to `index + 1`.
-#[derive(Message, Clone, Copy, Debug)]
+#[derive(Message, Clone, Copy, Debug, Reflect)]
 pub struct ChooseGenerated {
     /// The dialogue runner.
     pub runner: Entity,
@@ -283,7 +284,7 @@ pub struct ChooseGenerated {
 
 /// A bridge command could not do what the script asked; the runner went on with the
 /// writer's fallback (or nothing) and the game keeps running.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct YarnBridgeFailed {
     /// The dialogue runner.
     #[event_target]
@@ -297,7 +298,7 @@ pub struct YarnBridgeFailed {
 }
 
 /// Why a bridge command fell back.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, Reflect)]
 pub enum YarnError {
     /// The command names no NPC the game has spawned.
     #[error("no NPC is named `{name}` (by its Name or its persona's name); known: {known}")]

@@ -19,3 +19,4 @@ mod kernels;
 mod lore;
 mod story;
 mod tokenizer_vs_llamacpp;
+mod worker;

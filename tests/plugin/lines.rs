@@ -309,3 +309,53 @@ fn frames_over_their_budget_pause_the_worker_and_lines_still_finish() {
         Duration::ZERO
     );
 }
+
+#[test]
+fn a_request_seed_keeps_the_persona_temperature_and_its_id_is_known_at_once() {
+    use bevy::ecs::system::RunSystemOnce;
+    let assets = scratch_assets("layered_settings");
+    // Mira at temperature 0: whatever the seed, the same words, if her temperature is kept.
+    let mira = std::fs::read_to_string(assets.join("personas/mira.persona.ron")).unwrap();
+    let greedy = mira.replace(
+        "sampling: Some((temperature: 0.7)),",
+        "sampling: Some((temperature: 0.0)),",
+    );
+    assert_ne!(greedy, mira, "the persona sets a temperature to replace");
+    std::fs::write(assets.join("personas/greedy_mira.persona.ron"), greedy).unwrap();
+    let mut greedy_lines = Vec::new();
+    let mut lively_lines = Vec::new();
+    // One app per seed: a line computed from a fresh cache, so only the seed differs.
+    for seed in [1, 2, 3] {
+        let mut app = app(&assets, plugin());
+        let greedy = spawn_npc(&mut app, "personas/greedy_mira.persona.ron");
+        let lively = spawn_npc(&mut app, "personas/mira.persona.ron");
+        for (npc, lines) in [(greedy, &mut greedy_lines), (lively, &mut lively_lines)] {
+            let id = app
+                .world_mut()
+                .run_system_once(move |mut dialogue: DialogueRequests| {
+                    dialogue.request_line(
+                        RequestLine::new(npc)
+                            .saying("Who are you, and what do you make?")
+                            .seed(seed),
+                    )
+                })
+                .unwrap();
+            update_until(&mut app, LONG, "the line", |log| log.results_for(npc) > 0);
+            let log = app.world().resource::<Log>();
+            let line = log.finished_for(npc)[0];
+            // The id handed back at once is the one every result carries.
+            assert_eq!(line.request, id);
+            assert!(log.started.iter().any(|s| s.request == id && s.npc == npc));
+            lines.push(line.text.clone());
+        }
+    }
+    assert!(
+        greedy_lines.iter().all(|l| *l == greedy_lines[0]),
+        "a seed replaced the persona's temperature: {greedy_lines:?}"
+    );
+    // The seeds do change a line whose temperature samples (the check above could fail).
+    assert!(
+        lively_lines.iter().any(|l| *l != lively_lines[0]),
+        "{lively_lines:?}"
+    );
+}

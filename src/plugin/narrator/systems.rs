@@ -5,19 +5,20 @@
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::assets::{DialogueAssets, Ready};
-use super::content::LineFiltered;
-use super::in_flight::{
-    ActiveKind, Dispatcher, InFlight, Inbox, PendingScene, Progress, RequestEnv,
-};
-use super::narrator::{
+use super::messages::{
     ChooseOption, Narrating, Narrator, RequestScene, SceneDelta, SceneFinished, SceneWriters,
 };
-use super::request::{DialogueError, Priority, RequestId};
-use super::worker::{Job, Output};
 use crate::engine::{CancelToken, Generation};
+use crate::plugin::assets::{DialogueAssets, Ready};
+use crate::plugin::content::LineFiltered;
+use crate::plugin::in_flight::{
+    ActiveKind, Dispatcher, InFlight, Inbox, PendingScene, Progress, RequestEnv,
+};
+use crate::plugin::request::{DialogueError, Priority, RequestId};
 use crate::prompt::PromptTemplate;
+use crate::settings::LineSettings;
 use crate::story::{FixedNode, Scene, Story, StoryAsset};
+use crate::worker::{Job, Output};
 
 /// Scene requests waiting for their story or prompt asset.
 #[derive(Resource, Default)]
@@ -148,7 +149,7 @@ pub(crate) fn dispatch_scenes(
             pin(&mut commands, &mut story, entity, node, &mut out);
             continue;
         }
-        let id = dispatcher.in_flight.next_id();
+        let id = request.id.unwrap_or_else(|| dispatcher.in_flight.next_id());
         match scene_job(id, &request, &story, asset, template, &env) {
             Ok(job) => {
                 let pending = PendingScene {
@@ -213,10 +214,13 @@ fn scene_job(
             ask.content = format!("{} {direction}", ask.content);
         }
     }
-    let mut params = env.settings.defaults.clone();
-    if let Some(s) = request.sampling.clone().or_else(|| asset.sampling.clone()) {
-        params.sampling = s;
-    }
+    let story_layer = asset
+        .sampling
+        .as_ref()
+        .map(LineSettings::from)
+        .unwrap_or_default();
+    let mut params =
+        LineSettings::merge([&story_layer, &request.settings]).applied_to(&env.settings.defaults);
     // The prose's budget: about four characters a token. It ends at a sentence end.
     params.max_tokens = (asset.max_scene_chars / 4).max(16);
     params.guard = env.content.with_override(asset.content.as_ref()).guard();
@@ -277,8 +281,7 @@ pub(crate) fn deliver_scenes(
                     request,
                     text,
                 };
-                out.delta.write(ev.clone());
-                commands.trigger(ev);
+                crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
             }
             Progress::Done(active, mut generations) => {
                 let ActiveKind::Scene(pending) = active.kind else {
@@ -287,7 +290,7 @@ pub(crate) fn deliver_scenes(
                 // A scene's prose ends at its last sentence end when the policy cuts it;
                 // there is no fallback line for a narrator.
                 for generation in &mut generations {
-                    let (actions, _) = super::content::settle(generation, None);
+                    let (actions, _) = crate::plugin::content::settle(generation, None);
                     for (rule, action) in actions {
                         let ev = LineFiltered {
                             npc: entity,
@@ -295,7 +298,7 @@ pub(crate) fn deliver_scenes(
                             rule,
                             action,
                         };
-                        super::content::report(&mut commands, &mut filtered, ev);
+                        crate::plugin::content::report(&mut commands, &mut filtered, ev);
                     }
                 }
                 let Ok(mut story) = stories.get_mut(entity) else {

@@ -3,13 +3,12 @@
 
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
-use crossbeam_channel::TryRecvError;
 
-use super::in_flight::{InFlight, Inbox, Progress};
-use super::model::{DialogueModel, ModelFailed, ModelLoaded, ModelLoading, ModelState};
-use super::request::DialogueError;
-use super::worker::Report;
-use super::worker_link::{MAX_RESTARTS, WorkerLink};
+use crate::plugin::in_flight::{InFlight, Inbox, Progress};
+use crate::plugin::model::worker_link::WorkerLink;
+use crate::plugin::model::{DialogueModel, ModelFailed, ModelLoaded, ModelLoading, ModelState};
+use crate::plugin::request::DialogueError;
+use crate::worker::{MAX_RESTARTS, Report, WorkerStopped};
 
 /// The writers of model notifications.
 #[derive(SystemParam)]
@@ -31,10 +30,10 @@ pub(crate) fn receive_reports(
         model.state = ModelState::Loading(0.0);
     }
     loop {
-        let report = match link.reports.try_recv() {
-            Ok(r) => r,
-            Err(TryRecvError::Empty) => break,
-            Err(TryRecvError::Disconnected) => {
+        let report = match link.worker.try_recv() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(WorkerStopped) => {
                 // The worker died outside a request (requests catch their own panics). Fail
                 // what it held and start a new one.
                 for (id, a) in in_flight.active.drain() {
@@ -99,7 +98,7 @@ pub(crate) fn receive_reports(
                     let entity = a.entity;
                     inbox
                         .bucket(&a.kind)
-                        .push((id, entity, Progress::Failed(error)));
+                        .push((id, entity, Progress::Failed(error.into())));
                 }
             }
         }

@@ -3,8 +3,10 @@
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::request::{DialogueError, RequestId};
+use crate::settings::LineSettings;
+
 use crate::engine::{GenerationStats, SamplingParams};
+use crate::plugin::request::{DialogueError, RequestId};
 use crate::prompt::PromptTemplate;
 use crate::story::{Scene, Story, StoryAsset};
 
@@ -40,7 +42,7 @@ impl Narrator {
 
 /// Asks for the next scene: the opening (the story's pinned `start`, or a generated one),
 /// or the scene after the choice taken with [`ChooseOption`].
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct RequestScene {
     /// The entity with the [`Narrator`].
     pub story: Entity,
@@ -48,14 +50,18 @@ pub struct RequestScene {
     /// the first becomes the story's scene, the rest arrive in
     /// [`SceneFinished::alternatives`].
     pub alternatives: usize,
-    /// Sampling for this scene only.
-    pub sampling: Option<SamplingParams>,
+    /// Settings for these scenes only, over the plugin's and the story's, field by field
+    /// (`max_tokens`, `max_sentences` and `best_of` do not apply: a scene's length comes from
+    /// the story).
+    pub settings: LineSettings,
     /// How many choices this scene offers (within [`CHOICES`](crate::story::CHOICES));
     /// `None` takes the story's `choices`.
     pub choices: Option<usize>,
     /// What this scene should do ("the guard blocks the gate"), added to the narrator's ask
     /// for this scene only.
     pub direction: Option<String>,
+    /// The id results will carry (see [`RequestLine::id`](crate::plugin::RequestLine::id)).
+    pub id: Option<RequestId>,
 }
 
 impl RequestScene {
@@ -64,9 +70,10 @@ impl RequestScene {
         Self {
             story,
             alternatives: 1,
-            sampling: None,
+            settings: LineSettings::default(),
             choices: None,
             direction: None,
+            id: None,
         }
     }
     /// Writes `n` alternatives.
@@ -76,7 +83,17 @@ impl RequestScene {
     }
     /// Sampling for this scene.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
-        self.sampling = Some(sampling);
+        self.settings = LineSettings::merge([&self.settings, &LineSettings::from(&sampling)]);
+        self
+    }
+    /// A fixed seed for these scenes, keeping the story's other settings.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
+        self
+    }
+    /// These settings over the request's, field by field.
+    pub fn settings(mut self, settings: LineSettings) -> Self {
+        self.settings = LineSettings::merge([&self.settings, &settings]);
         self
     }
     /// Offers `n` choices in this scene instead of the story's number.
@@ -93,7 +110,7 @@ impl RequestScene {
 
 /// The player takes choice `index` of the current scene; the next scene follows (pinned
 /// scenes at once, generated ones streamed). An index out of range is a [`SceneFailed`].
-#[derive(Message, Clone, Copy, Debug)]
+#[derive(Message, Clone, Copy, Debug, Reflect)]
 pub struct ChooseOption {
     /// The entity with the [`Narrator`].
     pub story: Entity,
@@ -102,7 +119,7 @@ pub struct ChooseOption {
 }
 
 /// More scene text as the narrator writes it.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct SceneDelta {
     /// The story entity.
     #[event_target]
@@ -114,7 +131,7 @@ pub struct SceneDelta {
 }
 
 /// A scene is finished and is now the story's current scene.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct SceneFinished {
     /// The story entity.
     #[event_target]
@@ -132,7 +149,7 @@ pub struct SceneFinished {
 }
 
 /// A scene could not be written or a choice was refused; the story is unchanged.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct SceneFailed {
     /// The story entity.
     #[event_target]
@@ -152,7 +169,7 @@ pub struct SceneFailed {
 pub type SceneReady = SceneFinished;
 
 /// Present on a story entity while the narrator writes its next scene: from the request
-/// reaching the model to [`SceneFinished`] or [`SceneFailed`] (or a [`CancelLine`](super::CancelLine)).
+/// reaching the model to [`SceneFinished`] or [`SceneFailed`] (or a [`CancelLine`](crate::plugin::CancelLine)).
 /// A game disables its choice buttons while it is there.
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
 #[reflect(Component, Clone, Debug, PartialEq)]
@@ -184,10 +201,7 @@ impl SceneWriters<'_> {
             request,
             error,
         };
-        self.failed.write(ev.clone());
-        if commands.get_entity(story).is_ok() {
-            commands.trigger(ev);
-        }
+        crate::plugin::notify::notify(commands, &mut self.failed, ev);
     }
 
     /// The entity asked about is not a story.
@@ -210,7 +224,6 @@ impl SceneWriters<'_> {
 
     /// Sends a [`SceneFinished`] as a message and as an entity event.
     pub(crate) fn finish(&mut self, commands: &mut Commands, ev: SceneFinished) {
-        self.finished.write(ev.clone());
-        commands.trigger(ev);
+        crate::plugin::notify::notify(commands, &mut self.finished, ev);
     }
 }

@@ -5,9 +5,9 @@
 use bevy::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::request::RequestId;
 use crate::action::{ActionSpec, ArgSpec};
 use crate::persona::DispositionSpec;
+use crate::plugin::request::RequestId;
 use crate::prompt::Facts;
 
 /// How an NPC feels: a mood from its persona's `disposition.moods` and an affinity for the
@@ -25,8 +25,8 @@ pub struct NpcDisposition {
 
 /// Asks the model how an NPC feels now (after a line, a gift, an insult). It picks a mood
 /// among the persona's and moves the affinity by at most `max_step`; the result arrives as
-/// [`DispositionChanged`], a failure as [`ActionFailed`](super::ActionFailed).
-#[derive(Message, Clone, Debug)]
+/// [`DispositionChanged`], a failure as [`ActionFailed`](crate::plugin::ActionFailed).
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct UpdateDisposition {
     /// The NPC.
     pub npc: Entity,
@@ -52,7 +52,7 @@ impl UpdateDisposition {
 /// An NPC's disposition was updated by the model (also sent when nothing changed, so that
 /// every [`UpdateDisposition`] gets an answer). The component already holds `mood` and
 /// `affinity`.
-#[derive(Message, EntityEvent, Clone, Debug, PartialEq, Eq)]
+#[derive(Message, EntityEvent, Clone, Debug, PartialEq, Eq, Reflect)]
 pub struct DispositionChanged {
     /// The NPC.
     #[event_target]

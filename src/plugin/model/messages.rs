@@ -3,9 +3,9 @@
 
 use bevy::prelude::*;
 
-use super::worker::WorkerStatus;
-use super::worker_link::{WorkerLink, resolve};
 use crate::engine::ModelInfo;
+use crate::plugin::model::worker_link::{WorkerLink, resolve};
+use crate::worker::WorkerStatus;
 
 /// The model's state, for loading screens and debug displays.
 #[derive(Resource, Clone, Debug, Default, Reflect)]
@@ -18,7 +18,7 @@ pub struct DialogueModel {
     /// The worker's queue and caches after its last line.
     pub status: WorkerStatus,
     /// How long the worker now waits between its steps, because frames ran over
-    /// [`DialogueSettings::frame_budget`](super::DialogueSettings::frame_budget) (zero: not
+    /// [`DialogueSettings::frame_budget`](crate::plugin::DialogueSettings::frame_budget) (zero: not
     /// paced).
     pub pause: std::time::Duration,
 }
@@ -63,31 +63,31 @@ pub fn model_ready(model: Option<Res<DialogueModel>>) -> bool {
     model.is_some_and(|m| m.is_ready())
 }
 
-/// Loads (or reloads) a model; the plugin loads [`LlmDialoguePlugin::model`](super::LlmDialoguePlugin::model)
+/// Loads (or reloads) a model; the plugin loads [`LlmDialoguePlugin::model`](crate::plugin::LlmDialoguePlugin::model)
 /// at startup without being asked.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct LoadModel {
     /// The GGUF file.
     pub path: std::path::PathBuf,
 }
 
 /// Progress while the model loads.
-#[derive(Message, Clone, Copy, Debug)]
+#[derive(Message, Clone, Copy, Debug, Reflect)]
 pub struct ModelLoading {
     /// From 0 to 1.
     pub fraction: f32,
 }
 
 /// The model is ready.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct ModelLoaded {
     /// What was loaded.
     pub info: ModelInfo,
 }
 
 /// The model could not be loaded; requests fail with
-/// [`DialogueError::ModelUnavailable`](super::DialogueError::ModelUnavailable).
-#[derive(Message, Clone, Debug)]
+/// [`DialogueError::ModelUnavailable`](crate::plugin::DialogueError::ModelUnavailable).
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct ModelFailed {
     /// Why, including how to fix it where known.
     pub error: String,
@@ -96,7 +96,7 @@ pub struct ModelFailed {
 /// `PostUpdate`: [`LoadModel`] messages.
 pub(crate) fn load_models(mut link: ResMut<WorkerLink>, mut requests: MessageReader<LoadModel>) {
     for request in requests.read() {
-        let path = resolve(&link.spec.asset_base, request.path.clone());
+        let path = resolve(&link.asset_base, request.path.clone());
         link.load(path);
     }
 }

@@ -4,20 +4,21 @@
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::assets::DialogueAssets;
 use super::disposition::{
     DispositionChanged, NpcDisposition, UpdateDisposition, change_disposition, feel_action,
     with_disposition,
 };
-use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
-use super::npc::{DialogueHistory, Npc, NpcContext};
-use super::request::{DialogueError, Priority, RequestId};
-use super::worker::{Job, Output};
 use crate::action::{ActionSpec, action_schema, parse_action};
 use crate::engine::{CancelToken, Grammar, Role, SamplingParams};
+use crate::plugin::assets::DialogueAssets;
+use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
+use crate::plugin::npc::{DialogueHistory, Npc, NpcContext};
+use crate::plugin::request::{DialogueError, Priority, RequestId};
+use crate::settings::LineSettings;
+use crate::worker::{Job, Output};
 
 /// Asks an NPC to decide what to do among its persona's `actions` (or the request's).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct RequestAction {
     /// The NPC.
     pub npc: Entity,
@@ -25,8 +26,10 @@ pub struct RequestAction {
     pub situation: Option<String>,
     /// Actions to choose from instead of the persona's.
     pub actions: Option<Vec<ActionSpec>>,
-    /// Sampling for this decision.
-    pub sampling: Option<SamplingParams>,
+    /// Settings for this decision, over the persona's and the NPC's, field by field.
+    pub settings: LineSettings,
+    /// The id results will carry (see [`RequestLine::id`](crate::plugin::RequestLine::id)).
+    pub id: Option<RequestId>,
 }
 
 impl RequestAction {
@@ -36,7 +39,8 @@ impl RequestAction {
             npc,
             situation: None,
             actions: None,
-            sampling: None,
+            settings: LineSettings::default(),
+            id: None,
         }
     }
     /// What just happened.
@@ -51,14 +55,19 @@ impl RequestAction {
     }
     /// Sampling for this decision.
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
-        self.sampling = Some(sampling);
+        self.settings = LineSettings::merge([&self.settings, &LineSettings::from(&sampling)]);
+        self
+    }
+    /// A fixed seed for this decision, keeping the persona's other settings.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
         self
     }
 }
 
 /// An NPC decided to act: always a declared action with valid arguments. Failures arrive as
 /// [`ActionFailed`].
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct ActionFinished {
     /// The NPC.
     #[event_target]
@@ -67,7 +76,9 @@ pub struct ActionFinished {
     pub request: RequestId,
     /// The action's name.
     pub name: String,
-    /// Its arguments, by name.
+    /// Its arguments, by name (JSON values, which reflection does not see: inspectors
+    /// show the name only).
+    #[reflect(ignore)]
     pub args: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -80,7 +91,7 @@ pub type NpcAction = ActionFinished;
 
 /// An NPC could not decide: no actions to choose from, its persona failed to load, the model
 /// is missing. The game keeps running; the NPC does nothing.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct ActionFailed {
     /// The NPC (it may no longer exist, for [`DialogueError::NpcNotFound`]).
     #[event_target]
@@ -113,15 +124,12 @@ impl ActionWriters<'_> {
             request,
             error,
         };
-        self.failed.write(ev.clone());
-        if commands.get_entity(npc).is_ok() {
-            commands.trigger(ev);
-        }
+        crate::plugin::notify::notify(commands, &mut self.failed, ev);
     }
 }
 
 /// Present on an NPC while it decides what to do: from the decision reaching the model to
-/// [`ActionFinished`] or [`ActionFailed`] (or a [`CancelLine`](super::CancelLine)).
+/// [`ActionFinished`] or [`ActionFailed`] (or a [`CancelLine`](crate::plugin::CancelLine)).
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
 #[reflect(Component, Clone, Debug, PartialEq)]
 pub struct Deciding {
@@ -156,6 +164,7 @@ type DecidingNpc<'a> = (
     &'a DialogueHistory,
     &'a NpcContext,
     Option<&'a NpcDisposition>,
+    Option<&'a LineSettings>,
 );
 
 /// The decision's token budget: the longest declared JSON is far shorter.
@@ -187,7 +196,7 @@ pub(crate) fn dispatch_actions(
         .map(|r| (r.clone(), Decide::Act))
         .chain(updates);
     for (request, decide) in new {
-        let id = dispatcher.in_flight.next_id();
+        let id = request.id.unwrap_or_else(|| dispatcher.in_flight.next_id());
         let others = todo.iter().filter(|(_, r, _)| r.npc == request.npc).count();
         match dispatcher.in_flight.admit(request.npc, todo.len(), others) {
             Ok(()) => todo.push((id, request, decide)),
@@ -217,7 +226,7 @@ fn action_job(
     assets: &DialogueAssets,
     env: &RequestEnv,
 ) -> Result<Option<(Job, ActiveKind)>, DialogueError> {
-    let (npc, history, facts, disposition) = npcs
+    let (npc, history, facts, disposition, npc_settings) = npcs
         .get(request.npc)
         .map_err(|_| DialogueError::NpcNotFound(request.npc))?;
     let Some(persona) = assets
@@ -272,14 +281,10 @@ fn action_job(
             &situation,
         )
         .map_err(|e| DialogueError::Template(e.to_string()))?;
-    let mut params = env.settings.defaults.clone();
-    if let Some(s) = request
-        .sampling
-        .clone()
-        .or_else(|| persona.sampling.clone())
-    {
-        params.sampling = s;
-    }
+    let persona_layer = crate::plugin::request::persona_settings(persona);
+    let npc_layer = npc_settings.cloned().unwrap_or_default();
+    let mut params = LineSettings::merge([&persona_layer, &npc_layer, &request.settings])
+        .applied_to(&env.settings.defaults);
     params.max_tokens = DECISION_TOKENS;
     let job = Job {
         id,
@@ -352,10 +357,7 @@ pub(crate) fn deliver_actions(
                             name: decision.name,
                             args: decision.args,
                         };
-                        out.finished.write(ev.clone());
-                        if commands.get_entity(npc).is_ok() {
-                            commands.trigger(ev);
-                        }
+                        crate::plugin::notify::notify(&mut commands, &mut out.finished, ev);
                     }
                     Err(e) => {
                         let error = DialogueError::Structure(e.to_string());

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 
-use super::model::DialogueModel;
-use super::request::DialogueSettings;
-use super::worker::Command;
-use super::worker_link::WorkerLink;
+use crate::plugin::model::DialogueModel;
+use crate::plugin::model::worker_link::WorkerLink;
+use crate::plugin::request::DialogueSettings;
+use crate::worker::Command;
 
 /// The longest pause between two steps of the worker.
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::request::{DialogueError, Priority, RequestId};
 use crate::engine::{GenerationStats, SamplingParams, StopReason};
+use crate::plugin::request::{DialogueError, Priority, RequestId};
+use crate::settings::LineSettings;
 
 /// Asks an NPC for a line: an answer to the player, or something unprompted if
 /// `player_line` is `None`.
@@ -21,27 +22,28 @@ use crate::engine::{GenerationStats, SamplingParams, StopReason};
 ///     requests.write(RequestLine::new(*npc).saying("Any news?").priority(Priority::Player));
 /// }
 /// ```
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
 pub struct RequestLine {
-    /// The NPC (an entity with [`Npc`](super::Npc)).
+    /// The NPC (an entity with [`Npc`](crate::plugin::Npc)).
     pub npc: Entity,
     /// What the player said, if anything.
     pub player_line: Option<String>,
     /// Queue order.
     pub priority: Priority,
-    /// Overrides the line length for this request.
-    pub max_tokens: Option<usize>,
-    /// Overrides the most sentences for this request.
-    pub max_sentences: Option<usize>,
-    /// Overrides sampling for this request.
-    pub sampling: Option<SamplingParams>,
-    /// Draws to keep the best of (1..=8); `None` uses [`DialogueSettings::best_of`].
+    /// Settings for this line only, over the plugin's, the persona's and the NPC's
+    /// ([`LineSettings`] on the NPC), field by field: a seed here keeps the persona's
+    /// temperature. `best_of` (1..=8) draws that many lines and keeps the best; `None` there
+    /// uses [`DialogueSettings::best_of`].
     ///
-    /// [`DialogueSettings::best_of`]: super::DialogueSettings::best_of
-    pub best_of: Option<usize>,
+    /// [`DialogueSettings::best_of`]: crate::plugin::DialogueSettings::best_of
+    pub settings: LineSettings,
     /// What this line should do ("mention the wolves"), told to the model next to the
     /// newest turn, for this line only; it is not part of the history.
     pub direction: Option<String>,
+    /// The id results will carry: given out by
+    /// [`DialogueRequests::request_line`](crate::plugin::DialogueRequests::request_line); `None`
+    /// gets one when the request is dispatched (learn it from [`LineStarted`]).
+    pub id: Option<RequestId>,
 }
 
 impl RequestLine {
@@ -51,11 +53,9 @@ impl RequestLine {
             npc,
             player_line: None,
             priority: Priority::Normal,
-            max_tokens: None,
-            max_sentences: None,
-            sampling: None,
-            best_of: None,
+            settings: LineSettings::default(),
             direction: None,
+            id: None,
         }
     }
     /// The player's line the NPC answers.
@@ -70,17 +70,29 @@ impl RequestLine {
     }
     /// Longest line in tokens.
     pub fn max_tokens(mut self, max_tokens: usize) -> Self {
-        self.max_tokens = Some(max_tokens);
+        self.settings.max_tokens = Some(max_tokens);
         self
     }
     /// Most sentences in this line.
     pub fn max_sentences(mut self, n: usize) -> Self {
-        self.max_sentences = Some(n);
+        self.settings.max_sentences = Some(n);
         self
     }
-    /// Sampling for this line only.
+    /// A fixed seed for this line, keeping every other setting (the persona's temperature
+    /// too).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
+        self
+    }
+    /// Every sampling field for this line (a `seed` of `None` keeps the layers' below).
+    /// To change one field, use [`RequestLine::seed`] or [`RequestLine::settings`].
     pub fn sampling(mut self, sampling: SamplingParams) -> Self {
-        self.sampling = Some(sampling);
+        self.settings = LineSettings::merge([&self.settings, &LineSettings::from(&sampling)]);
+        self
+    }
+    /// These settings over the request's, field by field.
+    pub fn settings(mut self, settings: LineSettings) -> Self {
+        self.settings = LineSettings::merge([&self.settings, &settings]);
         self
     }
     /// A direction for this line only: what it should do or be about ("greet the player and
@@ -96,20 +108,20 @@ impl RequestLine {
     /// in one [`LineDelta`] when chosen instead of streaming, and takes about `n` times as
     /// long to compute.
     pub fn best_of(mut self, n: usize) -> Self {
-        self.best_of = Some(n);
+        self.settings.best_of = Some(n);
         self
     }
 }
 
 /// Stops an NPC's queued and current lines. No result arrives for them afterwards.
-#[derive(Message, Clone, Copy, Debug)]
+#[derive(Message, Clone, Copy, Debug, Reflect)]
 pub struct CancelLine {
     /// The NPC.
     pub npc: Entity,
 }
 
 /// An NPC started speaking: the model is computing the line.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct LineStarted {
     /// The NPC.
     #[event_target]
@@ -121,7 +133,7 @@ pub struct LineStarted {
 }
 
 /// More of a line: append `text` to what arrived before.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct LineDelta {
     /// The NPC.
     #[event_target]
@@ -133,8 +145,8 @@ pub struct LineDelta {
 }
 
 /// A finished line; it has been appended to the NPC's
-/// [`DialogueHistory`](super::DialogueHistory).
-#[derive(Message, EntityEvent, Clone, Debug)]
+/// [`DialogueHistory`](crate::plugin::DialogueHistory).
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct LineFinished {
     /// The NPC.
     #[event_target]
@@ -150,7 +162,7 @@ pub struct LineFinished {
 }
 
 /// A line could not be produced. The game keeps running; show or log `error`.
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
 pub struct LineFailed {
     /// The NPC (it may no longer exist, for [`DialogueError::NpcNotFound`]).
     #[event_target]
@@ -184,8 +196,5 @@ pub(crate) fn fail_line(
         request,
         error,
     };
-    failed.write(ev.clone());
-    if commands.get_entity(npc).is_ok() {
-        commands.trigger(ev);
-    }
+    crate::plugin::notify::notify(commands, failed, ev);
 }

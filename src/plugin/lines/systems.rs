@@ -4,21 +4,22 @@
 
 use bevy::prelude::*;
 
-use super::action::Deciding;
-use super::assets::DialogueAssets;
-use super::content::{FilterAction, LineFiltered, LinePolicy, report};
-use super::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
-use super::line::{
+use super::messages::{
     CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
     fail_line,
 };
-use super::narrator::Narrating;
-use super::npc::{DialogueHistory, DialogueOverrides, Npc, NpcContext, Speaking};
-use super::request::{DialogueError, RequestId};
-use super::worker::{Command, Job, Output};
 use crate::engine::{CancelToken, GenerateParams};
 use crate::persona::Persona;
+use crate::plugin::actions::Deciding;
+use crate::plugin::assets::DialogueAssets;
+use crate::plugin::content::{FilterAction, LineFiltered, LinePolicy, report};
+use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
+use crate::plugin::narrator::Narrating;
+use crate::plugin::npc::{DialogueHistory, Npc, NpcContext, Speaking};
+use crate::plugin::request::{DialogueError, RequestId};
 use crate::prompt::MAX_TURN_BYTES;
+use crate::settings::LineSettings;
+use crate::worker::{Command, Job, Output};
 
 /// `PostUpdate`: [`CancelLine`] messages. Scenes and decisions of the entity stop too.
 pub(crate) fn cancel_lines(
@@ -35,8 +36,8 @@ pub(crate) fn cancel_lines(
 }
 
 /// `PostUpdate`: new [`RequestLine`]s join the waiting list.
-/// Past [`MAX_PENDING_PER_ENTITY`](super::MAX_PENDING_PER_ENTITY) for the NPC or
-/// [`MAX_PENDING`](super::MAX_PENDING) in all, a request fails at once with
+/// Past [`MAX_PENDING_PER_ENTITY`](crate::plugin::MAX_PENDING_PER_ENTITY) for the NPC or
+/// [`MAX_PENDING`](crate::plugin::MAX_PENDING) in all, a request fails at once with
 /// [`DialogueError::QueueFull`].
 pub(crate) fn queue_lines(
     mut commands: Commands,
@@ -45,7 +46,7 @@ pub(crate) fn queue_lines(
     mut failed: MessageWriter<LineFailed>,
 ) {
     for request in requests.read() {
-        let id = in_flight.next_id();
+        let id = request.id.unwrap_or_else(|| in_flight.next_id());
         match in_flight.admit(request.npc, 0, 0) {
             Ok(()) => in_flight.waiting_lines.push((id, request.clone())),
             Err(error) => fail_line(&mut commands, &mut failed, request.npc, id, error),
@@ -58,8 +59,8 @@ type NpcData<'a> = (
     &'a Npc,
     &'a DialogueHistory,
     &'a NpcContext,
-    Option<&'a DialogueOverrides>,
-    Option<&'a super::disposition::NpcDisposition>,
+    Option<&'a LineSettings>,
+    Option<&'a crate::plugin::actions::NpcDisposition>,
 );
 
 /// `PostUpdate`: requests whose persona and template are loaded become prompts and go to the
@@ -176,7 +177,7 @@ fn line_job(
         .npc_messages_with_lore(
             persona,
             &env.world.facts,
-            &super::disposition::with_disposition(&npc_facts.facts, disposition),
+            &crate::plugin::actions::with_disposition(&npc_facts.facts, disposition),
             &history.turns,
             player_line.as_deref(),
             &[&memories, &env.world.lore],
@@ -193,9 +194,9 @@ fn line_job(
             messages.insert(at, crate::engine::ChatMessage::system(note));
         }
     }
-    let mut params = line_params(&env.settings.defaults, persona, overrides, request)?;
+    let (mut params, best_of) = line_params(&env.settings.defaults, persona, overrides, request)?;
     params.guard = policy.guard.clone();
-    let best_of = request.best_of.unwrap_or(env.settings.best_of);
+    let best_of = best_of.unwrap_or(env.settings.best_of);
     if !(1..=8).contains(&best_of) {
         return Err(DialogueError::InvalidRequest(format!(
             "best_of {best_of} is outside 1..=8"
@@ -221,35 +222,26 @@ fn line_job(
     }))
 }
 
-/// The plugin's defaults under the persona's, the NPC's and the request's settings.
+/// The plugin's defaults under the persona's, the NPC's and the request's settings, field
+/// by field; the persona's stop strings added. The merged `best_of`, if any layer set it.
 fn line_params(
     defaults: &GenerateParams,
     persona: &Persona,
-    overrides: Option<&DialogueOverrides>,
+    npc: Option<&LineSettings>,
     request: &RequestLine,
-) -> Result<GenerateParams, DialogueError> {
-    let mut params = defaults.clone();
-    let layers = [
-        (persona.sampling.clone(), persona.max_tokens),
-        overrides.map_or((None, None), |o| (o.sampling.clone(), o.max_tokens)),
-        (request.sampling.clone(), request.max_tokens),
-    ];
-    for (sampling, max_tokens) in layers {
-        if let Some(s) = sampling {
-            params.sampling = s;
-        }
-        if let Some(m) = max_tokens {
-            params.max_tokens = m;
-        }
-    }
-    if let Some(n) = request.max_sentences.or(persona.max_sentences) {
-        params.max_sentences = Some(n);
-    }
+) -> Result<(GenerateParams, Option<usize>), DialogueError> {
+    let persona_layer = crate::plugin::request::persona_settings(persona);
+    let merged = LineSettings::merge([
+        &persona_layer,
+        npc.unwrap_or(&LineSettings::default()),
+        &request.settings,
+    ]);
+    let mut params = merged.applied_to(defaults);
     params.stop.extend(persona.stop.iter().cloned());
     params
         .validate()
         .map_err(|e| DialogueError::InvalidRequest(e.to_string()))?;
-    Ok(params)
+    Ok((params, merged.best_of))
 }
 
 /// `PreUpdate`, after the reports: lines become messages, entity events and history.
@@ -269,13 +261,11 @@ pub(crate) fn deliver_lines(
                     request,
                     prompt,
                 };
-                out.started.write(ev.clone());
-                commands.trigger(ev);
+                crate::plugin::notify::notify(&mut commands, &mut out.started, ev);
             }
             Progress::Delta(text) => {
                 let ev = LineDelta { npc, request, text };
-                out.delta.write(ev.clone());
-                commands.trigger(ev);
+                crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
             }
             Progress::Done(active, mut generations) => {
                 let mut generation = generations.swap_remove(0);
@@ -286,11 +276,11 @@ pub(crate) fn deliver_lines(
                     } => (player_line, fallback),
                     _ => (None, String::new()),
                 };
-                let (actions, extra) = super::content::settle(&mut generation, Some(&fallback));
+                let (actions, extra) =
+                    crate::plugin::content::settle(&mut generation, Some(&fallback));
                 if let Some(text) = extra {
                     let ev = LineDelta { npc, request, text };
-                    out.delta.write(ev.clone());
-                    commands.trigger(ev);
+                    crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
                 }
                 for (rule, action) in actions {
                     let ev = LineFiltered {
@@ -312,8 +302,7 @@ pub(crate) fn deliver_lines(
                     stop_reason: generation.stop_reason,
                     stats: generation.stats,
                 };
-                out.finished.write(ev.clone());
-                commands.trigger(ev);
+                crate::plugin::notify::notify(&mut commands, &mut out.finished, ev);
             }
             Progress::Failed(error) => {
                 still_speaking(&mut commands, &in_flight, npc);
