@@ -7,15 +7,10 @@ use std::sync::Arc;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
-use super::npc::DialogueContext;
-use super::request::{
-    DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, RequestId,
-};
+use super::request::{DialogueError, MAX_PENDING, MAX_PENDING_PER_ENTITY, RequestId};
 use crate::action::ActionSpec;
 use crate::engine::{CancelToken, Generation};
-use crate::plugin::lines::RequestLine;
-use crate::plugin::model::worker_link::WorkerLink;
-use crate::plugin::model::{DialogueModel, ModelState};
+use crate::plugin::worker_link::WorkerLink;
 use crate::worker::{Command, Job};
 
 /// A request between its sending and its result.
@@ -72,8 +67,9 @@ impl RequestIds {
 #[derive(Resource, Default)]
 pub(crate) struct InFlight {
     pub(crate) ids: RequestIds,
-    /// Lines whose persona or template is still loading.
-    pub(crate) waiting_lines: Vec<(RequestId, RequestLine)>,
+    /// Lines whose persona or template is still loading, by id and NPC: counted against the
+    /// caps and dropped by a cancel (the lines module keeps what they ask).
+    pub(crate) waiting: Vec<(RequestId, Entity)>,
     pub(crate) active: HashMap<RequestId, Active>,
 }
 
@@ -90,7 +86,7 @@ impl InFlight {
         also_waiting: usize,
         others: usize,
     ) -> Result<(), DialogueError> {
-        let total = self.waiting_lines.len() + self.active.len() + also_waiting;
+        let total = self.waiting.len() + self.active.len() + also_waiting;
         if total >= MAX_PENDING {
             return Err(DialogueError::QueueFull(format!(
                 "{total} requests are waiting (the limit is {MAX_PENDING})"
@@ -98,9 +94,9 @@ impl InFlight {
         }
         let mine = others
             + self
-                .waiting_lines
+                .waiting
                 .iter()
-                .filter(|(_, r)| r.npc == entity)
+                .filter(|(_, e)| *e == entity)
                 .count()
             + self.active.values().filter(|a| a.entity == entity).count();
         if mine >= MAX_PENDING_PER_ENTITY {
@@ -113,7 +109,7 @@ impl InFlight {
 
     /// Stops everything `entity` asked for: waiting and active lines, scenes and decisions.
     pub(crate) fn cancel_entity(&mut self, entity: Entity) {
-        self.waiting_lines.retain(|(_, r)| r.npc != entity);
+        self.waiting.retain(|(_, e)| *e != entity);
         self.active.retain(|_, a| {
             if a.entity == entity {
                 a.cancel.cancel();
@@ -122,6 +118,16 @@ impl InFlight {
                 true
             }
         });
+    }
+
+    /// Whether request `id` still waits for its assets (a cancel drops it).
+    pub(crate) fn is_waiting(&self, id: RequestId) -> bool {
+        self.waiting.iter().any(|(w, _)| *w == id)
+    }
+
+    /// Request `id` no longer waits: it went to the worker or failed.
+    pub(crate) fn stop_waiting(&mut self, id: RequestId) {
+        self.waiting.retain(|(w, _)| *w != id);
     }
 
     /// The oldest line of `npc` still at the worker, if any.
@@ -211,25 +217,5 @@ impl Dispatcher<'_> {
     /// Sends a command that is not a request.
     pub(crate) fn command(&mut self, command: Command) {
         self.link.send(command);
-    }
-}
-
-/// What every prompt needs besides its assets: the world's facts, the settings, and whether
-/// a model is there to serve it.
-#[derive(SystemParam)]
-pub(crate) struct RequestEnv<'w> {
-    pub(crate) world: Res<'w, DialogueContext>,
-    pub(crate) settings: Res<'w, DialogueSettings>,
-    pub(crate) content: Res<'w, crate::content::ContentPolicy>,
-    pub(crate) model: Res<'w, DialogueModel>,
-}
-
-impl RequestEnv<'_> {
-    /// Why no request can be served now, if the model failed to load.
-    pub(crate) fn unavailable(&self) -> Option<DialogueError> {
-        match &self.model.state {
-            ModelState::Failed(reason) => Some(DialogueError::ModelUnavailable(reason.clone())),
-            _ => None,
-        }
     }
 }

@@ -12,6 +12,7 @@ mod actions;
 mod assets;
 mod content;
 mod dialogue_requests;
+mod env;
 mod in_flight;
 mod lines;
 mod model;
@@ -20,6 +21,7 @@ pub(crate) mod notify;
 mod npc;
 mod request;
 mod summary;
+mod worker_link;
 mod yarn_check;
 
 use std::path::PathBuf;

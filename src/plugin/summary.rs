@@ -5,8 +5,10 @@
 
 use bevy::prelude::*;
 
+use crate::plugin::env::RequestEnv;
+
 use super::assets::DialogueAssets;
-use super::in_flight::{ActiveKind, Dispatcher, Inbox, Progress, RequestEnv};
+use super::in_flight::{ActiveKind, Dispatcher, Inbox, Progress};
 use super::npc::{DialogueHistory, Npc, Speaking};
 use super::request::{DialogueSettings, Priority};
 use crate::engine::{CancelToken, SamplingParams};

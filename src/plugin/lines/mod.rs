@@ -26,6 +26,7 @@ impl Plugin for LinesPlugin {
             .register_type::<LineDelta>()
             .register_type::<LineFinished>()
             .register_type::<LineFailed>()
+            .init_resource::<systems::WaitingLines>()
             .add_systems(
                 PreUpdate,
                 systems::deliver_lines

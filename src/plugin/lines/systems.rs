@@ -13,13 +13,18 @@ use crate::persona::Persona;
 use crate::plugin::actions::Deciding;
 use crate::plugin::assets::DialogueAssets;
 use crate::plugin::content::{FilterAction, LineFiltered, LinePolicy, report};
-use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress, RequestEnv};
+use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress};
 use crate::plugin::narrator::Narrating;
 use crate::plugin::npc::{DialogueHistory, Npc, NpcContext, Speaking};
 use crate::plugin::request::{DialogueError, RequestId};
 use crate::prompt::MAX_TURN_BYTES;
+use crate::plugin::env::RequestEnv;
 use crate::settings::LineSettings;
 use crate::worker::{Command, Job, Output};
+
+/// Lines whose persona or template is still loading, in the order they were asked for.
+#[derive(Resource, Default)]
+pub(crate) struct WaitingLines(Vec<(RequestId, RequestLine)>);
 
 /// `PostUpdate`: [`CancelLine`] messages. Scenes and decisions of the entity stop too.
 pub(crate) fn cancel_lines(
@@ -42,13 +47,17 @@ pub(crate) fn cancel_lines(
 pub(crate) fn queue_lines(
     mut commands: Commands,
     mut in_flight: ResMut<InFlight>,
+    mut waiting: ResMut<WaitingLines>,
     mut requests: MessageReader<RequestLine>,
     mut failed: MessageWriter<LineFailed>,
 ) {
     for request in requests.read() {
         let id = request.id.unwrap_or_else(|| in_flight.next_id());
         match in_flight.admit(request.npc, 0, 0) {
-            Ok(()) => in_flight.waiting_lines.push((id, request.clone())),
+            Ok(()) => {
+                in_flight.waiting.push((id, request.npc));
+                waiting.0.push((id, request.clone()));
+            }
             Err(error) => fail_line(&mut commands, &mut failed, request.npc, id, error),
         }
     }
@@ -68,15 +77,24 @@ type NpcData<'a> = (
 pub(crate) fn dispatch_lines(
     mut commands: Commands,
     mut dispatcher: Dispatcher,
+    mut waiting_lines: ResMut<WaitingLines>,
     mut failed: MessageWriter<LineFailed>,
     mut filtered: MessageWriter<LineFiltered>,
     npcs: Query<NpcData>,
     assets: DialogueAssets,
     env: RequestEnv,
 ) {
-    let waiting = std::mem::take(&mut dispatcher.in_flight.waiting_lines);
+    let waiting = std::mem::take(&mut waiting_lines.0);
     for (id, request) in waiting {
-        match line_job(id, &request, &npcs, &assets, &env) {
+        if !dispatcher.in_flight.is_waiting(id) {
+            // Cancelled while its assets loaded.
+            continue;
+        }
+        let job = line_job(id, &request, &npcs, &assets, &env);
+        if !matches!(job, Ok(None)) {
+            dispatcher.in_flight.stop_waiting(id);
+        }
+        match job {
             Ok(Some(ready)) => {
                 if let Some(rule) = ready.censored {
                     let ev = LineFiltered {
@@ -96,7 +114,7 @@ pub(crate) fn dispatch_lines(
                     .entity(request.npc)
                     .try_insert(Speaking { request: id });
             }
-            Ok(None) => dispatcher.in_flight.waiting_lines.push((id, request)),
+            Ok(None) => waiting_lines.0.push((id, request)),
             Err(error) => {
                 if let DialogueError::Rejected { rule, .. } = &error {
                     let ev = LineFiltered {

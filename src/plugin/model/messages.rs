@@ -4,7 +4,7 @@
 use bevy::prelude::*;
 
 use crate::engine::ModelInfo;
-use crate::plugin::model::worker_link::{WorkerLink, resolve};
+use crate::plugin::worker_link::{WorkerLink, resolve};
 use crate::worker::WorkerStatus;
 
 /// The model's state, for loading screens and debug displays.

@@ -6,7 +6,6 @@
 mod messages;
 pub(crate) mod pacing;
 pub(crate) mod receive;
-pub(crate) mod worker_link;
 
 use std::path::PathBuf;
 
@@ -17,7 +16,7 @@ pub use messages::{
 };
 pub use pacing::MAX_PAUSE;
 #[cfg(feature = "fault-injection")]
-pub use worker_link::InjectWorkerPanic;
+pub use crate::plugin::worker_link::InjectWorkerPanic;
 
 use super::{DialogueSystems, Flow};
 use crate::worker::WorkerConfig;
@@ -34,7 +33,7 @@ pub(crate) struct ModelPlugin {
 
 impl Plugin for ModelPlugin {
     fn build(&self, app: &mut App) {
-        let link = worker_link::WorkerLink::new(
+        let link = crate::plugin::worker_link::WorkerLink::new(
             self.worker.clone(),
             self.asset_base.clone(),
             self.model.clone(),
@@ -67,7 +66,7 @@ impl Plugin for ModelPlugin {
         #[cfg(feature = "fault-injection")]
         app.add_message::<InjectWorkerPanic>().add_systems(
             PostUpdate,
-            worker_link::inject_faults
+            crate::plugin::worker_link::inject_faults
                 .after(messages::load_models)
                 .in_set(Flow::Model)
                 .in_set(DialogueSystems::Dispatch),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 
 use crate::plugin::model::DialogueModel;
-use crate::plugin::model::worker_link::WorkerLink;
+use crate::plugin::worker_link::WorkerLink;
 use crate::plugin::request::DialogueSettings;
 use crate::worker::Command;
 
