@@ -8,13 +8,13 @@
 use std::time::{Duration, Instant};
 
 use super::error::{EngineError, Result};
-use super::generate::{
-    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
-};
 use super::grammar::{self, Grammar};
 use super::guard::GuardHit;
 use super::load::Engine;
 use super::model::{Fed, exp};
+use super::params::{
+    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
+};
 use super::sampling::Sampler;
 use super::stream::{Mark, TextStream};
 use super::tokenizer::TokenId;
