@@ -4,10 +4,10 @@
 
 use super::batch::log_probability;
 use super::error::{EngineError, Result};
-use super::generate::{CancelToken, Delta, GenerateParams, Generation, Session, StopReason};
 use super::grammar::Grammar;
 use super::load::Engine;
 use super::model::KvCache;
+use super::params::{CancelToken, Delta, GenerateParams, Generation, Session, StopReason};
 use super::template::ChatMessage;
 use super::tokenizer::TokenId;
 

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use super::config::{EngineConfig, ModelInfo};
 use super::error::{EngineError, Result};
-use super::generate::Session;
 use super::gguf::GgufHeader;
 use super::grammar;
 use super::limits;
 use super::model::Model;
+use super::params::Session;
 use super::template::{ChatMessage, ChatTemplate, Role, Segment};
 use super::tokenizer::{TokenId, Tokenizer};
 

@@ -23,7 +23,6 @@ mod config;
 mod decode;
 mod error;
 mod fit;
-mod generate;
 mod gguf;
 mod grammar;
 mod guard;
@@ -31,6 +30,7 @@ mod kernels;
 pub mod limits;
 mod load;
 mod model;
+mod params;
 mod progress;
 mod sampling;
 mod sentences;
@@ -43,12 +43,12 @@ pub use batch::Decoding;
 pub use config::{Backend, CpuKernels, EngineConfig, KvCacheType, ModelInfo};
 pub use error::{EngineError, Result};
 pub use fit::FittedPrompt;
-pub use generate::{
-    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
-};
 pub use grammar::Grammar;
 pub use guard::{Guard, GuardHit, TextGuard};
 pub use load::{Engine, open_model_file};
+pub use params::{
+    CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
+};
 pub use progress::ProgressReader;
 pub use sampling::{Sampler, SamplingParams};
 pub use sentences::ends_sentence;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use super::generate::Session;
 use super::load::Engine;
+use super::params::Session;
 use super::tokenizer::TokenId;
 
 /// The fewest tokens a new conversation must share with a kept one for

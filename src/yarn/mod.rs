@@ -46,7 +46,10 @@
 //!
 //! Nothing here blocks: commands send requests to the plugin's worker and return at once.
 
+mod actions;
 mod commands;
+mod lines;
+mod options;
 mod save;
 mod variables;
 
@@ -117,10 +120,10 @@ impl Plugin for YarnBridgePlugin {
             .add_systems(
                 PreUpdate,
                 (
-                    commands::deliver_lines,
-                    commands::deliver_options,
+                    lines::deliver_lines,
+                    options::deliver_options,
                     variables::set_npc_variables,
-                    commands::deliver_actions,
+                    actions::deliver_actions,
                 )
                     .chain()
                     .after(DialogueSystems::Receive),
@@ -129,7 +132,7 @@ impl Plugin for YarnBridgePlugin {
                 Update,
                 (
                     save::restart_restored,
-                    commands::take_choices,
+                    options::take_choices,
                     variables::share_variables,
                 )
                     .chain()
@@ -373,7 +376,7 @@ pub(crate) enum WaitFor {
     Scene {
         story: Entity,
         fallback: Vec<String>,
-        beside: Option<commands::StoryMark>,
+        beside: Option<options::StoryMark>,
     },
     /// An NPC's decision among its actions.
     Action { npc: Entity },

@@ -5,7 +5,8 @@
 
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
-use super::decoder::{Activation, DecoderConfig, Rope, SlidingWindow};
+use super::activation::Activation;
+use super::hparams::{DecoderConfig, Rope, SlidingWindow};
 
 /// `gemma3.*` hyper-parameters for `n_ctx` positions.
 pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<DecoderConfig> {

@@ -2,7 +2,7 @@
 
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
-use super::decoder::DecoderConfig;
+use super::hparams::DecoderConfig;
 
 /// `llama.*` or `mistral.*` hyper-parameters for `n_ctx` positions.
 pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<DecoderConfig> {

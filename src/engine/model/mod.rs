@@ -1,14 +1,19 @@
 //! Model architectures behind one interface.
 
 mod activation;
+mod attend;
 mod attention;
 mod decoder;
 mod elementwise;
 mod gemma3;
+mod hparams;
+mod kv_cache;
+mod linear;
 mod llama;
 mod phi3;
 mod qwen;
 mod source;
+mod weights;
 
 use std::io::{Read, Seek};
 
@@ -21,12 +26,13 @@ use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
 pub(crate) use activation::exp;
-pub(crate) use decoder::{Fed, KvCache};
+pub(crate) use decoder::Fed;
+pub(crate) use kv_cache::KvCache;
 use source::TensorSource;
 
 /// A loaded model: immutable weights that many conversations' caches share.
 #[derive(Debug)]
-pub(crate) struct Model(decoder::DecoderWeights);
+pub(crate) struct Model(weights::DecoderWeights);
 
 impl Model {
     /// Loads the architecture named by `general.architecture`, with position tables and
@@ -67,7 +73,7 @@ impl Model {
                 CpuKernels::Candle => None,
             },
         };
-        Ok(Self(decoder::DecoderWeights::load(&mut src, config)?))
+        Ok(Self(weights::DecoderWeights::load(&mut src, config)?))
     }
 
     /// An empty cache for one conversation.
@@ -88,7 +94,7 @@ impl Model {
         Ok(logits.pop().expect("one sequence in, one out"))
     }
 
-    /// Runs several sequences in one pass (see [`decoder::DecoderWeights::forward_batch`]);
+    /// Runs several sequences in one pass (see [`weights::DecoderWeights::forward_batch`]);
     /// each cache must already be cut to the position its tokens follow.
     pub(crate) fn forward_batch(&self, batch: &mut [Fed<'_>]) -> Result<Vec<Vec<f32>>> {
         self.0.forward_batch(batch)

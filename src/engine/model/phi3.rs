@@ -6,7 +6,7 @@
 
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
-use super::decoder::{DecoderConfig, Rope};
+use super::hparams::{DecoderConfig, Rope};
 
 /// `phi3.*` hyper-parameters for `n_ctx` positions.
 pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<DecoderConfig> {

@@ -3,7 +3,7 @@
 
 use super::super::error::Result;
 use super::super::gguf::GgufHeader;
-use super::decoder::{DecoderConfig, Rope};
+use super::hparams::{DecoderConfig, Rope};
 
 /// `qwen2.*` or `qwen3.*` hyper-parameters for `n_ctx` positions.
 pub(crate) fn config(h: &GgufHeader, arch: &str, n_ctx: usize) -> Result<DecoderConfig> {
