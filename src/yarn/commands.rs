@@ -79,8 +79,7 @@ impl Out<'_> {
             command: command.to_owned(),
             error,
         };
-        self.failed.write(ev.clone());
-        commands.trigger(ev);
+        crate::plugin::notify::notify(commands, &mut self.failed, ev);
     }
 }
 

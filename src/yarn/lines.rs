@@ -56,8 +56,7 @@ fn finish_line(
         fallback: done.fallback,
         replayed: done.replayed,
     };
-    finished.write(ev.clone());
-    commands.trigger(ev);
+    crate::plugin::notify::notify(commands, finished, ev);
 }
 
 impl CommandCx<'_, '_> {
@@ -225,8 +224,7 @@ pub(super) fn deliver_lines(
                 id: LineId(wait.id.clone()),
                 text: delta.text.clone(),
             };
-            out.delta.write(ev.clone());
-            commands.trigger(ev);
+            crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
         }
         let outcome = if let Some(f) = finished.iter().find(|f| mine(f.request)) {
             Some(Ok(f.text.clone()))

@@ -59,8 +59,7 @@ fn show_options(
         fallback: shown.fallback,
         beside: shown.beside,
     };
-    out.write(ev.clone());
-    commands.trigger(ev);
+    crate::plugin::notify::notify(commands, out, ev);
 }
 
 impl CommandCx<'_, '_> {

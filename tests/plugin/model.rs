@@ -222,11 +222,6 @@ fn model_ready_gates_systems_and_public_state_is_reflected() {
         ("DialogueHistory", std::any::TypeId::of::<DialogueHistory>()),
         ("NpcContext", std::any::TypeId::of::<NpcContext>()),
         ("LineSettings", std::any::TypeId::of::<LineSettings>()),
-        ("LineStarted", std::any::TypeId::of::<LineStarted>()),
-        ("LineFinished", std::any::TypeId::of::<LineFinished>()),
-        ("SceneFinished", std::any::TypeId::of::<SceneFinished>()),
-        ("ActionFinished", std::any::TypeId::of::<ActionFinished>()),
-        ("ModelLoaded", std::any::TypeId::of::<ModelLoaded>()),
         ("Speaking", std::any::TypeId::of::<Speaking>()),
         ("Narrator", std::any::TypeId::of::<Narrator>()),
         ("Narrating", std::any::TypeId::of::<Narrating>()),
@@ -245,6 +240,17 @@ fn model_ready_gates_systems_and_public_state_is_reflected() {
         let reflects = registration.data::<ReflectComponent>().is_some()
             || registration.data::<ReflectResource>().is_some();
         assert!(reflects, "{name} reflects as a component or resource");
+    }
+    // Result messages are registered too (debug tools and replays see them).
+    let messages = [
+        ("LineStarted", std::any::TypeId::of::<LineStarted>()),
+        ("LineFinished", std::any::TypeId::of::<LineFinished>()),
+        ("SceneFinished", std::any::TypeId::of::<SceneFinished>()),
+        ("ActionFinished", std::any::TypeId::of::<ActionFinished>()),
+        ("ModelLoaded", std::any::TypeId::of::<ModelLoaded>()),
+    ];
+    for (name, id) in messages {
+        assert!(registry.get(id).is_some(), "{name} is not registered");
     }
 }
 
