@@ -214,7 +214,7 @@ impl ContentPolicy {
 
     /// The guard enforcing `filter` (this policy's [`filter`](Self::filter), built once by a
     /// caller that also needs it) with this policy's rollback budget.
-    pub fn guard_with(&self, filter: ContentFilter) -> Option<Guard> {
+    pub(crate) fn guard_with(&self, filter: ContentFilter) -> Option<Guard> {
         (!filter.is_empty()).then(|| Guard::new(filter, self.max_rollbacks))
     }
 }

@@ -93,11 +93,7 @@ impl InFlight {
             )));
         }
         let mine = others
-            + self
-                .waiting
-                .iter()
-                .filter(|(_, e)| *e == entity)
-                .count()
+            + self.waiting.iter().filter(|(_, e)| *e == entity).count()
             + self.active.values().filter(|a| a.entity == entity).count();
         if mine >= MAX_PENDING_PER_ENTITY {
             return Err(DialogueError::QueueFull(format!(

@@ -6,9 +6,7 @@
 //! scene ([`Output::Scene`](crate::worker::Output::Scene)) from the settings here: prose first
 //! ([`prose_params`]), then exactly the asked number of choices as a constrained list asked
 //! for as the next turn ([`choices_ask`], [`choice_list_grammar`]; [`Scene::from_prose`]
-//! checks both). [`scene_schema`], [`Scene::parse`]
-//! and [`SceneStream`] are the older JSON form (a scene and its choices in one object), kept
-//! for callers that want one structured output.
+//! checks both).
 //!
 //! NPC actions, which used to live here, are in [`crate::action`].
 
@@ -25,4 +23,4 @@ pub use narrate::{
 pub use playthrough::{
     Choice, MAX_SAVED_CHOICES, MAX_SCENE_BYTES, MAX_SCENES, SceneNode, Story, StoryError,
 };
-pub use scene::{MIN_SCENE_WORDS, Scene, SceneStream, scene_schema};
+pub use scene::{MIN_SCENE_WORDS, Scene};

@@ -11,7 +11,27 @@ use bevy_llm_dialogue::engine::{
 };
 use bevy_llm_dialogue::persona::Persona;
 use bevy_llm_dialogue::prompt::{Facts, PromptTemplate};
-use bevy_llm_dialogue::story::{Story, StoryAsset, scene_schema};
+use bevy_llm_dialogue::story::{Story, StoryAsset};
+
+/// A narrator reply as one JSON object (a scene and its choices): the structured output
+/// this measures (the plugin writes scenes as prose and a constrained list instead).
+fn scene_schema(choices: usize, max_chars: usize) -> serde_json::Value {
+    let min_chars = (max_chars / 4).max(20);
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "scene": { "type": "string", "minLength": min_chars, "maxLength": max_chars },
+            "choices": {
+                "type": "array",
+                "minItems": choices,
+                "maxItems": choices,
+                "items": { "type": "string", "pattern": "^[A-Z][A-Za-z ,'.!?-]{2,59}$" },
+            },
+        },
+        "required": ["scene", "choices"],
+        "additionalProperties": false,
+    })
+}
 
 fn story_asset() -> StoryAsset {
     let text = std::fs::read_to_string(

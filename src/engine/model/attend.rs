@@ -5,10 +5,25 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::super::error::Result;
-use super::decoder::{Fed, Part};
 use super::kv_cache::KvCache;
 use super::weights::{DecoderWeights, Layer};
 use super::{attention, elementwise};
+
+/// One sequence of a batched forward pass: the tokens to run after what its cache holds.
+pub(crate) struct Fed<'a> {
+    pub(crate) tokens: &'a [u32],
+    pub(crate) cache: &'a mut KvCache,
+}
+
+/// Where a sequence sits in the batch's rows, and what its attention needs.
+pub(super) struct Part {
+    pub(super) row: usize,
+    pub(super) seq: usize,
+    pub(super) pos: usize,
+    pub(super) ropes: Vec<(Tensor, Tensor)>,
+    /// The global and sliding layers' masks, for candle's attention only.
+    pub(super) masks: Option<(Attended, Option<Attended>)>,
+}
 
 impl DecoderWeights {
     /// Layer `i`'s attention on the CPU for every sequence of the batch, given each one's

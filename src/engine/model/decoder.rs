@@ -11,7 +11,7 @@
 use candle_core::{DType, Tensor};
 
 use super::super::error::{EngineError, Result};
-use super::attend::Attended;
+use super::attend::{Attended, Fed, Part};
 use super::elementwise;
 use super::hparams::Rope;
 use super::kv_cache::KvCache;
@@ -223,20 +223,4 @@ impl DecoderWeights {
         cache.v[i].slice_set(&v.to_dtype(cfg.kv_dtype)?, 2, pos)?;
         Ok(q)
     }
-}
-
-/// One sequence of a batched forward pass: the tokens to run after what its cache holds.
-pub(crate) struct Fed<'a> {
-    pub(crate) tokens: &'a [u32],
-    pub(crate) cache: &'a mut KvCache,
-}
-
-/// Where a sequence sits in the batch's rows, and what its attention needs.
-pub(super) struct Part {
-    pub(super) row: usize,
-    pub(super) seq: usize,
-    pub(super) pos: usize,
-    pub(super) ropes: Vec<(Tensor, Tensor)>,
-    /// The global and sliding layers' masks, for candle's attention only.
-    pub(super) masks: Option<(Attended, Option<Attended>)>,
 }

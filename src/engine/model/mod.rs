@@ -26,7 +26,7 @@ use super::kernels::Simd;
 use super::tokenizer::TokenId;
 
 pub(crate) use activation::exp;
-pub(crate) use decoder::Fed;
+pub(crate) use attend::Fed;
 pub(crate) use kv_cache::KvCache;
 use source::TensorSource;
 

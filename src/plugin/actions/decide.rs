@@ -11,10 +11,10 @@ use super::disposition::{
 use crate::action::{ActionSpec, action_schema, parse_action};
 use crate::engine::{CancelToken, Grammar, Role, SamplingParams};
 use crate::plugin::assets::DialogueAssets;
+use crate::plugin::env::RequestEnv;
 use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress};
 use crate::plugin::npc::{DialogueHistory, Npc, NpcContext};
 use crate::plugin::request::{DialogueError, Priority, RequestId};
-use crate::plugin::env::RequestEnv;
 use crate::settings::LineSettings;
 use crate::worker::{Job, Output};
 

@@ -13,12 +13,12 @@ use crate::persona::Persona;
 use crate::plugin::actions::Deciding;
 use crate::plugin::assets::DialogueAssets;
 use crate::plugin::content::{FilterAction, LineFiltered, LinePolicy, report};
+use crate::plugin::env::RequestEnv;
 use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress};
 use crate::plugin::narrator::Narrating;
 use crate::plugin::npc::{DialogueHistory, Npc, NpcContext, Speaking};
 use crate::plugin::request::{DialogueError, RequestId};
 use crate::prompt::MAX_TURN_BYTES;
-use crate::plugin::env::RequestEnv;
 use crate::settings::LineSettings;
 use crate::worker::{Command, Job, Output};
 

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 
 use bevy::prelude::*;
 
+#[cfg(feature = "fault-injection")]
+pub use crate::plugin::worker_link::InjectWorkerPanic;
 pub use messages::{
     DialogueModel, LoadModel, ModelFailed, ModelLoaded, ModelLoading, ModelState, model_ready,
 };
 pub use pacing::MAX_PAUSE;
-#[cfg(feature = "fault-injection")]
-pub use crate::plugin::worker_link::InjectWorkerPanic;
 
 use super::{DialogueSystems, Flow};
 use crate::worker::WorkerConfig;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 
 use crate::plugin::model::DialogueModel;
-use crate::plugin::worker_link::WorkerLink;
 use crate::plugin::request::DialogueSettings;
+use crate::plugin::worker_link::WorkerLink;
 use crate::worker::Command;
 
 /// The longest pause between two steps of the worker.

@@ -5,9 +5,9 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use crate::plugin::in_flight::{InFlight, Inbox, Progress};
-use crate::plugin::worker_link::WorkerLink;
 use crate::plugin::model::{DialogueModel, ModelFailed, ModelLoaded, ModelLoading, ModelState};
 use crate::plugin::request::DialogueError;
+use crate::plugin::worker_link::WorkerLink;
 use crate::worker::{MAX_RESTARTS, Report, WorkerStopped};
 
 /// The writers of model notifications.

@@ -11,12 +11,10 @@ use super::messages::{
 use crate::engine::{CancelToken, Generation};
 use crate::plugin::assets::{DialogueAssets, Ready};
 use crate::plugin::content::LineFiltered;
-use crate::plugin::in_flight::{
-    ActiveKind, Dispatcher, InFlight, Inbox, PendingScene, Progress,
-};
+use crate::plugin::env::RequestEnv;
+use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, PendingScene, Progress};
 use crate::plugin::request::{DialogueError, Priority, RequestId};
 use crate::prompt::PromptTemplate;
-use crate::plugin::env::RequestEnv;
 use crate::settings::LineSettings;
 use crate::story::{FixedNode, Scene, Story, StoryAsset};
 use crate::worker::{Job, Output};
