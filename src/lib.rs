@@ -9,6 +9,7 @@ pub mod action;
 pub mod card;
 pub mod content;
 pub mod engine;
+mod facts;
 pub mod lore;
 pub mod persona;
 #[cfg(feature = "bevy")]

@@ -2,13 +2,12 @@
 //! chat messages the model sees. Templates are Jinja (minijinja), stored as assets in
 //! `assets/prompts/*.jinja`, so writers can change them without touching code.
 
-mod facts;
 mod narrator;
 mod npc;
 mod summary;
 mod template;
 
-pub use facts::Facts;
+pub use crate::facts::Facts;
 pub use narrator::{choice_list, opening_ask};
 pub use npc::{
     DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,

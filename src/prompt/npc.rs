@@ -4,9 +4,9 @@
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 
-use super::facts::Facts;
 use super::template::{PromptError, PromptTemplate};
 use crate::engine::{ChatMessage, Role};
+use crate::facts::Facts;
 use crate::lore::Lorebook;
 use crate::persona::Persona;
 

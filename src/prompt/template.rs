@@ -4,9 +4,9 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 
-use super::facts::Facts;
 use crate::action::ActionSpec;
 use crate::engine::ChatMessage;
+use crate::facts::Facts;
 use crate::persona::Persona;
 
 /// The NPC prompt used when an NPC names no template of its own (`assets/prompts/npc.jinja`).
