@@ -174,6 +174,15 @@ pub struct CardData {
 }
 
 impl CardData {
+    /// What a card kept in [`Persona::card`] on import, as card fields: `None` for a persona
+    /// that came from no card (or whose `card` does not read as a card's `data`).
+    pub fn kept_in(persona: &Persona) -> Option<CardData> {
+        persona
+            .card
+            .as_ref()
+            .and_then(|kept| serde_json::from_value(kept.clone()).ok())
+    }
+
     /// This crate's fields in the card's [`EXTENSION`], none if it has none.
     fn extras(&self) -> Result<PersonaExtras, serde_json::Error> {
         self.extensions
@@ -276,7 +285,7 @@ impl CharacterCard {
     /// [`to_persona`](Self::to_persona), a persona whose knowledge facts are one sentence each
     /// and whose traits have no commas comes back equal (its `card` aside).
     pub fn from_persona(persona: &Persona) -> Self {
-        let mut kept = persona.card.clone().unwrap_or_default();
+        let mut kept = CardData::kept_in(persona).unwrap_or_default();
         let description = format!("{{{{char}}}} is {}.", persona.description);
         let extras = PersonaExtras {
             speaking_style: persona.speaking_style.clone(),
@@ -399,7 +408,7 @@ impl CharacterCard {
             disposition: extras.disposition,
             content: extras.content,
             lore: extras.lore.or(card_lore),
-            card: Some(kept),
+            card: serde_json::to_value(&kept).ok(),
         }
     }
 

@@ -64,15 +64,15 @@ pub struct Persona {
     /// Strings that end a line early.
     #[serde(default)]
     pub stop: Vec<String>,
-    /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
+    /// What the NPC may do (the plugin's `RequestAction` picks one).
     #[serde(default)]
     pub actions: Vec<ActionSpec>,
     /// The character's own lore: entries fire on words in the recent turns or on game facts
     /// and go next to the newest turn (a character card's `character_book` becomes this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lore: Option<crate::lore::Lorebook>,
-    /// The moods and the range of regard for the player this NPC has, if it keeps an
-    /// [`NpcDisposition`](crate::plugin::NpcDisposition).
+    /// The moods and the range of regard for the player this NPC has, if it keeps a
+    /// disposition (the plugin's `NpcDisposition`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposition: Option<DispositionSpec>,
     /// What this character must never say, on top of the game's
@@ -84,11 +84,12 @@ pub struct Persona {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_greetings: Vec<String>,
     /// What a character card held beyond what the persona uses (its system prompt,
-    /// post-history instructions, lorebook, extensions, unknown fields), kept as written so
-    /// that [`CharacterCard::from_persona`](crate::card::CharacterCard::from_persona) gives
-    /// them back. `None` for personas written as RON.
+    /// post-history instructions, lorebook, extensions, unknown fields): the card's `data`
+    /// object as JSON, less the fields the persona holds, kept as written so that
+    /// `card::CharacterCard::from_persona` gives them back (`card::CardData::kept_in` reads
+    /// it as card fields). The persona does not read it. `None` for personas written as RON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub card: Option<crate::card::CardData>,
+    pub card: Option<serde_json::Value>,
 }
 
 /// An NPC's mood and its regard for the player, declared by the designer: the moods it may
@@ -208,6 +209,12 @@ impl Validate for Persona {
             return Err(Invalid::new(
                 "max_sentences",
                 "is 0; leave it out for the default",
+            ));
+        }
+        if self.card.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(Invalid::new(
+                "card",
+                "must be a map of a character card's fields",
             ));
         }
         if self.stop.iter().any(String::is_empty) {

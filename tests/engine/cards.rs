@@ -2,7 +2,7 @@
 //! personas with every field mapped or kept; malformed ones fail naming the file and field.
 
 use base64::Engine as _;
-use bevy_llm_dialogue::card::{CardError, CardSpec, CharacterCard};
+use bevy_llm_dialogue::card::{CardData, CardError, CardSpec, CharacterCard};
 use serde_json::json;
 
 fn v2() -> serde_json::Value {
@@ -89,10 +89,7 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
         Some("Close the door, {{user}}. The wolves listen.")
     );
     assert_eq!(wren.alternate_greetings, ["Lost again, {{user}}?"]);
-    let kept = wren
-        .card
-        .as_ref()
-        .expect("the card's other fields are kept");
+    let kept = CardData::kept_in(&wren).expect("the card's other fields are kept");
     assert_eq!(kept.system_prompt, "You are {{char}}.");
     assert_eq!(kept.post_history_instructions, "Stay terse.");
     assert_eq!(kept.creator_notes, "Made for the tests.");
@@ -120,7 +117,10 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
     assert_eq!(round.personality, wren.personality);
     assert_eq!(round.example_lines, wren.example_lines);
     assert_eq!(round.greeting, wren.greeting);
-    assert_eq!(round.card.unwrap().extensions, kept.extensions);
+    assert_eq!(
+        CardData::kept_in(&round).unwrap().extensions,
+        kept.extensions
+    );
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_v3_card_uses_its_nickname_and_keeps_unknown_fields() {
     assert_eq!(card.spec, CardSpec::V3);
     let wren = card.to_persona();
     assert_eq!(wren.name, "Wrenna");
-    let kept = wren.card.unwrap();
+    let kept = CardData::kept_in(&wren).unwrap();
     assert_eq!(kept.nickname.as_deref(), Some("Wrenna"));
     assert_eq!(kept.other["group_only_greetings"][0], "Everyone, sit.");
     assert_eq!(kept.other["assets"][0]["type"], "icon");
