@@ -26,9 +26,11 @@
 //! # Ok::<(), bevy_llm_dialogue::card::CardError>(())
 //! ```
 //!
-//! `{{char}}` (and `<BOT>`) become the character's name on import. `{{user}}` (and `<USER>`)
-//! stay in the persona and become the player's name when a prompt is built (the `player_name`
-//! fact of the world, "the traveler" when it is not set; [`resolve_user`]).
+//! `{{char}}` (and `<BOT>`) become the character's name on import, in the card's lorebook
+//! too. `{{user}}` (and `<USER>`) stay in the persona (its knowledge, greetings, examples) and
+//! become the player's name when a prompt is built, for the NPC's lines and its decisions
+//! alike (the `player_name` fact of the world, "the traveler" when it is not set;
+//! [`resolve_user`]). A greeting the game shows itself goes through [`resolve_user`].
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -380,7 +382,16 @@ impl CharacterCard {
             .character_book
             .as_ref()
             .map(crate::lore::from_character_book)
-            .filter(|book| !book.entries.is_empty());
+            .filter(|book| !book.entries.is_empty())
+            .map(|mut book| {
+                for entry in &mut book.entries {
+                    entry.content = fill(&entry.content);
+                    for key in entry.keys.iter_mut().chain(&mut entry.secondary_keys) {
+                        *key = fill(key);
+                    }
+                }
+                book
+            });
         Persona {
             name: name.clone(),
             description: phrase,
@@ -552,5 +563,28 @@ mod tests {
         );
         assert_eq!(as_phrase("Mira is the smith.", "Mira"), "the smith");
         assert_eq!(as_phrase("A quiet girl.", "Mira"), "A quiet girl");
+    }
+
+    #[test]
+    fn the_cards_lorebook_names_the_character_and_the_card_is_kept_opaque() {
+        let card = CharacterCard::from_json(
+            &serde_json::json!({"spec": "chara_card_v2", "data": {"name": "Wren",
+                "description": "Wren is the herbalist.", "system_prompt": "Be {{char}}.",
+                "character_book": {"entries": [{"keys": ["{{char}}'s hut"],
+                    "content": "{{char}} hides the key from {{user}}."}]}}})
+            .to_string(),
+            "wren.card.json",
+        )
+        .unwrap();
+        let wren = card.to_persona();
+        let entry = &wren.lore.as_ref().unwrap().entries[0];
+        assert_eq!(entry.keys, ["Wren's hut"]);
+        // `{{user}}` waits for the prompt, which knows the player's name.
+        assert_eq!(entry.content, "Wren hides the key from {{user}}.");
+        // The kept card is plain JSON to the persona, card fields again to this module.
+        assert_eq!(wren.card.as_ref().unwrap()["system_prompt"], "Be {{char}}.");
+        let kept = CardData::kept_in(&wren).unwrap();
+        assert_eq!(kept.system_prompt, "Be {{char}}.");
+        assert!(kept.character_book.is_some());
     }
 }

@@ -155,6 +155,21 @@ pub const PLAYER_NAME_FACT: &str = "player_name";
 /// What `{{user}}` becomes when the world has no [`PLAYER_NAME_FACT`].
 pub const DEFAULT_PLAYER_NAME: &str = "the traveler";
 
+/// Character cards write the player as `{{user}}` (or `<USER>`): in `messages` it becomes
+/// the world's [`PLAYER_NAME_FACT`], else [`DEFAULT_PLAYER_NAME`].
+pub(super) fn name_the_player(messages: &mut [ChatMessage], world: &Facts) {
+    let player = world
+        .0
+        .get(PLAYER_NAME_FACT)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(DEFAULT_PLAYER_NAME);
+    for m in messages {
+        if m.content.contains("{{") || m.content.contains('<') {
+            m.content = crate::card::resolve_user(&m.content, player);
+        }
+    }
+}
+
 impl PromptTemplate {
     /// The messages for one NPC line: the rendered template as the system message, then the
     /// conversation so far (as [`conversation`] makes it), then the player's line (or
@@ -246,17 +261,7 @@ impl PromptTemplate {
             )));
         }
         messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
-        // Character cards write the player as `{{user}}`.
-        let player = world
-            .0
-            .get(PLAYER_NAME_FACT)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(DEFAULT_PLAYER_NAME);
-        for m in &mut messages {
-            if m.content.contains("{{") || m.content.contains("<USER>") {
-                m.content = crate::card::resolve_user(&m.content, player);
-            }
-        }
+        name_the_player(&mut messages, world);
         Ok(messages)
     }
 }
