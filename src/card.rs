@@ -12,7 +12,7 @@
 //!     "personality": "gruff, secretly kind",
 //!     "scenario": "{{user}} walks into the forge at dusk.",
 //!     "first_mes": "Need something forged, {{user}}?",
-//!     "mes_example": "<START>\n{{user}}: Hi.\n{{char}}: Steel doesn't lie, friend.",
+//!     "mes_example": "<START>\n{{user}}: Hi.\n{{char}}: Steel doesn't lie, friend.\n<START>\n{{char}}: Mind the sparks.",
 //!     "creator_notes": "", "system_prompt": "", "post_history_instructions": "",
 //!     "alternate_greetings": [], "tags": [], "creator": "", "character_version": "1",
 //!     "extensions": {}
@@ -21,7 +21,9 @@
 //! let mira = card.to_persona();
 //! assert_eq!(mira.description, "the blacksmith of Elmsbrook");
 //! assert_eq!(mira.personality, ["gruff", "secretly kind"]);
-//! assert_eq!(mira.example_lines, ["Steel doesn't lie, friend."]);
+//! assert_eq!(mira.example_exchanges[0].said, "Hi.");
+//! assert_eq!(mira.example_exchanges[0].reply, "Steel doesn't lie, friend.");
+//! assert_eq!(mira.example_lines, ["Mind the sparks."]);
 //! assert_eq!(mira.greeting.as_deref(), Some("Need something forged, {{user}}?"));
 //! # Ok::<(), bevy_llm_dialogue::card::CardError>(())
 //! ```
@@ -36,7 +38,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::persona::Persona;
+use crate::persona::{ExampleExchange, Persona};
 use crate::ron_file::Validate;
 
 /// The most bytes of a card, JSON or PNG (a card's portrait included).
@@ -310,12 +312,19 @@ impl CharacterCard {
         {
             kept.extensions.insert(EXTENSION.into(), value);
         }
-        let mes_example = persona
+        let exchanges = persona.example_exchanges.iter().map(|e| {
+            let said: Vec<String> = e
+                .said
+                .lines()
+                .map(|l| format!("{{{{user}}}}: {l}"))
+                .collect();
+            format!("<START>\n{}\n{{{{char}}}}: {}", said.join("\n"), e.reply)
+        });
+        let lines = persona
             .example_lines
             .iter()
-            .map(|line| format!("<START>\n{{{{char}}}}: {line}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+            .map(|line| format!("<START>\n{{{{char}}}}: {line}"));
+        let mes_example = exchanges.chain(lines).collect::<Vec<_>>().join("\n");
         CharacterCard {
             spec: CardSpec::V2,
             spec_version: "2.0".into(),
@@ -341,7 +350,8 @@ impl CharacterCard {
     /// | `description`, first sentence (a phrase: "X is the blacksmith." → "the blacksmith") | `description` |
     /// | `description`, the other sentences; `scenario` | `knowledge` (facts the prompt places by the question) |
     /// | `personality`, split at commas | `personality` |
-    /// | `mes_example`, the character's lines | `example_lines` |
+    /// | `mes_example`, a character's line after a `{{user}}:` line, with it | `example_exchanges` (what was said, the reply) |
+    /// | `mes_example`, the character's other lines | `example_lines` |
     /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
     /// | `character_book` | `lore` ([`from_character_book`](crate::lore::from_character_book)), and kept |
     /// | `extensions.bevy_llm_dialogue` ([`EXTENSION`]): speaking style, goals, sampling, lengths, stop strings, actions, disposition, lore, content rules | those fields |
@@ -364,6 +374,7 @@ impl CharacterCard {
         };
         let mut knowledge = rest;
         knowledge.extend(split_sentences(&fill(&d.scenario)));
+        let (example_exchanges, example_lines) = examples(&d.mes_example, &name);
         let mut kept = d.clone();
         // What the persona holds is not repeated in what it keeps.
         for field in [
@@ -401,7 +412,8 @@ impl CharacterCard {
                 .filter(|t| !t.is_empty())
                 .collect(),
             speaking_style: extras.speaking_style,
-            example_lines: example_lines(&d.mes_example, &name),
+            example_lines,
+            example_exchanges,
             knowledge,
             goals: extras.goals,
             greeting: Some(fill(&d.first_mes).trim().to_owned()).filter(|g| !g.is_empty()),
@@ -521,15 +533,48 @@ fn as_phrase(sentence: &str, name: &str) -> String {
     s.to_owned()
 }
 
-/// The character's lines of a card's example conversations, in order.
-fn example_lines(mes_example: &str, name: &str) -> Vec<String> {
+/// A card's example conversations, in order: the character's lines that answer a
+/// `{{user}}:` line (or `<USER>:`) of the same `<START>` block as exchanges, with what was
+/// said (two such lines in a row are joined by a line break); its other lines alone. Lines
+/// of neither speaker are skipped.
+fn examples(mes_example: &str, name: &str) -> (Vec<ExampleExchange>, Vec<String>) {
     let text = resolve_char(mes_example, name);
     let prefix = format!("{name}:");
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix(&prefix))
-        .map(|line| line.trim().to_owned())
-        .filter(|line| !line.is_empty())
-        .collect()
+    let user_line = |line: &str| {
+        ["{{user}}:", "<user>:"].iter().find_map(|p| {
+            line.get(..p.len())
+                .filter(|head| head.eq_ignore_ascii_case(p))
+                .map(|_| line[p.len()..].trim().to_owned())
+        })
+    };
+    let (mut exchanges, mut lines) = (Vec::new(), Vec::new());
+    let mut said: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line
+            .get(..7)
+            .is_some_and(|h| h.eq_ignore_ascii_case("<start>"))
+        {
+            said = None;
+        } else if let Some(words) = user_line(line) {
+            said = match said.take() {
+                Some(before) if !words.is_empty() => Some(format!("{before}\n{words}")),
+                Some(before) => Some(before),
+                None => Some(words),
+            };
+        } else if let Some(reply) = line.strip_prefix(&prefix).map(str::trim) {
+            if reply.is_empty() {
+                continue;
+            }
+            match said.take().filter(|s| !s.is_empty()) {
+                Some(said) => exchanges.push(ExampleExchange {
+                    said,
+                    reply: reply.to_owned(),
+                }),
+                None => lines.push(reply.to_owned()),
+            }
+        }
+    }
+    (exchanges, lines)
 }
 
 fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {
@@ -563,6 +608,42 @@ mod tests {
         );
         assert_eq!(as_phrase("Mira is the smith.", "Mira"), "the smith");
         assert_eq!(as_phrase("A quiet girl.", "Mira"), "A quiet girl");
+    }
+
+    #[test]
+    fn example_answers_keep_their_question() {
+        let mes_example = "<START>\n{{user}}: What are you brewing?\n{{char}}: Nothing you could pay for.\n\
+                           {{char}}: Now shut the door.\n<START>\n{{User}}: Hello.\n<user>: Anyone?\n\
+                           *She looks up.*\n{{char}}: You're letting the cold in.\n\
+                           <START>\n{{user}}: Unanswered.\n<START>\n<BOT>: Wolves listen.";
+        let (exchanges, lines) = examples(mes_example, "Wren");
+        let pairs: Vec<(&str, &str)> = exchanges
+            .iter()
+            .map(|e| (e.said.as_str(), e.reply.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("What are you brewing?", "Nothing you could pay for."),
+                ("Hello.\nAnyone?", "You're letting the cold in."),
+            ]
+        );
+        // A second line in a row, and a line after a question from another block, stand alone.
+        assert_eq!(lines, ["Now shut the door.", "Wolves listen."]);
+
+        // Written back out as a card and read again: the same pairs and lines.
+        let card = CharacterCard::from_json(
+            &serde_json::json!({"spec": "chara_card_v2", "data": {"name": "Wren",
+                "description": "Wren is the herbalist.", "mes_example": mes_example}})
+            .to_string(),
+            "wren.card.json",
+        )
+        .unwrap();
+        let wren = card.to_persona();
+        assert_eq!(wren.example_exchanges, exchanges);
+        let again = CharacterCard::from_persona(&wren).to_persona();
+        assert_eq!(again.example_exchanges, wren.example_exchanges);
+        assert_eq!(again.example_lines, wren.example_lines);
     }
 
     #[test]

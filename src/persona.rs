@@ -43,6 +43,11 @@ pub struct Persona {
     /// Lines in their voice, to show the model how they sound.
     #[serde(default)]
     pub example_lines: Vec<String>,
+    /// Example exchanges: what someone said and how the character answered, shown to the
+    /// model as earlier turns before the `example_lines` (a character card's `mes_example`
+    /// becomes these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub example_exchanges: Vec<ExampleExchange>,
     /// What they know about the world.
     #[serde(default)]
     pub knowledge: Vec<String>,
@@ -90,6 +95,17 @@ pub struct Persona {
     /// it as card fields). The persona does not read it. `None` for personas written as RON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<serde_json::Value>,
+}
+
+/// One example exchange: a line said to the character and its reply, in the persona file as
+/// `(said: "What are you brewing?", reply: "Nothing you could pay for.")`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleExchange {
+    /// What was said to the character (the user turn).
+    pub said: String,
+    /// The character's answer (the assistant turn).
+    pub reply: String,
 }
 
 /// An NPC's mood and its regard for the player, declared by the designer: the moods it may
@@ -211,6 +227,14 @@ impl Validate for Persona {
                 "is 0; leave it out for the default",
             ));
         }
+        for (i, e) in self.example_exchanges.iter().enumerate() {
+            if e.said.trim().is_empty() || e.reply.trim().is_empty() {
+                return Err(Invalid::new(
+                    "example_exchanges",
+                    format!("entry {i} (from 0) needs both `said` and `reply`"),
+                ));
+            }
+        }
         if self.card.as_ref().is_some_and(|c| !c.is_object()) {
             return Err(Invalid::new(
                 "card",
@@ -253,6 +277,22 @@ mod tests {
         let p = Persona::from_ron(GOOD, "mira.persona.ron").unwrap();
         assert_eq!(p.description, "the blacksmith");
         assert!(p.knowledge.is_empty());
+    }
+
+    #[test]
+    fn the_readme_persona_parses() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("\n## Personas").unwrap()..];
+        let start = section.find("```ron\n").unwrap() + "```ron\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let mira = Persona::from_ron(block, "README.md").unwrap();
+        assert_eq!(
+            mira.example_exchanges,
+            [ExampleExchange {
+                said: "Can you fix my sword?".into(),
+                reply: "Leave it on the anvil, friend.".into(),
+            }]
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::facts::Facts;
 use crate::lore::Lorebook;
 use crate::persona::Persona;
 
-/// How many of a persona's example lines become earlier turns of its conversations.
+/// How many of a persona's examples become earlier turns of its conversations: its
+/// `example_exchanges` first, then its `example_lines`.
 pub const MAX_EXAMPLE_TURNS: usize = 3;
 
 /// Words too common to tie a question to a fact.
@@ -220,18 +221,27 @@ impl PromptTemplate {
             history => Value::from(Serde(history)),
             player_line => player_line,
         })?;
-        let mut messages = Vec::with_capacity(history.len() + 4 + 2 * persona.example_lines.len());
+        let mut messages = Vec::with_capacity(history.len() + 5 + 2 * MAX_EXAMPLE_TURNS);
         messages.push(ChatMessage::system(system));
         // A small model keeps a voice it has already spoken in better than one it was told
-        // about: its name and its example lines go in as earlier turns (QUALITY.md).
+        // about: its name and its examples go in as earlier turns (QUALITY.md). An example
+        // exchange keeps what was said; a lone example line answers the unprompted turn.
         messages.push(ChatMessage::user("Who are you?"));
         messages.push(ChatMessage::assistant(format!(
             "I'm {}, {}.",
             persona.name, persona.description
         )));
-        for line in persona.example_lines.iter().take(MAX_EXAMPLE_TURNS) {
-            messages.push(ChatMessage::user(UNPROMPTED_LINE));
-            messages.push(ChatMessage::assistant(line.clone()));
+        let exchanges = persona
+            .example_exchanges
+            .iter()
+            .map(|e| (e.said.as_str(), e.reply.as_str()));
+        let lines = persona
+            .example_lines
+            .iter()
+            .map(|line| (UNPROMPTED_LINE, line.as_str()));
+        for (said, reply) in exchanges.chain(lines).take(MAX_EXAMPLE_TURNS) {
+            messages.push(ChatMessage::user(said));
+            messages.push(ChatMessage::assistant(reply));
         }
         messages.extend(history.iter().cloned());
         // Facts the player asks about, and the lore that fires, go next to the question,
@@ -340,6 +350,42 @@ mod tests {
         assert!(
             !msgs[0].content.contains("Steel doesn't lie"),
             "not in the system prompt too"
+        );
+    }
+
+    #[test]
+    fn example_exchanges_keep_their_question_and_come_before_lone_lines() {
+        let wren = Persona::from_ron(
+            r#"(name: "Wren", description: "the herbalist",
+                example_exchanges: [(said: "What are you brewing, {{user}}?", reply: "Nothing you could pay for.")],
+                example_lines: ["Wolves listen.", "Shut the door.", "Not that one.", "Never."])"#,
+            "wren",
+        )
+        .unwrap();
+        let mut world = Facts::new();
+        world.insert(PLAYER_NAME_FACT.into(), "Ann".into());
+        let msgs = PromptTemplate::default_npc()
+            .npc_messages(&wren, &world, &Facts::new(), &[], Some("Hello"))
+            .unwrap();
+        assert_eq!(msgs[3], ChatMessage::user("What are you brewing, Ann?"));
+        assert_eq!(
+            msgs[4],
+            ChatMessage::assistant("Nothing you could pay for.")
+        );
+        assert_eq!(msgs[5], ChatMessage::user(UNPROMPTED_LINE));
+        assert_eq!(msgs[6], ChatMessage::assistant("Wolves listen."));
+        // MAX_EXAMPLE_TURNS examples in all, then the player's line.
+        assert_eq!(msgs.len(), 3 + 2 * MAX_EXAMPLE_TURNS + 1);
+        assert_eq!(msgs.last(), Some(&ChatMessage::user("Hello")));
+        // An exchange without its reply is refused, naming the field.
+        let err = Persona::from_ron(
+            "(name: \"W\", description: \"d\",\n example_exchanges: [(said: \"Hi\", reply: \" \")])",
+            "w.persona.ron",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, crate::ron_file::RonFileError::Invalid { field, line: 2, .. } if field == "example_exchanges"),
+            "{err:?}"
         );
     }
 

@@ -80,10 +80,20 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
         ]
     );
     assert_eq!(wren.personality, ["wary", "dry humour", "loyal to friends"]);
+    // Each of the character's lines answers a `{{user}}` line: exchanges, not lone lines.
+    let exchanges: Vec<(&str, &str)> = wren
+        .example_exchanges
+        .iter()
+        .map(|e| (e.said.as_str(), e.reply.as_str()))
+        .collect();
     assert_eq!(
-        wren.example_lines,
-        ["Nothing you could pay for.", "You're letting the cold in."]
+        exchanges,
+        [
+            ("What are you brewing?", "Nothing you could pay for."),
+            ("Hello.", "You're letting the cold in.")
+        ]
     );
+    assert!(wren.example_lines.is_empty());
     assert_eq!(
         wren.greeting.as_deref(),
         Some("Close the door, {{user}}. The wolves listen.")
@@ -116,6 +126,7 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
     assert_eq!(round.description, wren.description);
     assert_eq!(round.personality, wren.personality);
     assert_eq!(round.example_lines, wren.example_lines);
+    assert_eq!(round.example_exchanges, wren.example_exchanges);
     assert_eq!(round.greeting, wren.greeting);
     assert_eq!(
         CardData::kept_in(&round).unwrap().extensions,
