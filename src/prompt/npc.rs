@@ -68,7 +68,10 @@ fn stems(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The persona's facts that share a content word with what the player said.
+/// The persona's facts that have a content word in common with what the player said, words
+/// compared by their first five letters (a crude stem): "floods" finds "flood", and "lighthouse"
+/// also finds "lighting". Words of fewer than four letters and common ones ("what",
+/// "about", "tell") do not count. Lorebook keys, by contrast, match whole words.
 pub fn relevant_facts<'a>(knowledge: &'a [String], said: &str) -> Vec<&'a str> {
     let asked = stems(said);
     knowledge
