@@ -12,7 +12,7 @@
 //!     "personality": "gruff, secretly kind",
 //!     "scenario": "{{user}} walks into the forge at dusk.",
 //!     "first_mes": "Need something forged, {{user}}?",
-//!     "mes_example": "<START>\n{{user}}: Hi.\n{{char}}: Steel doesn't lie, friend.",
+//!     "mes_example": "<START>\n{{user}}: Hi.\n{{char}}: Steel doesn't lie, friend.\n<START>\n{{char}}: Mind the sparks.",
 //!     "creator_notes": "", "system_prompt": "", "post_history_instructions": "",
 //!     "alternate_greetings": [], "tags": [], "creator": "", "character_version": "1",
 //!     "extensions": {}
@@ -21,20 +21,24 @@
 //! let mira = card.to_persona();
 //! assert_eq!(mira.description, "the blacksmith of Elmsbrook");
 //! assert_eq!(mira.personality, ["gruff", "secretly kind"]);
-//! assert_eq!(mira.example_lines, ["Steel doesn't lie, friend."]);
+//! assert_eq!(mira.example_exchanges[0].said, "Hi.");
+//! assert_eq!(mira.example_exchanges[0].reply, "Steel doesn't lie, friend.");
+//! assert_eq!(mira.example_lines, ["Mind the sparks."]);
 //! assert_eq!(mira.greeting.as_deref(), Some("Need something forged, {{user}}?"));
 //! # Ok::<(), bevy_llm_dialogue::card::CardError>(())
 //! ```
 //!
-//! `{{char}}` (and `<BOT>`) become the character's name on import. `{{user}}` (and `<USER>`)
-//! stay in the persona and become the player's name when a prompt is built (the `player_name`
-//! fact of the world, "the traveler" when it is not set; [`resolve_user`]).
+//! `{{char}}` (and `<BOT>`) become the character's name on import, in the card's lorebook
+//! too. `{{user}}` (and `<USER>`) stay in the persona (its knowledge, greetings, examples) and
+//! become the player's name when a prompt is built, for the NPC's lines and its decisions
+//! alike (the `player_name` fact of the world, "the traveler" when it is not set;
+//! [`resolve_user`]). A greeting the game shows itself goes through [`resolve_user`].
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::persona::Persona;
+use crate::persona::{ExampleExchange, Persona};
 use crate::ron_file::Validate;
 
 /// The most bytes of a card, JSON or PNG (a card's portrait included).
@@ -174,6 +178,15 @@ pub struct CardData {
 }
 
 impl CardData {
+    /// What a card kept in [`Persona::card`] on import, as card fields: `None` for a persona
+    /// that came from no card (or whose `card` does not read as a card's `data`).
+    pub fn kept_in(persona: &Persona) -> Option<CardData> {
+        persona
+            .card
+            .as_ref()
+            .and_then(|kept| serde_json::from_value(kept.clone()).ok())
+    }
+
     /// This crate's fields in the card's [`EXTENSION`], none if it has none.
     fn extras(&self) -> Result<PersonaExtras, serde_json::Error> {
         self.extensions
@@ -276,7 +289,7 @@ impl CharacterCard {
     /// [`to_persona`](Self::to_persona), a persona whose knowledge facts are one sentence each
     /// and whose traits have no commas comes back equal (its `card` aside).
     pub fn from_persona(persona: &Persona) -> Self {
-        let mut kept = persona.card.clone().unwrap_or_default();
+        let mut kept = CardData::kept_in(persona).unwrap_or_default();
         let description = format!("{{{{char}}}} is {}.", persona.description);
         let extras = PersonaExtras {
             speaking_style: persona.speaking_style.clone(),
@@ -299,12 +312,19 @@ impl CharacterCard {
         {
             kept.extensions.insert(EXTENSION.into(), value);
         }
-        let mes_example = persona
+        let exchanges = persona.example_exchanges.iter().map(|e| {
+            let said: Vec<String> = e
+                .said
+                .lines()
+                .map(|l| format!("{{{{user}}}}: {l}"))
+                .collect();
+            format!("<START>\n{}\n{{{{char}}}}: {}", said.join("\n"), e.reply)
+        });
+        let lines = persona
             .example_lines
             .iter()
-            .map(|line| format!("<START>\n{{{{char}}}}: {line}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+            .map(|line| format!("<START>\n{{{{char}}}}: {line}"));
+        let mes_example = exchanges.chain(lines).collect::<Vec<_>>().join("\n");
         CharacterCard {
             spec: CardSpec::V2,
             spec_version: "2.0".into(),
@@ -330,7 +350,8 @@ impl CharacterCard {
     /// | `description`, first sentence (a phrase: "X is the blacksmith." → "the blacksmith") | `description` |
     /// | `description`, the other sentences; `scenario` | `knowledge` (facts the prompt places by the question) |
     /// | `personality`, split at commas | `personality` |
-    /// | `mes_example`, the character's lines | `example_lines` |
+    /// | `mes_example`, a character's line after a `{{user}}:` line, with it | `example_exchanges` (what was said, the reply) |
+    /// | `mes_example`, the character's other lines | `example_lines` |
     /// | `first_mes`, `alternate_greetings` | `greeting`, `alternate_greetings` |
     /// | `character_book` | `lore` ([`from_character_book`](crate::lore::from_character_book)), and kept |
     /// | `extensions.bevy_llm_dialogue` ([`EXTENSION`]): speaking style, goals, sampling, lengths, stop strings, actions, disposition, lore, content rules | those fields |
@@ -353,6 +374,7 @@ impl CharacterCard {
         };
         let mut knowledge = rest;
         knowledge.extend(split_sentences(&fill(&d.scenario)));
+        let (example_exchanges, example_lines) = examples(&d.mes_example, &name);
         let mut kept = d.clone();
         // What the persona holds is not repeated in what it keeps.
         for field in [
@@ -371,7 +393,16 @@ impl CharacterCard {
             .character_book
             .as_ref()
             .map(crate::lore::from_character_book)
-            .filter(|book| !book.entries.is_empty());
+            .filter(|book| !book.entries.is_empty())
+            .map(|mut book| {
+                for entry in &mut book.entries {
+                    entry.content = fill(&entry.content);
+                    for key in entry.keys.iter_mut().chain(&mut entry.secondary_keys) {
+                        *key = fill(key);
+                    }
+                }
+                book
+            });
         Persona {
             name: name.clone(),
             description: phrase,
@@ -381,7 +412,8 @@ impl CharacterCard {
                 .filter(|t| !t.is_empty())
                 .collect(),
             speaking_style: extras.speaking_style,
-            example_lines: example_lines(&d.mes_example, &name),
+            example_lines,
+            example_exchanges,
             knowledge,
             goals: extras.goals,
             greeting: Some(fill(&d.first_mes).trim().to_owned()).filter(|g| !g.is_empty()),
@@ -399,7 +431,7 @@ impl CharacterCard {
             disposition: extras.disposition,
             content: extras.content,
             lore: extras.lore.or(card_lore),
-            card: Some(kept),
+            card: serde_json::to_value(&kept).ok(),
         }
     }
 
@@ -501,15 +533,48 @@ fn as_phrase(sentence: &str, name: &str) -> String {
     s.to_owned()
 }
 
-/// The character's lines of a card's example conversations, in order.
-fn example_lines(mes_example: &str, name: &str) -> Vec<String> {
+/// A card's example conversations, in order: the character's lines that answer a
+/// `{{user}}:` line (or `<USER>:`) of the same `<START>` block as exchanges, with what was
+/// said (two such lines in a row are joined by a line break); its other lines alone. Lines
+/// of neither speaker are skipped.
+fn examples(mes_example: &str, name: &str) -> (Vec<ExampleExchange>, Vec<String>) {
     let text = resolve_char(mes_example, name);
     let prefix = format!("{name}:");
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix(&prefix))
-        .map(|line| line.trim().to_owned())
-        .filter(|line| !line.is_empty())
-        .collect()
+    let user_line = |line: &str| {
+        ["{{user}}:", "<user>:"].iter().find_map(|p| {
+            line.get(..p.len())
+                .filter(|head| head.eq_ignore_ascii_case(p))
+                .map(|_| line[p.len()..].trim().to_owned())
+        })
+    };
+    let (mut exchanges, mut lines) = (Vec::new(), Vec::new());
+    let mut said: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line
+            .get(..7)
+            .is_some_and(|h| h.eq_ignore_ascii_case("<start>"))
+        {
+            said = None;
+        } else if let Some(words) = user_line(line) {
+            said = match said.take() {
+                Some(before) if !words.is_empty() => Some(format!("{before}\n{words}")),
+                Some(before) => Some(before),
+                None => Some(words),
+            };
+        } else if let Some(reply) = line.strip_prefix(&prefix).map(str::trim) {
+            if reply.is_empty() {
+                continue;
+            }
+            match said.take().filter(|s| !s.is_empty()) {
+                Some(said) => exchanges.push(ExampleExchange {
+                    said,
+                    reply: reply.to_owned(),
+                }),
+                None => lines.push(reply.to_owned()),
+            }
+        }
+    }
+    (exchanges, lines)
 }
 
 fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {
@@ -543,5 +608,64 @@ mod tests {
         );
         assert_eq!(as_phrase("Mira is the smith.", "Mira"), "the smith");
         assert_eq!(as_phrase("A quiet girl.", "Mira"), "A quiet girl");
+    }
+
+    #[test]
+    fn example_answers_keep_their_question() {
+        let mes_example = "<START>\n{{user}}: What are you brewing?\n{{char}}: Nothing you could pay for.\n\
+                           {{char}}: Now shut the door.\n<START>\n{{User}}: Hello.\n<user>: Anyone?\n\
+                           *She looks up.*\n{{char}}: You're letting the cold in.\n\
+                           <START>\n{{user}}: Unanswered.\n<START>\n<BOT>: Wolves listen.";
+        let (exchanges, lines) = examples(mes_example, "Wren");
+        let pairs: Vec<(&str, &str)> = exchanges
+            .iter()
+            .map(|e| (e.said.as_str(), e.reply.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("What are you brewing?", "Nothing you could pay for."),
+                ("Hello.\nAnyone?", "You're letting the cold in."),
+            ]
+        );
+        // A second line in a row, and a line after a question from another block, stand alone.
+        assert_eq!(lines, ["Now shut the door.", "Wolves listen."]);
+
+        // Written back out as a card and read again: the same pairs and lines.
+        let card = CharacterCard::from_json(
+            &serde_json::json!({"spec": "chara_card_v2", "data": {"name": "Wren",
+                "description": "Wren is the herbalist.", "mes_example": mes_example}})
+            .to_string(),
+            "wren.card.json",
+        )
+        .unwrap();
+        let wren = card.to_persona();
+        assert_eq!(wren.example_exchanges, exchanges);
+        let again = CharacterCard::from_persona(&wren).to_persona();
+        assert_eq!(again.example_exchanges, wren.example_exchanges);
+        assert_eq!(again.example_lines, wren.example_lines);
+    }
+
+    #[test]
+    fn the_cards_lorebook_names_the_character_and_the_card_is_kept_opaque() {
+        let card = CharacterCard::from_json(
+            &serde_json::json!({"spec": "chara_card_v2", "data": {"name": "Wren",
+                "description": "Wren is the herbalist.", "system_prompt": "Be {{char}}.",
+                "character_book": {"entries": [{"keys": ["{{char}}'s hut"],
+                    "content": "{{char}} hides the key from {{user}}."}]}}})
+            .to_string(),
+            "wren.card.json",
+        )
+        .unwrap();
+        let wren = card.to_persona();
+        let entry = &wren.lore.as_ref().unwrap().entries[0];
+        assert_eq!(entry.keys, ["Wren's hut"]);
+        // `{{user}}` waits for the prompt, which knows the player's name.
+        assert_eq!(entry.content, "Wren hides the key from {{user}}.");
+        // The kept card is plain JSON to the persona, card fields again to this module.
+        assert_eq!(wren.card.as_ref().unwrap()["system_prompt"], "Be {{char}}.");
+        let kept = CardData::kept_in(&wren).unwrap();
+        assert_eq!(kept.system_prompt, "Be {{char}}.");
+        assert!(kept.character_book.is_some());
     }
 }

@@ -4,11 +4,36 @@
     not(feature = "bevy"),
     doc = "Local language-model dialogue for games; build with the `bevy` feature for the plugin."
 )]
+//!
+//! # Layers
+//!
+//! The modules form layers, and each imports only the layers below it; an import that goes
+//! up, or a cycle between modules, is a bug. This is what keeps the engine and the domain
+//! usable without Bevy (`--no-default-features`).
+//!
+//! 1. **Engine**: `engine` (GGUF, tokenizer, chat templates, kernels, sampling, batching).
+//!    It imports nothing of this crate outside `engine`, and no Bevy.
+//! 2. **Domain**: plain serde types and the functions over them, Bevy only as optional
+//!    derives. They import `engine` and each other, in this order (a module imports only
+//!    those before it): `facts`, `ron_file`, `action`; `content`, `score`; `lore`; `persona`,
+//!    `story`; `card`; `prompt`. So `persona` does not know the card format (it keeps what a
+//!    card held as plain JSON, [`Persona::card`](persona::Persona::card)), and `Facts`
+//!    ([`prompt::Facts`]) lives in a module below both `lore` and `prompt`.
+//! 3. **Worker**: the job queue and the thread that owns the engine (for now inside
+//!    `plugin`), and `remote` (the same jobs on an inference server, feature `remote`); no
+//!    Bevy types.
+//! 4. **Plugin**: `plugin` (components, messages, assets, systems; feature `bevy`).
+//! 5. **Yarn**: `yarn`, the bridge to `bevy_yarnspinner` (feature `yarn`).
+//!
+//! Examples sit on top and may use everything. Never: the engine importing the domain or
+//! anything above; a domain module importing `plugin`, `yarn`, `remote` or the worker; the
+//! plugin importing `yarn` (the bridge plugs itself in).
 
 pub mod action;
 pub mod card;
 pub mod content;
 pub mod engine;
+mod facts;
 pub mod lore;
 pub mod persona;
 #[cfg(feature = "bevy")]

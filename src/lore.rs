@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompt::Facts;
+use crate::facts::Facts;
 use crate::ron_file::{Invalid, RonFileError, Validate, from_ron};
 
 /// A set of lore entries and how they are picked.

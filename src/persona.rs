@@ -43,6 +43,11 @@ pub struct Persona {
     /// Lines in their voice, to show the model how they sound.
     #[serde(default)]
     pub example_lines: Vec<String>,
+    /// Example exchanges: what someone said and how the character answered, shown to the
+    /// model as earlier turns before the `example_lines` (a character card's `mes_example`
+    /// becomes these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub example_exchanges: Vec<ExampleExchange>,
     /// What they know about the world.
     #[serde(default)]
     pub knowledge: Vec<String>,
@@ -64,15 +69,15 @@ pub struct Persona {
     /// Strings that end a line early.
     #[serde(default)]
     pub stop: Vec<String>,
-    /// What the NPC may do ([`RequestAction`](crate::plugin::RequestAction) picks one).
+    /// What the NPC may do (the plugin's `RequestAction` picks one).
     #[serde(default)]
     pub actions: Vec<ActionSpec>,
     /// The character's own lore: entries fire on words in the recent turns or on game facts
     /// and go next to the newest turn (a character card's `character_book` becomes this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lore: Option<crate::lore::Lorebook>,
-    /// The moods and the range of regard for the player this NPC has, if it keeps an
-    /// [`NpcDisposition`](crate::plugin::NpcDisposition).
+    /// The moods and the range of regard for the player this NPC has, if it keeps a
+    /// disposition (the plugin's `NpcDisposition`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposition: Option<DispositionSpec>,
     /// What this character must never say, on top of the game's
@@ -84,11 +89,23 @@ pub struct Persona {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_greetings: Vec<String>,
     /// What a character card held beyond what the persona uses (its system prompt,
-    /// post-history instructions, lorebook, extensions, unknown fields), kept as written so
-    /// that [`CharacterCard::from_persona`](crate::card::CharacterCard::from_persona) gives
-    /// them back. `None` for personas written as RON.
+    /// post-history instructions, lorebook, extensions, unknown fields): the card's `data`
+    /// object as JSON, less the fields the persona holds, kept as written so that
+    /// `card::CharacterCard::from_persona` gives them back (`card::CardData::kept_in` reads
+    /// it as card fields). The persona does not read it. `None` for personas written as RON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub card: Option<crate::card::CardData>,
+    pub card: Option<serde_json::Value>,
+}
+
+/// One example exchange: a line said to the character and its reply, in the persona file as
+/// `(said: "What are you brewing?", reply: "Nothing you could pay for.")`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleExchange {
+    /// What was said to the character (the user turn).
+    pub said: String,
+    /// The character's answer (the assistant turn).
+    pub reply: String,
 }
 
 /// An NPC's mood and its regard for the player, declared by the designer: the moods it may
@@ -210,6 +227,20 @@ impl Validate for Persona {
                 "is 0; leave it out for the default",
             ));
         }
+        for (i, e) in self.example_exchanges.iter().enumerate() {
+            if e.said.trim().is_empty() || e.reply.trim().is_empty() {
+                return Err(Invalid::new(
+                    "example_exchanges",
+                    format!("entry {i} (from 0) needs both `said` and `reply`"),
+                ));
+            }
+        }
+        if self.card.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(Invalid::new(
+                "card",
+                "must be a map of a character card's fields",
+            ));
+        }
         if self.stop.iter().any(String::is_empty) {
             return Err(Invalid::new("stop", "contains an empty string"));
         }
@@ -246,6 +277,22 @@ mod tests {
         let p = Persona::from_ron(GOOD, "mira.persona.ron").unwrap();
         assert_eq!(p.description, "the blacksmith");
         assert!(p.knowledge.is_empty());
+    }
+
+    #[test]
+    fn the_readme_persona_parses() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("\n## Personas").unwrap()..];
+        let start = section.find("```ron\n").unwrap() + "```ron\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let mira = Persona::from_ron(block, "README.md").unwrap();
+        assert_eq!(
+            mira.example_exchanges,
+            [ExampleExchange {
+                said: "Can you fix my sword?".into(),
+                reply: "Leave it on the anvil, friend.".into(),
+            }]
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn show_line(line: On<PresentLine>, mut runners: Query<&mut DialogueRunner>) {
 }
 
 fn show_options(options: On<GeneratedOptions>, mut keyboard: ResMut<Keyboard>) {
+    // Options `beside` authored ones are the script's own to list; nothing answers them.
+    if options.beside {
+        return;
+    }
     if !options.scene.is_empty() {
         info!("{}", options.scene);
     }

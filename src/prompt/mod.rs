@@ -2,13 +2,12 @@
 //! chat messages the model sees. Templates are Jinja (minijinja), stored as assets in
 //! `assets/prompts/*.jinja`, so writers can change them without touching code.
 
-mod facts;
 mod narrator;
 mod npc;
 mod summary;
 mod template;
 
-pub use facts::Facts;
+pub use crate::facts::Facts;
 /// The value [`PromptTemplate::render`] takes (minijinja's): build one with
 /// `TemplateValue::from_serialize(..)` or minijinja's `context!` macro.
 pub use minijinja::Value as TemplateValue;

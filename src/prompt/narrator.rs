@@ -4,9 +4,9 @@
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 
-use super::facts::Facts;
 use super::template::{PromptError, PromptTemplate};
 use crate::engine::ChatMessage;
+use crate::facts::Facts;
 use crate::story::{Story, StoryAsset, choices_ask};
 
 /// The narrator's turn that asks for the opening scene of a story with this premise.

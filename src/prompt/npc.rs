@@ -4,13 +4,14 @@
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 
-use super::facts::Facts;
 use super::template::{PromptError, PromptTemplate};
 use crate::engine::{ChatMessage, Role};
+use crate::facts::Facts;
 use crate::lore::Lorebook;
 use crate::persona::Persona;
 
-/// How many of a persona's example lines become earlier turns of its conversations.
+/// How many of a persona's examples become earlier turns of its conversations: its
+/// `example_exchanges` first, then its `example_lines`.
 pub const MAX_EXAMPLE_TURNS: usize = 3;
 
 /// Words too common to tie a question to a fact.
@@ -67,7 +68,10 @@ fn stems(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The persona's facts that share a content word with what the player said.
+/// The persona's facts that have a content word in common with what the player said, words
+/// compared by their first five letters (a crude stem): "floods" finds "flood", and "lighthouse"
+/// also finds "lighting". Words of fewer than four letters and common ones ("what",
+/// "about", "tell") do not count. Lorebook keys, by contrast, match whole words.
 pub fn relevant_facts<'a>(knowledge: &'a [String], said: &str) -> Vec<&'a str> {
     let asked = stems(said);
     knowledge
@@ -155,6 +159,21 @@ pub const PLAYER_NAME_FACT: &str = "player_name";
 /// What `{{user}}` becomes when the world has no [`PLAYER_NAME_FACT`].
 pub const DEFAULT_PLAYER_NAME: &str = "the traveler";
 
+/// Character cards write the player as `{{user}}` (or `<USER>`): in `messages` it becomes
+/// the world's [`PLAYER_NAME_FACT`], else [`DEFAULT_PLAYER_NAME`].
+pub(super) fn name_the_player(messages: &mut [ChatMessage], world: &Facts) {
+    let player = world
+        .0
+        .get(PLAYER_NAME_FACT)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(DEFAULT_PLAYER_NAME);
+    for m in messages {
+        if m.content.contains("{{") || m.content.contains('<') {
+            m.content = crate::card::resolve_user(&m.content, player);
+        }
+    }
+}
+
 impl PromptTemplate {
     /// The messages for one NPC line: the rendered template as the system message, then the
     /// conversation so far (as [`conversation`] makes it), then the player's line (or
@@ -205,18 +224,27 @@ impl PromptTemplate {
             history => Value::from(Serde(history)),
             player_line => player_line,
         })?;
-        let mut messages = Vec::with_capacity(history.len() + 4 + 2 * persona.example_lines.len());
+        let mut messages = Vec::with_capacity(history.len() + 5 + 2 * MAX_EXAMPLE_TURNS);
         messages.push(ChatMessage::system(system));
         // A small model keeps a voice it has already spoken in better than one it was told
-        // about: its name and its example lines go in as earlier turns (QUALITY.md).
+        // about: its name and its examples go in as earlier turns (QUALITY.md). An example
+        // exchange keeps what was said; a lone example line answers the unprompted turn.
         messages.push(ChatMessage::user("Who are you?"));
         messages.push(ChatMessage::assistant(format!(
             "I'm {}, {}.",
             persona.name, persona.description
         )));
-        for line in persona.example_lines.iter().take(MAX_EXAMPLE_TURNS) {
-            messages.push(ChatMessage::user(UNPROMPTED_LINE));
-            messages.push(ChatMessage::assistant(line.clone()));
+        let exchanges = persona
+            .example_exchanges
+            .iter()
+            .map(|e| (e.said.as_str(), e.reply.as_str()));
+        let lines = persona
+            .example_lines
+            .iter()
+            .map(|line| (UNPROMPTED_LINE, line.as_str()));
+        for (said, reply) in exchanges.chain(lines).take(MAX_EXAMPLE_TURNS) {
+            messages.push(ChatMessage::user(said));
+            messages.push(ChatMessage::assistant(reply));
         }
         messages.extend(history.iter().cloned());
         // Facts the player asks about, and the lore that fires, go next to the question,
@@ -246,17 +274,7 @@ impl PromptTemplate {
             )));
         }
         messages.push(ChatMessage::user(player_line.unwrap_or(UNPROMPTED_LINE)));
-        // Character cards write the player as `{{user}}`.
-        let player = world
-            .0
-            .get(PLAYER_NAME_FACT)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(DEFAULT_PLAYER_NAME);
-        for m in &mut messages {
-            if m.content.contains("{{") || m.content.contains("<USER>") {
-                m.content = crate::card::resolve_user(&m.content, player);
-            }
-        }
+        name_the_player(&mut messages, world);
         Ok(messages)
     }
 }
@@ -335,6 +353,42 @@ mod tests {
         assert!(
             !msgs[0].content.contains("Steel doesn't lie"),
             "not in the system prompt too"
+        );
+    }
+
+    #[test]
+    fn example_exchanges_keep_their_question_and_come_before_lone_lines() {
+        let wren = Persona::from_ron(
+            r#"(name: "Wren", description: "the herbalist",
+                example_exchanges: [(said: "What are you brewing, {{user}}?", reply: "Nothing you could pay for.")],
+                example_lines: ["Wolves listen.", "Shut the door.", "Not that one.", "Never."])"#,
+            "wren",
+        )
+        .unwrap();
+        let mut world = Facts::new();
+        world.insert(PLAYER_NAME_FACT.into(), "Ann".into());
+        let msgs = PromptTemplate::default_npc()
+            .npc_messages(&wren, &world, &Facts::new(), &[], Some("Hello"))
+            .unwrap();
+        assert_eq!(msgs[3], ChatMessage::user("What are you brewing, Ann?"));
+        assert_eq!(
+            msgs[4],
+            ChatMessage::assistant("Nothing you could pay for.")
+        );
+        assert_eq!(msgs[5], ChatMessage::user(UNPROMPTED_LINE));
+        assert_eq!(msgs[6], ChatMessage::assistant("Wolves listen."));
+        // MAX_EXAMPLE_TURNS examples in all, then the player's line.
+        assert_eq!(msgs.len(), 3 + 2 * MAX_EXAMPLE_TURNS + 1);
+        assert_eq!(msgs.last(), Some(&ChatMessage::user("Hello")));
+        // An exchange without its reply is refused, naming the field.
+        let err = Persona::from_ron(
+            "(name: \"W\", description: \"d\",\n example_exchanges: [(said: \"Hi\", reply: \" \")])",
+            "w.persona.ron",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, crate::ron_file::RonFileError::Invalid { field, line: 2, .. } if field == "example_exchanges"),
+            "{err:?}"
         );
     }
 

@@ -4,9 +4,9 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 
-use super::facts::Facts;
 use crate::action::ActionSpec;
 use crate::engine::ChatMessage;
+use crate::facts::Facts;
 use crate::persona::Persona;
 
 /// The NPC prompt used when an NPC names no template of its own (`assets/prompts/npc.jinja`).
@@ -78,7 +78,9 @@ impl PromptTemplate {
     }
 
     /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
-    /// `actions`; the situation (or the player's last line) is the user turn.
+    /// `actions`; the situation (or the player's last line) is the user turn. A character
+    /// card's `{{user}}` becomes the player's name, as in
+    /// [`npc_messages`](Self::npc_messages).
     pub fn action_messages(
         &self,
         persona: &Persona,
@@ -93,10 +95,9 @@ impl PromptTemplate {
             npc => Value::from(Serde(npc)),
             actions => Value::from(Serde(actions)),
         })?;
-        Ok(vec![
-            ChatMessage::system(system),
-            ChatMessage::user(situation),
-        ])
+        let mut messages = vec![ChatMessage::system(system), ChatMessage::user(situation)];
+        super::npc::name_the_player(&mut messages, world);
+        Ok(messages)
     }
 
     /// The built-in NPC template.
@@ -144,5 +145,42 @@ fn error(name: &str, source: &str, e: &minijinja::Error) -> PromptError {
     PromptError {
         template: name.to_owned(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::PLAYER_NAME_FACT;
+
+    #[test]
+    fn a_decision_names_the_player_where_a_card_wrote_user() {
+        let template = PromptTemplate::new(
+            "knows.jinja",
+            "{% for fact in persona.knowledge %}{{ fact }} {% endfor %}",
+        )
+        .unwrap();
+        let wren = Persona::from_ron(
+            r#"(name: "Wren", description: "the herbalist",
+                knowledge: ["{{user}} owes Wren a favour.", "<USER> came at night."])"#,
+            "wren",
+        )
+        .unwrap();
+        let messages = |world: &Facts| {
+            template
+                .action_messages(&wren, world, &Facts::new(), &[], "{{user}} knocks.")
+                .unwrap()
+        };
+        let unnamed = messages(&Facts::new());
+        assert_eq!(
+            unnamed[0].content,
+            "the traveler owes Wren a favour. the traveler came at night."
+        );
+        assert_eq!(unnamed[1].content, "the traveler knocks.");
+        let world: Facts = [(PLAYER_NAME_FACT, "Ann")].into_iter().collect();
+        assert_eq!(
+            messages(&world)[0].content,
+            "Ann owes Wren a favour. Ann came at night."
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! personas with every field mapped or kept; malformed ones fail naming the file and field.
 
 use base64::Engine as _;
-use bevy_llm_dialogue::card::{CardError, CardSpec, CharacterCard};
+use bevy_llm_dialogue::card::{CardData, CardError, CardSpec, CharacterCard};
 use serde_json::json;
 
 fn v2() -> serde_json::Value {
@@ -80,19 +80,26 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
         ]
     );
     assert_eq!(wren.personality, ["wary", "dry humour", "loyal to friends"]);
+    // Each of the character's lines answers a `{{user}}` line: exchanges, not lone lines.
+    let exchanges: Vec<(&str, &str)> = wren
+        .example_exchanges
+        .iter()
+        .map(|e| (e.said.as_str(), e.reply.as_str()))
+        .collect();
     assert_eq!(
-        wren.example_lines,
-        ["Nothing you could pay for.", "You're letting the cold in."]
+        exchanges,
+        [
+            ("What are you brewing?", "Nothing you could pay for."),
+            ("Hello.", "You're letting the cold in.")
+        ]
     );
+    assert!(wren.example_lines.is_empty());
     assert_eq!(
         wren.greeting.as_deref(),
         Some("Close the door, {{user}}. The wolves listen.")
     );
     assert_eq!(wren.alternate_greetings, ["Lost again, {{user}}?"]);
-    let kept = wren
-        .card
-        .as_ref()
-        .expect("the card's other fields are kept");
+    let kept = CardData::kept_in(&wren).expect("the card's other fields are kept");
     assert_eq!(kept.system_prompt, "You are {{char}}.");
     assert_eq!(kept.post_history_instructions, "Stay terse.");
     assert_eq!(kept.creator_notes, "Made for the tests.");
@@ -119,8 +126,12 @@ fn a_v2_card_maps_every_field_and_keeps_the_rest() {
     assert_eq!(round.description, wren.description);
     assert_eq!(round.personality, wren.personality);
     assert_eq!(round.example_lines, wren.example_lines);
+    assert_eq!(round.example_exchanges, wren.example_exchanges);
     assert_eq!(round.greeting, wren.greeting);
-    assert_eq!(round.card.unwrap().extensions, kept.extensions);
+    assert_eq!(
+        CardData::kept_in(&round).unwrap().extensions,
+        kept.extensions
+    );
 }
 
 #[test]
@@ -129,7 +140,7 @@ fn a_v3_card_uses_its_nickname_and_keeps_unknown_fields() {
     assert_eq!(card.spec, CardSpec::V3);
     let wren = card.to_persona();
     assert_eq!(wren.name, "Wrenna");
-    let kept = wren.card.unwrap();
+    let kept = CardData::kept_in(&wren).unwrap();
     assert_eq!(kept.nickname.as_deref(), Some("Wrenna"));
     assert_eq!(kept.other["group_only_greetings"][0], "Everyone, sit.");
     assert_eq!(kept.other["assets"][0]["type"], "icon");

@@ -1,4 +1,5 @@
-//! Facts from the game for the templates.
+//! Facts from the game: what prompt templates and lorebooks read (`world`, `npc`). Below
+//! both `prompt` and `lore`, which use it; re-exported as `prompt::Facts`.
 
 use std::collections::BTreeMap;
 
