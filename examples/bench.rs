@@ -212,6 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &story,
         &Story::default(),
         &Facts::new(),
+        &[],
     )?;
     let narrator = engine.chat_tokens(&messages)?;
     let grammar = Grammar::json_schema(scene_schema(story.choices, story.max_scene_chars));

@@ -85,8 +85,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for persona in &personas {
             for (direction, keys) in DIRECTIONS {
                 for seed in 1..=3u64 {
-                    let mut messages =
-                        template.npc_messages(persona, &Facts::new(), &Facts::new(), &[], None)?;
+                    let mut messages = template.npc_messages(
+                        persona,
+                        &Facts::new(),
+                        &Facts::new(),
+                        &[],
+                        None,
+                        &[],
+                    )?;
                     let last = messages.len() - 1;
                     debug_assert_eq!(messages[last].role, Role::User);
                     match placement {

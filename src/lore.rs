@@ -220,7 +220,7 @@ impl Lorebook {
 
 /// The entries of several books (shared world lore, a character's own) that fire, within
 /// each book's own budget, in `order` (then book by book).
-pub fn select<'a>(
+fn select<'a>(
     books: &[&'a Lorebook],
     turns: &[&str],
     world: &Facts,

@@ -34,5 +34,6 @@ fuzz_target!(|text: &str| {
         &Facts::new(),
         &turns,
         Some("hi"),
+        &[],
     );
 });

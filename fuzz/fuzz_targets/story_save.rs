@@ -21,7 +21,7 @@ fuzz_target!(|text: &str| {
             "fuzz.story.ron",
         )
         .expect("the fixed asset parses");
-        let _ = PromptTemplate::default_narrator().narrator_messages(&asset, &story, &Facts::new());
+        let _ = PromptTemplate::default_narrator().narrator_messages(&asset, &story, &Facts::new(), &[]);
         if story.choose(0).is_ok() {
             story.push_scene("Next.".into(), vec![("Go".into(), None)], None);
             assert!(story.validate().is_ok(), "a valid story stays valid");

@@ -8,22 +8,14 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&str, &str)| {
     let (source, text) = input;
-    let persona = Persona {
-        name: text.to_owned(),
-        description: text.to_owned(),
-        personality: vec![text.to_owned()],
-        speaking_style: String::new(),
-        example_lines: Vec::new(),
-        knowledge: Vec::new(),
-        goals: Vec::new(),
-        greeting: None,
-        sampling: None,
-        max_tokens: None,
-        stop: Vec::new(),
-        actions: Vec::new(),
+    let Ok(mut persona) = Persona::from_ron("(name: \"x\", description: \"x\")", "fuzz") else {
+        return;
     };
+    persona.name = text.to_owned();
+    persona.description = text.to_owned();
+    persona.personality = vec![text.to_owned()];
     if let Ok(t) = PromptTemplate::new("fuzz.jinja", source) {
-        let _ = t.npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some(text));
+        let _ = t.npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some(text), &[]);
     }
     if let Ok(t) = ChatTemplate::new(source, "<s>", "</s>") {
         let _ = t.render(&[ChatMessage::system(text), ChatMessage::user(text)], true);

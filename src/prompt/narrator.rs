@@ -68,7 +68,7 @@ impl PromptTemplate {
     /// as an earlier reply, each followed by its choices as a plain list; last, the player's
     /// choice as the newest turn. The template sees `story` (the asset), `world`, and `path`:
     /// the last scenes, each with the `choice` taken in it.
-    pub fn narrator_messages(
+    fn narrator_turns(
         &self,
         asset: &StoryAsset,
         story: &Story,
@@ -113,17 +113,17 @@ impl PromptTemplate {
         Ok(messages)
     }
 
-    /// [`narrator_messages`](Self::narrator_messages), with lore: the entries of `lore` (the
-    /// world's) and of the story's own book that fire on the recent scenes and choices, or
-    /// on the facts, go into a note next to the newest ask.
-    pub fn narrator_messages_with_lore(
+    /// The narrator's messages with lore: the entries of `lore` (the world's; `&[]` for
+    /// none) and of the story's own book that fire on the recent scenes and choices, or on
+    /// the facts, go into a note next to the newest ask.
+    pub fn narrator_messages(
         &self,
         asset: &StoryAsset,
         story: &Story,
         world: &Facts,
         lore: &[&crate::lore::Lorebook],
     ) -> Result<Vec<ChatMessage>, PromptError> {
-        let mut messages = self.narrator_messages(asset, story, world)?;
+        let mut messages = self.narrator_turns(asset, story, world)?;
         let mut books = lore.to_vec();
         books.extend(asset.lore.as_ref());
         if books.is_empty() {

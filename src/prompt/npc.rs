@@ -5,6 +5,7 @@ use minijinja::value::Serde;
 use minijinja::{Value, context};
 
 use super::template::{PromptError, PromptTemplate};
+use crate::action::ActionSpec;
 use crate::engine::{ChatMessage, Role};
 use crate::facts::Facts;
 use crate::lore::Lorebook;
@@ -175,27 +176,40 @@ pub(super) fn name_the_player(messages: &mut [ChatMessage], world: &Facts) {
 }
 
 impl PromptTemplate {
+    /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
+    /// `actions`; the situation (or the player's last line) is the user turn. A character
+    /// card's `{{user}}` becomes the player's name, as in
+    /// [`npc_messages`](Self::npc_messages).
+    pub fn action_messages(
+        &self,
+        persona: &Persona,
+        world: &Facts,
+        npc: &Facts,
+        actions: &[ActionSpec],
+        situation: &str,
+    ) -> Result<Vec<ChatMessage>, PromptError> {
+        let system = self.render(context! {
+            persona => Value::from(Serde(persona)),
+            world => Value::from(Serde(world)),
+            npc => Value::from(Serde(npc)),
+            actions => Value::from(Serde(actions)),
+        })?;
+        let mut messages = vec![ChatMessage::system(system), ChatMessage::user(situation)];
+        name_the_player(&mut messages, world);
+        Ok(messages)
+    }
+
     /// The messages for one NPC line: the rendered template as the system message, then the
     /// conversation so far (as [`conversation`] makes it), then the player's line (or
     /// [`UNPROMPTED_LINE`]). A player line over [`MAX_TURN_BYTES`] is an error.
     ///
     /// The template sees `persona`, `world`, `npc`, `player_line` (or none) and `history`
     /// (the same turns the model sees).
+    ///
+    /// Lore: the entries of `lore` (shared books; `&[]` for none) and of the persona's own
+    /// book that fire on the recent turns or on the facts go, with the facts the player asks
+    /// about, into a note next to the newest turn.
     pub fn npc_messages(
-        &self,
-        persona: &Persona,
-        world: &Facts,
-        npc: &Facts,
-        history: &[ChatMessage],
-        player_line: Option<&str>,
-    ) -> Result<Vec<ChatMessage>, PromptError> {
-        self.npc_messages_with_lore(persona, world, npc, history, player_line, &[])
-    }
-
-    /// [`npc_messages`](Self::npc_messages), with lore: the entries of `lore` and of the
-    /// persona's own book that fire on the recent turns or on the facts go, with the facts
-    /// the player asks about, into a note next to the newest turn.
-    pub fn npc_messages_with_lore(
         &self,
         persona: &Persona,
         world: &Facts,
@@ -298,7 +312,7 @@ mod tests {
         let mut npc = Facts::new();
         npc.insert("mood".into(), "tired".into());
         let msgs = PromptTemplate::default_npc()
-            .npc_messages(&mira(), &world, &npc, &[], Some("Hello"))
+            .npc_messages(&mira(), &world, &npc, &[], Some("Hello"), &[])
             .unwrap();
         // System, the self-introduction turn pair, the player's line.
         assert_eq!(msgs.len(), 4);
@@ -331,6 +345,7 @@ mod tests {
                 &Facts::new(),
                 &[],
                 Some("Any wolves about?"),
+                &[],
             )
             .unwrap();
         assert_eq!(
@@ -368,7 +383,7 @@ mod tests {
         let mut world = Facts::new();
         world.insert(PLAYER_NAME_FACT.into(), "Ann".into());
         let msgs = PromptTemplate::default_npc()
-            .npc_messages(&wren, &world, &Facts::new(), &[], Some("Hello"))
+            .npc_messages(&wren, &world, &Facts::new(), &[], Some("Hello"), &[])
             .unwrap();
         assert_eq!(msgs[3], ChatMessage::user("What are you brewing, Ann?"));
         assert_eq!(
@@ -439,7 +454,7 @@ mod tests {
     fn undefined_variables_and_syntax_errors_are_errors() {
         let t = PromptTemplate::new("bad.jinja", "Hi {{ persona.nickname }}").unwrap();
         let err = t
-            .npc_messages(&mira(), &Facts::new(), &Facts::new(), &[], None)
+            .npc_messages(&mira(), &Facts::new(), &Facts::new(), &[], None, &[])
             .unwrap_err();
         assert_eq!(err.template, "bad.jinja");
         assert!(err.message.contains("undefined"), "{err}");

@@ -1,13 +1,7 @@
 //! A compiled prompt template and its errors.
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::Serde;
-use minijinja::{Environment, UndefinedBehavior, Value, context};
-
-use crate::action::ActionSpec;
-use crate::engine::ChatMessage;
-use crate::facts::Facts;
-use crate::persona::Persona;
+use minijinja::{Environment, UndefinedBehavior, Value};
 
 /// The NPC prompt used when an NPC names no template of its own (`assets/prompts/npc.jinja`).
 pub const DEFAULT_NPC_TEMPLATE: &str = include_str!("../../assets/prompts/npc.jinja");
@@ -77,29 +71,6 @@ impl PromptTemplate {
             .expect("the built-in template compiles")
     }
 
-    /// The messages for an NPC's decision: the template sees `persona`, `world`, `npc` and
-    /// `actions`; the situation (or the player's last line) is the user turn. A character
-    /// card's `{{user}}` becomes the player's name, as in
-    /// [`npc_messages`](Self::npc_messages).
-    pub fn action_messages(
-        &self,
-        persona: &Persona,
-        world: &Facts,
-        npc: &Facts,
-        actions: &[ActionSpec],
-        situation: &str,
-    ) -> Result<Vec<ChatMessage>, PromptError> {
-        let system = self.render(context! {
-            persona => Value::from(Serde(persona)),
-            world => Value::from(Serde(world)),
-            npc => Value::from(Serde(npc)),
-            actions => Value::from(Serde(actions)),
-        })?;
-        let mut messages = vec![ChatMessage::system(system), ChatMessage::user(situation)];
-        super::npc::name_the_player(&mut messages, world);
-        Ok(messages)
-    }
-
     /// The built-in NPC template.
     pub fn default_npc() -> Self {
         Self::new("npc.jinja (built in)", DEFAULT_NPC_TEMPLATE)
@@ -151,6 +122,8 @@ fn error(name: &str, source: &str, e: &minijinja::Error) -> PromptError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::Facts;
+    use crate::persona::Persona;
     use crate::prompt::PLAYER_NAME_FACT;
 
     #[test]

@@ -127,7 +127,7 @@ fn template_memory_bombs_run_out_of_fuel_not_memory() {
         let prompt = PromptTemplate::new("bomb.jinja", bomb).expect("compiles");
         let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").unwrap();
         let err = prompt
-            .npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"))
+            .npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"), &[])
             .unwrap_err();
         assert!(err.to_string().contains("fuel"), "{bomb}: {err}");
         eprintln!("{bomb}: refused in {:?}", started.elapsed());

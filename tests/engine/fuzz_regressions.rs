@@ -75,7 +75,7 @@ fn template_inputs_render_or_fail_cleanly() {
         let source = String::from_utf8_lossy(&bytes);
         if let Ok(t) = PromptTemplate::new(&name, &source) {
             let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").unwrap();
-            let _ = t.npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"));
+            let _ = t.npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("hi"), &[]);
         }
         if let Ok(t) = ChatTemplate::new(&source, "<s>", "</s>") {
             let _ = t.render(&[ChatMessage::user("hi")], true);

@@ -224,7 +224,7 @@ fn what_fires_goes_next_to_the_newest_turn_and_nothing_else_changes() {
         .collect();
     let template = PromptTemplate::default_npc();
     let messages = template
-        .npc_messages_with_lore(
+        .npc_messages(
             &persona,
             &world,
             &Facts::new(),
@@ -245,7 +245,7 @@ fn what_fires_goes_next_to_the_newest_turn_and_nothing_else_changes() {
     );
     // Nothing fires: the prompt is the one without lore.
     let quiet = template
-        .npc_messages_with_lore(
+        .npc_messages(
             &persona,
             &Facts::new(),
             &Facts::new(),
@@ -255,7 +255,14 @@ fn what_fires_goes_next_to_the_newest_turn_and_nothing_else_changes() {
         )
         .unwrap();
     let plain = template
-        .npc_messages(&persona, &Facts::new(), &Facts::new(), &[], Some("Hi."))
+        .npc_messages(
+            &persona,
+            &Facts::new(),
+            &Facts::new(),
+            &[],
+            Some("Hi."),
+            &[],
+        )
         .unwrap();
     assert_eq!(quiet, plain);
 }
@@ -293,7 +300,7 @@ fn the_narrator_hears_its_lore_next_to_its_newest_ask() {
     let template = PromptTemplate::default_narrator();
     let story = Story::default();
     let messages = template
-        .narrator_messages_with_lore(&asset, &story, &world, &[&world_lore])
+        .narrator_messages(&asset, &story, &world, &[&world_lore])
         .unwrap();
     let note = &messages[messages.len() - 2];
     assert_eq!(note.role, Role::System);
@@ -302,7 +309,7 @@ fn the_narrator_hears_its_lore_next_to_its_newest_ask() {
         "The narrator knows: A storm is coming. The keeper vanished last winter."
     );
     let quiet = template
-        .narrator_messages_with_lore(
+        .narrator_messages(
             &StoryAsset {
                 lore: None,
                 ..asset.clone()
@@ -320,6 +327,7 @@ fn the_narrator_hears_its_lore_next_to_its_newest_ask() {
             },
             &story,
             &Facts::new(),
+            &[],
         )
         .unwrap();
     assert_eq!(quiet, plain);

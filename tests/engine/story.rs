@@ -114,7 +114,7 @@ fn alternatives_share_the_prefill_and_differ() {
     let mut engine = common::engine();
     let asset = story_asset();
     let messages = PromptTemplate::default_narrator()
-        .narrator_messages(&asset, &Story::default(), &Facts::new())
+        .narrator_messages(&asset, &Story::default(), &Facts::new(), &[])
         .unwrap();
     let prompt = engine.chat_tokens(&messages).unwrap();
     let grammar = Grammar::json_schema(scene_schema(asset.choices, asset.max_scene_chars));

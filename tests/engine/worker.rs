@@ -197,7 +197,7 @@ fn twelve_seeds_of_scenes_are_prose_then_exactly_the_asked_choices() {
     );
     story.choose(0).unwrap();
     let messages = PromptTemplate::default_narrator()
-        .narrator_messages(&asset, &story, &Facts::new())
+        .narrator_messages(&asset, &story, &Facts::new(), &[])
         .unwrap();
     let scene = Output::Scene {
         choices: asset.choices,

@@ -192,7 +192,7 @@ fn line_job(
     };
     let memories = history.memory_lore();
     let mut messages = template
-        .npc_messages_with_lore(
+        .npc_messages(
             persona,
             &env.world.facts,
             &crate::plugin::actions::with_disposition(&npc_facts.facts, disposition),

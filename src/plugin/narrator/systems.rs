@@ -198,7 +198,7 @@ fn scene_job(
         )));
     }
     let mut messages = template
-        .narrator_messages_with_lore(asset, story, &env.world.facts, &[&env.world.lore])
+        .narrator_messages(asset, story, &env.world.facts, &[&env.world.lore])
         .map_err(|e| DialogueError::Template(e.to_string()))?;
     if let Some(direction) = &request.direction {
         if direction.len() > crate::prompt::MAX_TURN_BYTES {
