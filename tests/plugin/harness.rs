@@ -12,7 +12,7 @@ pub use std::time::{Duration, Instant};
 pub use bevy::prelude::*;
 pub use bevy_llm_dialogue::prelude::*;
 #[cfg(feature = "remote")]
-pub use bevy_llm_dialogue::remote::{RemoteConfig, ServerKind};
+pub use bevy_llm_dialogue::remote::RemoteConfig;
 
 pub use crate::common::{model_path, scratch_dir};
 
