@@ -16,7 +16,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-#[path = "../tests/plugin/fake_server.rs"]
+#[path = "../tests/common/fake_server.rs"]
 #[allow(
     dead_code,
     reason = "the tests' stand-in server; the benchmark uses part of it"

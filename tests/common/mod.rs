@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+#[cfg(feature = "remote")]
+pub mod fake_server;
 pub mod gguf_writer;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Inputs the fuzzers (`fuzz/`, cargo-fuzz) found or that seed them, replayed as tests: each
-//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`;
-//! hostile GGUF headers are written by the tests themselves (model files are never committed).
+//! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`,
+//! and each test checks that it read at least as many as are there now, so that a renamed
+//! or missing folder fails rather than replays nothing. The GGUF seeds are the hostile
+//! headers below, committed as `.bin` files of under 2 KiB (model files are never committed).
 
 use std::path::Path;
 
@@ -11,23 +13,34 @@ use bevy_llm_dialogue::persona::Persona;
 use bevy_llm_dialogue::prompt::{self, Facts, PromptTemplate};
 use bevy_llm_dialogue::story::{Story, StoryAsset};
 
-fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+/// The files of `tests/data/fuzz/<target>/` as (path, bytes); fails unless there are at
+/// least `at_least`.
+fn inputs(target: &str, at_least: usize) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/fuzz")
         .join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    entries
-        .map(|e| {
-            let path = e.unwrap().path();
-            (path.display().to_string(), std::fs::read(&path).unwrap())
+    let found: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let path = e.unwrap().path();
+                    (path.display().to_string(), std::fs::read(&path).unwrap())
+                })
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    assert!(
+        found.len() >= at_least,
+        "{} holds {} inputs, expected at least {at_least}: was the folder renamed or emptied?",
+        dir.display(),
+        found.len()
+    );
+    found
 }
 
-/// Hostile GGUF headers, made here rather than stored: a header claiming 2^40 tensors and
-/// 2^40 metadata entries, and one whose first key claims to be 2^62 bytes long.
+/// Hostile GGUF headers, the seeds of `tests/data/fuzz/gguf/` (`<name>.bin`): a header
+/// claiming 2^40 tensors and 2^40 metadata entries, one whose first key claims to be 2^62
+/// bytes long, one with `general.alignment = 0` and one whose tensor's dimensions overflow.
 fn hostile_headers() -> Vec<(String, Vec<u8>)> {
     let header = |tensors: u64, kvs: u64| {
         let mut b = b"GGUF".to_vec();
@@ -49,7 +62,22 @@ fn hostile_headers() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn gguf_inputs_load_or_fail_cleanly() {
-    for (name, bytes) in inputs("gguf").into_iter().chain(hostile_headers()) {
+    if std::env::var_os("UPDATE_FUZZ_SEEDS").is_some() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/gguf");
+        for (name, bytes) in hostile_headers() {
+            std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+        }
+    }
+    let seeds = inputs("gguf", 4);
+    // The committed seeds hold every hostile header as the helpers write it today.
+    for (name, bytes) in hostile_headers() {
+        assert!(
+            seeds.iter().any(|(_, seed)| *seed == bytes),
+            "tests/data/fuzz/gguf/{name}.bin is missing or differs from hostile_headers(); \
+             `UPDATE_FUZZ_SEEDS=1 cargo test --test engine gguf_inputs` writes it"
+        );
+    }
+    for (name, bytes) in seeds {
         let config = EngineConfig {
             backend: Backend::Cpu,
             ..EngineConfig::default()
@@ -61,17 +89,17 @@ fn gguf_inputs_load_or_fail_cleanly() {
 
 #[test]
 fn persona_and_story_inputs_parse_or_fail_cleanly() {
-    for (name, bytes) in inputs("persona") {
+    for (name, bytes) in inputs("persona", 2) {
         let _ = Persona::from_ron(&String::from_utf8_lossy(&bytes), &name);
     }
-    for (name, bytes) in inputs("story") {
+    for (name, bytes) in inputs("story", 1) {
         let _ = StoryAsset::from_ron(&String::from_utf8_lossy(&bytes), &name);
     }
 }
 
 #[test]
 fn template_inputs_render_or_fail_cleanly() {
-    for (name, bytes) in inputs("template") {
+    for (name, bytes) in inputs("template", 2) {
         let source = String::from_utf8_lossy(&bytes);
         if let Ok(t) = PromptTemplate::new(&name, &source) {
             let persona = Persona::from_ron(r#"(name: "M", description: "d")"#, "m").unwrap();
@@ -85,12 +113,7 @@ fn template_inputs_render_or_fail_cleanly() {
 
 #[test]
 fn saved_stories_are_validated_and_never_hang() {
-    let found = inputs("story_save");
-    assert!(
-        found.len() >= 3,
-        "the seeds are in tests/data/fuzz/story_save"
-    );
-    for (name, bytes) in found {
+    for (name, bytes) in inputs("story_save", 3) {
         let Ok(mut story) = ron::from_str::<Story>(&String::from_utf8_lossy(&bytes)) else {
             continue;
         };
@@ -103,12 +126,7 @@ fn saved_stories_are_validated_and_never_hang() {
 
 #[test]
 fn saved_histories_become_strict_alternating_conversations() {
-    let found = inputs("history");
-    assert!(
-        !found.is_empty(),
-        "the seeds are in tests/data/fuzz/history"
-    );
-    for (name, bytes) in found {
+    for (name, bytes) in inputs("history", 1) {
         let turns: Vec<ChatMessage> =
             ron::from_str(&String::from_utf8_lossy(&bytes)).unwrap_or_default();
         let conversation = prompt::conversation(&turns);

@@ -17,6 +17,8 @@ mod generation;
 mod hostile_models;
 mod kernels;
 mod lore;
+#[cfg(feature = "remote")]
+mod remote;
 mod story;
 mod tokenizer_vs_llamacpp;
 mod worker;

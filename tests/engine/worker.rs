@@ -1,7 +1,7 @@
 //! The inference worker without Bevy, with the real default model: jobs, recipes (best-of
 //! draws, scenes), batching, priorities, cancels. With `LLM_DIALOGUE_TEST_SERVER` set (as
 //! `.ci/run` sets it for its server step), the same jobs also run against that server
-//! through the same job server.
+//! through the same job server. The helpers here drive the worker for `remote.rs` too.
 
 use crate::common;
 
@@ -19,11 +19,11 @@ use bevy_llm_dialogue::{score, story};
 
 /// What one job reported.
 #[derive(Debug, Default)]
-struct Outcome {
-    started: bool,
-    streamed: String,
-    deltas: usize,
-    result: Option<Result<Vec<Generation>, WorkerError>>,
+pub(crate) struct Outcome {
+    pub(crate) started: bool,
+    pub(crate) streamed: String,
+    pub(crate) deltas: usize,
+    pub(crate) result: Option<Result<Vec<Generation>, WorkerError>>,
 }
 
 /// A worker with the default model (or the test server), loaded.
@@ -58,7 +58,7 @@ fn server() -> Option<String> {
 }
 
 /// Collects reports until every id in `ids` has ended (bounded).
-fn run(worker: &Worker, ids: &[u64]) -> std::collections::HashMap<u64, Outcome> {
+pub(crate) fn run(worker: &Worker, ids: &[u64]) -> std::collections::HashMap<u64, Outcome> {
     let mut outcomes: std::collections::HashMap<u64, Outcome> =
         ids.iter().map(|&id| (id, Outcome::default())).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -90,7 +90,7 @@ fn run(worker: &Worker, ids: &[u64]) -> std::collections::HashMap<u64, Outcome> 
     outcomes
 }
 
-fn params(max_tokens: usize, seed: u64) -> GenerateParams {
+pub(crate) fn params(max_tokens: usize, seed: u64) -> GenerateParams {
     GenerateParams {
         max_tokens,
         sampling: SamplingParams::default().with_seed(seed),
@@ -98,7 +98,7 @@ fn params(max_tokens: usize, seed: u64) -> GenerateParams {
     }
 }
 
-fn mira() -> Vec<ChatMessage> {
+pub(crate) fn mira() -> Vec<ChatMessage> {
     vec![
         ChatMessage::system(
             "You are Mira, the blacksmith of Elmsbrook. Answer in one or two sentences.",
@@ -107,7 +107,7 @@ fn mira() -> Vec<ChatMessage> {
     ]
 }
 
-fn job(
+pub(crate) fn job(
     id: u64,
     slot: u64,
     messages: Vec<ChatMessage>,
@@ -125,7 +125,7 @@ fn job(
     }
 }
 
-fn line(best_of: usize) -> Output {
+pub(crate) fn line(best_of: usize) -> Output {
     Output::Text {
         best_of,
         speaker: "Mira".into(),

@@ -12,7 +12,7 @@ pub use std::time::{Duration, Instant};
 pub use bevy::prelude::*;
 pub use bevy_llm_dialogue::prelude::*;
 #[cfg(feature = "remote")]
-pub use bevy_llm_dialogue::remote::{RemoteConfig, ServerKind};
+pub use bevy_llm_dialogue::remote::RemoteConfig;
 
 pub use crate::common::{model_path, scratch_dir};
 
@@ -36,6 +36,9 @@ pub struct Log {
     pub actions: Vec<ActionFinished>,
     pub action_failures: Vec<ActionFailed>,
     pub filtered: Vec<LineFiltered>,
+    /// What a Yarn dialogue view saw ([`yarn_app`]).
+    #[cfg(feature = "yarn")]
+    pub yarn: YarnView,
 }
 
 impl Log {
@@ -53,6 +56,22 @@ impl Log {
     pub fn results_for(&self, npc: Entity) -> usize {
         self.finished.iter().filter(|l| l.npc == npc).count()
             + self.failed.iter().filter(|l| l.npc == npc).count()
+    }
+    /// What went wrong so far, for a timeout's message.
+    fn problems(&self) -> String {
+        let failed: Vec<String> = self.failed.iter().map(|f| f.error.to_string()).collect();
+        #[cfg_attr(not(feature = "yarn"), expect(unused_mut, reason = "only Yarn adds"))]
+        let mut problems = format!(
+            "failed lines: {failed:?}; model errors: {:?}",
+            self.model_failed
+        );
+        #[cfg(feature = "yarn")]
+        {
+            let yarn = &self.yarn;
+            let failures: Vec<String> = yarn.failures.iter().map(|f| f.error.to_string()).collect();
+            problems += &format!("; Yarn lines {:?}; Yarn failures {failures:?}", yarn.lines);
+        }
+        problems
     }
 }
 
@@ -260,12 +279,8 @@ pub fn update_until(app: &mut App, timeout: Duration, what: &str, done: impl Fn(
         let log = app.world().resource::<Log>();
         assert!(
             start.elapsed() < timeout,
-            "timed out waiting for {what}; failed lines: {:?}; model errors: {:?}",
-            log.failed
-                .iter()
-                .map(|f| f.error.to_string())
-                .collect::<Vec<_>>(),
-            log.model_failed
+            "timed out waiting for {what}; {}",
+            log.problems()
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -307,4 +322,142 @@ pub fn recover_with_the_real_model(app: &mut App, npc: Entity) {
     update_until(app, LONG, "a line", |log| {
         log.finished.len() == finished + 1
     });
+}
+
+#[cfg(feature = "yarn")]
+pub use yarn_view::*;
+
+/// Yarn Spinner with the bridge (feature `yarn`): a headless dialogue view that records what
+/// it is shown in [`Log::yarn`], continues every line and takes the options it is told to.
+#[cfg(feature = "yarn")]
+mod yarn_view {
+    use bevy::ecs::system::RunSystemOnce;
+    use bevy_llm_dialogue::yarn::{
+        ChooseGenerated, GeneratedLineDelta, GeneratedLineFinished, GeneratedOptions, YarnBridge,
+        YarnBridgeFailed, YarnBridgePlugin,
+    };
+    use bevy_yarnspinner::events::{DialogueCompleted, PresentLine, PresentOptions};
+    use bevy_yarnspinner::prelude::{DialogueRunner, YarnFile, YarnProject, YarnSpinnerPlugin};
+
+    use super::*;
+
+    /// What the dialogue view saw, in order.
+    #[derive(Default)]
+    pub struct YarnView {
+        /// Presented lines: (character, text).
+        pub lines: Vec<(Option<String>, String)>,
+        pub deltas: String,
+        pub finished: Vec<GeneratedLineFinished>,
+        pub options: Vec<GeneratedOptions>,
+        /// Authored option lists the runner presented, as texts.
+        pub authored_options: Vec<Vec<String>>,
+        pub failures: Vec<YarnBridgeFailed>,
+        pub completed: bool,
+    }
+
+    /// Which generated option the view takes (index 0 unless a test inserts another).
+    #[derive(Resource)]
+    pub struct TakeOption(pub usize);
+
+    /// A headless app with the plugin, Yarn Spinner over `script`, the bridge and a view that
+    /// continues every line and takes option [`TakeOption`] of generated options; what it
+    /// sees goes to [`Log::yarn`].
+    pub fn yarn_app(assets: &Path, plugin: LlmDialoguePlugin, script: &str) -> App {
+        let file = YarnFile::new("test.yarn", script);
+        let mut app = app_with(assets, plugin, |app| {
+            app.add_plugins(YarnSpinnerPlugin::with_yarn_source(file))
+                .add_plugins(YarnBridgePlugin);
+        });
+        app.insert_resource(TakeOption(0))
+            .add_observer(
+                |line: On<PresentLine>,
+                 mut log: ResMut<Log>,
+                 mut runners: Query<&mut DialogueRunner>| {
+                    let name = line.line.character_name().map(str::to_owned);
+                    log.yarn
+                        .lines
+                        .push((name, line.line.text_without_character_name()));
+                    runners
+                        .get_mut(line.entity)
+                        .unwrap()
+                        .continue_in_next_update();
+                },
+            )
+            .add_observer(
+                |ev: On<GeneratedOptions>,
+                 mut log: ResMut<Log>,
+                 take: Res<TakeOption>,
+                 mut choose: MessageWriter<ChooseGenerated>| {
+                    log.yarn.options.push(ev.clone());
+                    if ev.beside {
+                        return;
+                    }
+                    choose.write(ChooseGenerated {
+                        runner: ev.runner,
+                        index: take.0,
+                    });
+                },
+            )
+            .add_observer(
+                |ev: On<PresentOptions>,
+                 mut log: ResMut<Log>,
+                 mut runners: Query<&mut DialogueRunner>| {
+                    let texts = ev.options.iter().map(|o| o.line.text.clone()).collect();
+                    log.yarn.authored_options.push(texts);
+                    // The first option the player may take, as a view would offer it.
+                    let first = ev.options.iter().find(|o| o.is_available).unwrap();
+                    let mut runner = runners.get_mut(ev.entity).unwrap();
+                    runner.select_option(first.id).unwrap();
+                },
+            )
+            .add_observer(|ev: On<GeneratedLineDelta>, mut log: ResMut<Log>| {
+                log.yarn.deltas.push_str(&ev.text);
+            })
+            .add_observer(|ev: On<GeneratedLineFinished>, mut log: ResMut<Log>| {
+                log.yarn.finished.push(ev.clone());
+            })
+            .add_observer(|ev: On<YarnBridgeFailed>, mut log: ResMut<Log>| {
+                log.yarn.failures.push(ev.clone());
+            })
+            .add_observer(|_: On<DialogueCompleted>, mut log: ResMut<Log>| {
+                log.yarn.completed = true;
+            });
+        app
+    }
+
+    /// Waits (bounded) for the Yarn project to compile, then spawns a runner with `bridge`
+    /// at `node`.
+    pub fn start_yarn(app: &mut App, bridge: YarnBridge, node: &str) -> Entity {
+        let begin = Instant::now();
+        while !app.world().contains_resource::<YarnProject>() {
+            assert!(begin.elapsed() < LONG, "the Yarn project did not compile");
+            app.update();
+        }
+        let node = node.to_owned();
+        app.world_mut()
+            .run_system_once(move |mut commands: Commands, project: Res<YarnProject>| {
+                let mut runner = project.create_dialogue_runner(&mut commands);
+                runner.start_node(&node);
+                commands.spawn((runner, bridge.clone())).id()
+            })
+            .unwrap()
+    }
+
+    /// Writes Tobin, the night guard at the gate (two actions, a disposition), to
+    /// `personas/guard.persona.ron`.
+    pub fn guard_persona(assets: &Path) {
+        std::fs::write(
+            assets.join("personas/guard.persona.ron"),
+            r#"(
+    name: "Tobin",
+    description: "the night guard at the gate of Elmsbrook, gruff but fair",
+    actions: [
+        (name: "open_gate", description: "let the traveller in"),
+        (name: "refuse", description: "keep the gate shut"),
+    ],
+    disposition: Some((moods: ["wary", "friendly", "angry"], affinity: (-5, 5))),
+)"#,
+        )
+        .unwrap();
+    }
 }

@@ -6,8 +6,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[cfg(feature = "remote")]
-mod fake_server;
 mod harness;
 
 mod actions;

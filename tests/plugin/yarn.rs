@@ -1,137 +1,10 @@
 //! The Yarn Spinner bridge (feature `yarn`): authored lines, generated lines and options,
 //! variables both ways, fallbacks and saves, with the real model and a real runner.
 
-use bevy::ecs::system::RunSystemOnce;
-use bevy_llm_dialogue::yarn::{
-    ChooseGenerated, GeneratedLineDelta, GeneratedLineFinished, GeneratedOptions, YarnBridge,
-    YarnBridgeFailed, YarnBridgePlugin, YarnError, YarnSave, YarnTranscript,
-};
-use bevy_yarnspinner::events::{DialogueCompleted, PresentLine, PresentOptions};
-use bevy_yarnspinner::prelude::*;
+use bevy_llm_dialogue::yarn::{YarnBridge, YarnError, YarnSave, YarnTranscript};
+use bevy_yarnspinner::prelude::{DialogueRunner, YarnValue};
 
 use crate::harness::*;
-
-/// What the dialogue view saw, in order.
-#[derive(Resource, Default)]
-struct View {
-    /// Presented lines: (character, text).
-    lines: Vec<(Option<String>, String)>,
-    deltas: String,
-    finished: Vec<GeneratedLineFinished>,
-    options: Vec<GeneratedOptions>,
-    /// Authored option lists the runner presented, as texts.
-    authored_options: Vec<Vec<String>>,
-    failures: Vec<YarnBridgeFailed>,
-    completed: bool,
-}
-
-/// Which generated option the view takes.
-#[derive(Resource)]
-struct Take(usize);
-
-/// A headless app with the plugin, Yarn Spinner over `script`, the bridge and a view that
-/// continues every line and takes option [`Take`] of generated options.
-fn yarn_app(assets: &std::path::Path, plugin: LlmDialoguePlugin, script: &str) -> App {
-    let file = YarnFile::new("test.yarn", script);
-    let mut app = app_with(assets, plugin, |app| {
-        app.add_plugins(YarnSpinnerPlugin::with_yarn_source(file))
-            .add_plugins(YarnBridgePlugin);
-    });
-    app.init_resource::<View>()
-        .insert_resource(Take(0))
-        .add_observer(
-            |line: On<PresentLine>,
-             mut view: ResMut<View>,
-             mut runners: Query<&mut DialogueRunner>| {
-                let name = line.line.character_name().map(str::to_owned);
-                view.lines
-                    .push((name, line.line.text_without_character_name()));
-                runners
-                    .get_mut(line.entity)
-                    .unwrap()
-                    .continue_in_next_update();
-            },
-        )
-        .add_observer(
-            |ev: On<GeneratedOptions>,
-             mut view: ResMut<View>,
-             take: Res<Take>,
-             mut choose: MessageWriter<ChooseGenerated>| {
-                view.options.push(ev.clone());
-                if ev.beside {
-                    return;
-                }
-                choose.write(ChooseGenerated {
-                    runner: ev.runner,
-                    index: take.0,
-                });
-            },
-        )
-        .add_observer(
-            |ev: On<PresentOptions>,
-             mut view: ResMut<View>,
-             mut runners: Query<&mut DialogueRunner>| {
-                let texts = ev.options.iter().map(|o| o.line.text.clone()).collect();
-                view.authored_options.push(texts);
-                // The first option the player may take, as a view would offer it.
-                let first = ev.options.iter().find(|o| o.is_available).unwrap();
-                let mut runner = runners.get_mut(ev.entity).unwrap();
-                runner.select_option(first.id).unwrap();
-            },
-        )
-        .add_observer(|ev: On<GeneratedLineDelta>, mut view: ResMut<View>| {
-            view.deltas.push_str(&ev.text);
-        })
-        .add_observer(|ev: On<GeneratedLineFinished>, mut view: ResMut<View>| {
-            view.finished.push(ev.clone());
-        })
-        .add_observer(|ev: On<YarnBridgeFailed>, mut view: ResMut<View>| {
-            view.failures.push(ev.clone());
-        })
-        .add_observer(|_: On<DialogueCompleted>, mut view: ResMut<View>| {
-            view.completed = true;
-        });
-    app
-}
-
-/// Waits for the Yarn project to compile, then spawns a runner with `bridge` at `node`.
-fn start(app: &mut App, bridge: YarnBridge, node: &str) -> Entity {
-    let begin = Instant::now();
-    while !app.world().contains_resource::<YarnProject>() {
-        assert!(begin.elapsed() < LONG, "the Yarn project did not compile");
-        app.update();
-    }
-    let node = node.to_owned();
-    app.world_mut()
-        .run_system_once(move |mut commands: Commands, project: Res<YarnProject>| {
-            let mut runner = project.create_dialogue_runner(&mut commands);
-            runner.start_node(&node);
-            commands.spawn((runner, bridge.clone())).id()
-        })
-        .unwrap()
-}
-
-/// Runs frames until the view says `done`, failing after `timeout`.
-fn until(app: &mut App, timeout: Duration, what: &str, done: impl Fn(&View) -> bool) {
-    let begin = Instant::now();
-    loop {
-        app.update();
-        let view = app.world().resource::<View>();
-        if done(view) {
-            return;
-        }
-        assert!(
-            begin.elapsed() < timeout,
-            "timed out waiting for {what}; lines {:?}; failures {:?}",
-            view.lines,
-            view.failures
-                .iter()
-                .map(|f| f.error.to_string())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 const GATE: &str = r#"title: Gate
 ---
@@ -174,29 +47,13 @@ const STORY: &str = r#"(
     )],
 )"#;
 
-fn guard_persona(assets: &std::path::Path) {
-    std::fs::write(
-        assets.join("personas/guard.persona.ron"),
-        r#"(
-    name: "Tobin",
-    description: "the night guard at the gate of Elmsbrook, gruff but fair",
-    actions: [
-        (name: "open_gate", description: "let the traveller in"),
-        (name: "refuse", description: "keep the gate shut"),
-    ],
-    disposition: Some((moods: ["wary", "friendly", "angry"], affinity: (-5, 5))),
-)"#,
-    )
-    .unwrap();
-}
-
 #[test]
 fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
     let assets = scratch_assets("yarn-gate");
     guard_persona(&assets);
     std::fs::write(assets.join("stories/gate.story.ron"), STORY).unwrap();
     let mut app = yarn_app(&assets, plugin(), GATE);
-    app.insert_resource(Take(1));
+    app.insert_resource(TakeOption(1));
     let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
     app.world_mut().entity_mut(guard).insert(Name::new("Guard"));
     let story = app
@@ -208,11 +65,11 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         narrator: Some(narrator),
         ..default()
     };
-    let runner = start(&mut app, bridge, "Gate");
+    let runner = start_yarn(&mut app, bridge, "Gate");
 
     // The authored line first; the runner then waits for the generated one.
-    until(&mut app, LONG, "the generated options", |v| {
-        !v.options.is_empty()
+    update_until(&mut app, LONG, "the generated options", |log| {
+        !log.yarn.options.is_empty()
     });
     let save = {
         let mut q = app
@@ -221,9 +78,11 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         let (r, t) = q.get(app.world(), runner).unwrap();
         YarnSave::capture(r, t)
     };
-    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+    update_until(&mut app, LONG, "the end of the dialogue", |log| {
+        log.yarn.completed
+    });
 
-    let view = app.world().resource::<View>();
+    let view = &app.world().resource::<Log>().yarn;
     assert!(view.failures.is_empty(), "{:?}", view.failures);
     assert_eq!(view.lines.len(), 4, "{:?}", view.lines);
     assert_eq!(
@@ -280,8 +139,8 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         ..plugin()
     };
     let mut app = yarn_app(&assets, missing, GATE);
-    app.insert_resource(Take(0));
-    let runner = start(&mut app, YarnBridge::default(), "Gate");
+    app.insert_resource(TakeOption(0));
+    let runner = start_yarn(&mut app, YarnBridge::default(), "Gate");
     {
         let mut q = app
             .world_mut()
@@ -289,10 +148,10 @@ fn an_authored_scene_hands_over_to_generated_lines_and_options_and_back() {
         let (mut r, mut t) = q.get_mut(app.world_mut(), runner).unwrap();
         save.restore(&mut r, &mut t).unwrap();
     }
-    until(&mut app, LONG, "the end of the replay", |v| {
-        v.completed && v.lines.len() >= 4
+    update_until(&mut app, LONG, "the end of the replay", |log| {
+        log.yarn.completed && log.yarn.lines.len() >= 4
     });
-    let view = app.world().resource::<View>();
+    let view = &app.world().resource::<Log>().yarn;
     let replayed = view.finished.last().unwrap();
     assert!(
         replayed.replayed && !replayed.fallback,
@@ -332,8 +191,10 @@ fn a_variable_set_by_an_npc_action_selects_the_authored_branch() {
     let mut app = yarn_app(&assets, plugin(), DOOR);
     // Named by its persona (no Name component).
     let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
-    let runner = start(&mut app, YarnBridge::default(), "Door");
-    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+    let runner = start_yarn(&mut app, YarnBridge::default(), "Door");
+    update_until(&mut app, LONG, "the end of the dialogue", |log| {
+        log.yarn.completed
+    });
 
     let log = app.world().resource::<Log>();
     assert_eq!(
@@ -343,7 +204,7 @@ fn a_variable_set_by_an_npc_action_selects_the_authored_branch() {
         log.action_failures
     );
     let decided = log.actions[0].name.clone();
-    let view = app.world().resource::<View>();
+    let view = &log.yarn;
     assert!(view.failures.is_empty(), "{:?}", view.failures);
     let expected = if decided == "open_gate" {
         "OPEN"
@@ -412,16 +273,18 @@ fn without_a_model_the_runner_goes_on_with_the_writers_fallbacks_and_clear_error
         ..plugin()
     };
     let mut app = yarn_app(&assets, missing, FALLBACKS);
-    app.insert_resource(Take(1));
+    app.insert_resource(TakeOption(1));
     let guard = spawn_npc(&mut app, "personas/guard.persona.ron");
     app.world_mut().entity_mut(guard).insert(Name::new("Guard"));
     update_until(&mut app, LONG, "ModelFailed", |log| {
         !log.model_failed.is_empty()
     });
-    start(&mut app, YarnBridge::default(), "Start");
-    until(&mut app, LONG, "the end of the dialogue", |v| v.completed);
+    start_yarn(&mut app, YarnBridge::default(), "Start");
+    update_until(&mut app, LONG, "the end of the dialogue", |log| {
+        log.yarn.completed
+    });
 
-    let view = app.world().resource::<View>();
+    let view = &app.world().resource::<Log>().yarn;
     let lines: Vec<&str> = view.lines.iter().map(|l| l.1.as_str()).collect();
     assert_eq!(
         lines,

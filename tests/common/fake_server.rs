@@ -1,6 +1,8 @@
-//! A small OpenAI-compatible server on 127.0.0.1 that produces the faults a real server
-//! cannot on demand: refusals, busy answers, streams cut mid-line, garbage, stalls. The real
-//! llama.cpp server covers everything else (`.ci/run` runs the plugin tests against it).
+//! A small OpenAI-compatible server on 127.0.0.1 that answers each chat request as a test
+//! scripts it (by its number or its body) and keeps the requests it got: known replies for
+//! the worker's jobs, and the faults a real server cannot produce on demand: refusals, busy
+//! answers, streams cut mid-line, garbage, stalls. The real llama.cpp server covers
+//! everything else (`.ci/run` runs the worker's and the plugin's tests against it).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -57,7 +59,7 @@ pub struct FakeServer {
     pub hung_up: Arc<AtomicUsize>,
     /// The most streams open at once.
     pub most_at_once: Arc<AtomicUsize>,
-    /// Status of `GET /models` (200 lists one model).
+    /// The thread that accepts connections.
     _listener: std::thread::JoinHandle<()>,
 }
 
