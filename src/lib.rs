@@ -19,9 +19,10 @@
 //!    `story`; `card`; `prompt`. So `persona` does not know the card format (it keeps what a
 //!    card held as plain JSON, [`Persona::card`](persona::Persona::card)), and `Facts`
 //!    ([`prompt::Facts`]) lives in a module below both `lore` and `prompt`.
-//! 3. **Worker**: the job queue and the thread that owns the engine (for now inside
-//!    `plugin`), and `remote` (the same jobs on an inference server, feature `remote`); no
-//!    Bevy types.
+//! 3. **Worker**: `worker` (jobs, the queue, one job server over the local engine or an
+//!    inference server, the job recipes, crash recovery) and `remote` (the client of an
+//!    inference server, feature `remote`); no Bevy types. `settings` (layered generation
+//!    settings) sits with the domain, below it.
 //! 4. **Plugin**: `plugin` (components, messages, assets, systems; feature `bevy`).
 //! 5. **Yarn**: `yarn`, the bridge to `bevy_yarnspinner` (feature `yarn`).
 //!
