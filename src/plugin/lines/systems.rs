@@ -74,6 +74,10 @@ type NpcData<'a> = (
 
 /// `PostUpdate`: requests whose persona and template are loaded become prompts and go to the
 /// worker; requests that cannot be served fail at once.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system's parameters: what it reads and writes"
+)]
 pub(crate) fn dispatch_lines(
     mut commands: Commands,
     mut dispatcher: Dispatcher,
