@@ -134,9 +134,8 @@ fn about(report: &Report) -> Option<RequestId> {
 
 #[test]
 fn a_refused_key_names_its_variable_and_a_missing_one_too() {
-    let server = FakeServer::start(401, |_, _| {
-        Reply::Status(401, vec![], r#"{"error":{"message":"bad key"}}"#.into())
-    });
+    // `GET /models` is refused; connecting asks nothing else.
+    let server = FakeServer::start(401, |_, _| stream(&["Never asked."]));
     // Cargo sets this variable for every test process: it stands in for a key.
     let client = RemoteClient::new(config(&server.url).with_api_key_env("CARGO_PKG_NAME")).unwrap();
     let error = client.connect().unwrap_err().to_string();
@@ -144,6 +143,7 @@ fn a_refused_key_names_its_variable_and_a_missing_one_too() {
         error.contains("$CARGO_PKG_NAME") && error.contains("(401)") && error.contains(&server.url),
         "{error}"
     );
+    assert!(server.requests().is_empty());
 
     let missing = config(&server.url).with_api_key_env("LLM_DIALOGUE_TEST_KEY_THAT_IS_NOT_SET");
     let error = RemoteClient::new(missing).unwrap_err().to_string();
