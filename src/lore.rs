@@ -251,7 +251,7 @@ fn select<'a>(
     fired
 }
 
-/// The trimmed contents of the entries of `books` that fire ([`select`]), each once: what
+/// The trimmed contents of the entries of `books` that fire ([`Lorebook::select`], book by book), each once: what
 /// a prompt's note next to the newest turn says.
 pub fn fired_contents<'a>(
     books: &[&'a Lorebook],

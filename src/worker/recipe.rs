@@ -51,6 +51,10 @@ pub(crate) trait Generate {
     ) -> Result<Vec<Generation>, WorkerError>;
 }
 
+#[cfg_attr(
+    all(not(feature = "remote"), not(test)),
+    expect(dead_code, reason = "the remote backend draws alternatives one by one")
+)]
 /// The seed of alternative `i`: the request's for the first, then one more for each (a
 /// fresh random base when the request has none), as the engine draws them.
 pub(crate) fn alternative_params(params: &GenerateParams, i: usize) -> GenerateParams {

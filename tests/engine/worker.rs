@@ -72,17 +72,48 @@ pub(crate) fn run(worker: &Worker, ids: &[u64]) -> std::collections::HashMap<u64
         };
         match report {
             Report::LoadFailed(why) => panic!("the model failed to load: {why}"),
-            Report::Started { id, .. } => outcomes.get_mut(&id.0).unwrap().started = true,
+            Report::Started { id, .. } => {
+                outcomes
+                    .get_mut(&id.0)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "a report for job {}, which was not asked for or was cancelled",
+                            id.0
+                        )
+                    })
+                    .started = true
+            }
             Report::Delta { id, text } => {
-                let o = outcomes.get_mut(&id.0).unwrap();
+                let o = outcomes.get_mut(&id.0).unwrap_or_else(|| {
+                    panic!(
+                        "a report for job {}, which was not asked for or was cancelled",
+                        id.0
+                    )
+                });
                 o.streamed.push_str(&text);
                 o.deltas += 1;
             }
             Report::Finished { id, generations } => {
-                outcomes.get_mut(&id.0).unwrap().result = Some(Ok(generations));
+                outcomes
+                    .get_mut(&id.0)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "a report for job {}, which was not asked for or was cancelled",
+                            id.0
+                        )
+                    })
+                    .result = Some(Ok(generations));
             }
             Report::Failed { id, error } => {
-                outcomes.get_mut(&id.0).unwrap().result = Some(Err(error));
+                outcomes
+                    .get_mut(&id.0)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "a report for job {}, which was not asked for or was cancelled",
+                            id.0
+                        )
+                    })
+                    .result = Some(Err(error));
             }
             _ => {}
         }
@@ -251,9 +282,9 @@ fn lines_of_several_conversations_batch_and_a_cancelled_one_reports_nothing() {
         worker.submit(job(id, id, mira(), params(16, id), line(1)));
     }
     let cancelled = job(9, 9, mira(), params(16, 9), line(1));
-    let token = cancelled.cancel.clone();
+    // Cancelled before the worker can take it: it leaves the queue unseen.
+    cancelled.cancel.cancel();
     worker.submit(cancelled);
-    token.cancel();
     let outcomes = run(&worker, &ids);
     for id in ids {
         let outcome = &outcomes[&id];
