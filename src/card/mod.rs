@@ -34,11 +34,16 @@
 //! alike (the `player_name` fact of the world, "the traveler" when it is not set;
 //! [`resolve_user`]). A greeting the game shows itself goes through [`resolve_user`].
 
+mod text;
+
+pub use text::resolve_user;
+use text::{as_phrase, examples, resolve_char, split_sentences};
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::persona::{ExampleExchange, Persona};
+use crate::persona::Persona;
 use crate::ron_file::Validate;
 
 /// The most bytes of a card, JSON or PNG (a card's portrait included).
@@ -454,127 +459,6 @@ impl CharacterCard {
             .map_err(|e| invalid(file, &e.field, e.reason))?;
         Ok(persona)
     }
-}
-
-/// `text` with `{{user}}` and `<USER>` replaced by `player`.
-pub fn resolve_user(text: &str, player: &str) -> String {
-    replace_macro(text, &["{{user}}", "<USER>"], player)
-}
-
-/// `text` with `{{char}}` and `<BOT>` replaced by `name`.
-fn resolve_char(text: &str, name: &str) -> String {
-    replace_macro(text, &["{{char}}", "<BOT>"], name)
-}
-
-/// Replaces each macro, case-insensitively (`{{Char}}` is common).
-fn replace_macro(text: &str, macros: &[&str], with: &str) -> String {
-    let mut out = text.to_owned();
-    for m in macros {
-        let mut result = String::with_capacity(out.len());
-        let lower = out.to_ascii_lowercase();
-        let target = m.to_ascii_lowercase();
-        let mut last = 0;
-        for (at, _) in lower.match_indices(&target) {
-            result.push_str(&out[last..at]);
-            result.push_str(with);
-            last = at + m.len();
-        }
-        result.push_str(&out[last..]);
-        out = result;
-    }
-    out
-}
-
-/// The sentences of `text`, trimmed (a line break ends one too).
-fn split_sentences(text: &str) -> Vec<String> {
-    let mut sentences = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\n' {
-            push_sentence(&mut sentences, &mut current);
-            continue;
-        }
-        current.push(c);
-        if matches!(c, '.' | '!' | '?') && chars.peek().is_none_or(|n| n.is_whitespace()) {
-            push_sentence(&mut sentences, &mut current);
-        }
-    }
-    push_sentence(&mut sentences, &mut current);
-    sentences
-}
-
-fn push_sentence(sentences: &mut Vec<String>, current: &mut String) {
-    let s = current.trim();
-    if !s.is_empty() {
-        sentences.push(s.to_owned());
-    }
-    current.clear();
-}
-
-/// The persona's description phrase from a card's first sentence: "Mira is the blacksmith
-/// of Elmsbrook." → "the blacksmith of Elmsbrook"; a sentence in another shape is kept, its
-/// end mark dropped.
-fn as_phrase(sentence: &str, name: &str) -> String {
-    let s = sentence.trim().trim_end_matches(['.', '!', '?']);
-    for lead in [
-        format!("{name} is "),
-        format!("{name} was "),
-        "The ".to_owned(),
-    ] {
-        if let Some(rest) = s.strip_prefix(&lead) {
-            return if lead == "The " {
-                format!("the {rest}")
-            } else {
-                rest.to_owned()
-            };
-        }
-    }
-    s.to_owned()
-}
-
-/// A card's example conversations, in order: the character's lines that answer a
-/// `{{user}}:` line (or `<USER>:`) of the same `<START>` block as exchanges, with what was
-/// said (two such lines in a row are joined by a line break); its other lines alone. Lines
-/// of neither speaker are skipped.
-fn examples(mes_example: &str, name: &str) -> (Vec<ExampleExchange>, Vec<String>) {
-    let text = resolve_char(mes_example, name);
-    let prefix = format!("{name}:");
-    let user_line = |line: &str| {
-        ["{{user}}:", "<user>:"].iter().find_map(|p| {
-            line.get(..p.len())
-                .filter(|head| head.eq_ignore_ascii_case(p))
-                .map(|_| line[p.len()..].trim().to_owned())
-        })
-    };
-    let (mut exchanges, mut lines) = (Vec::new(), Vec::new());
-    let mut said: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if line
-            .get(..7)
-            .is_some_and(|h| h.eq_ignore_ascii_case("<start>"))
-        {
-            said = None;
-        } else if let Some(words) = user_line(line) {
-            said = match said.take() {
-                Some(before) if !words.is_empty() => Some(format!("{before}\n{words}")),
-                Some(before) => Some(before),
-                None => Some(words),
-            };
-        } else if let Some(reply) = line.strip_prefix(&prefix).map(str::trim) {
-            if reply.is_empty() {
-                continue;
-            }
-            match said.take().filter(|s| !s.is_empty()) {
-                Some(said) => exchanges.push(ExampleExchange {
-                    said,
-                    reply: reply.to_owned(),
-                }),
-                None => lines.push(reply.to_owned()),
-            }
-        }
-    }
-    (exchanges, lines)
 }
 
 fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {
