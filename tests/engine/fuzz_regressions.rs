@@ -2,7 +2,7 @@
 //! must end in a value or an error, never a panic. Files live in `tests/data/fuzz/<target>/`,
 //! and each test checks that it read at least as many as are there now, so that a renamed
 //! or missing folder fails rather than replays nothing. The GGUF seeds are the hostile
-//! headers below, committed as `.bin` files of under 2 KiB (model files are never committed).
+//! headers below, committed as `.header` files of under 2 KiB (model files are never committed).
 
 use std::path::Path;
 
@@ -38,7 +38,7 @@ fn inputs(target: &str, at_least: usize) -> Vec<(String, Vec<u8>)> {
     found
 }
 
-/// Hostile GGUF headers, the seeds of `tests/data/fuzz/gguf/` (`<name>.bin`): a header
+/// Hostile GGUF headers, the seeds of `tests/data/fuzz/gguf/` (`<name>.header`): a header
 /// claiming 2^40 tensors and 2^40 metadata entries, one whose first key claims to be 2^62
 /// bytes long, one with `general.alignment = 0` and one whose tensor's dimensions overflow.
 fn hostile_headers() -> Vec<(String, Vec<u8>)> {
@@ -65,7 +65,7 @@ fn gguf_inputs_load_or_fail_cleanly() {
     if std::env::var_os("UPDATE_FUZZ_SEEDS").is_some() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/gguf");
         for (name, bytes) in hostile_headers() {
-            std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+            std::fs::write(dir.join(format!("{name}.header")), bytes).unwrap();
         }
     }
     let seeds = inputs("gguf", 4);
@@ -73,7 +73,7 @@ fn gguf_inputs_load_or_fail_cleanly() {
     for (name, bytes) in hostile_headers() {
         assert!(
             seeds.iter().any(|(_, seed)| *seed == bytes),
-            "tests/data/fuzz/gguf/{name}.bin is missing or differs from hostile_headers(); \
+            "tests/data/fuzz/gguf/{name}.header is missing or differs from hostile_headers(); \
              `UPDATE_FUZZ_SEEDS=1 cargo test --test engine gguf_inputs` writes it"
         );
     }
