@@ -269,12 +269,54 @@ pub fn fired_contents<'a>(
     contents
 }
 
+/// The deepest `scan_depth` of a lorebook (turns scanned for keys).
+pub const MAX_SCAN_DEPTH: usize = 64;
+
+/// The largest `token_budget` of a lorebook, in tokens (what a character card may ask for).
+pub const MAX_LORE_TOKEN_BUDGET: usize = 8192;
+
+/// The most entries in one lorebook: each is matched against the scanned turns for every
+/// request.
+pub const MAX_LORE_ENTRIES: usize = 4096;
+
+/// The most keys (and secondary keys) of one lore entry.
+pub const MAX_LORE_KEYS: usize = 64;
+
 impl Validate for Lorebook {
-    /// Keys and secondary keys must not be empty strings; an entry needs content.
+    /// Keys and secondary keys must not be empty strings; an entry needs content; sizes
+    /// stay within [`MAX_SCAN_DEPTH`], [`MAX_LORE_TOKEN_BUDGET`], [`MAX_LORE_ENTRIES`] and
+    /// [`MAX_LORE_KEYS`].
     fn validate(&self) -> Result<(), Invalid> {
+        if !(1..=MAX_SCAN_DEPTH).contains(&self.scan_depth) {
+            return Err(Invalid::new(
+                "scan_depth",
+                format!("is {}, outside 1..={MAX_SCAN_DEPTH}", self.scan_depth),
+            ));
+        }
+        if self.token_budget > MAX_LORE_TOKEN_BUDGET {
+            return Err(Invalid::new(
+                "token_budget",
+                format!("is {}; at most {MAX_LORE_TOKEN_BUDGET}", self.token_budget),
+            ));
+        }
+        if self.entries.len() > MAX_LORE_ENTRIES {
+            return Err(Invalid::new(
+                "entries",
+                format!(
+                    "has {} entries; at most {MAX_LORE_ENTRIES}",
+                    self.entries.len()
+                ),
+            ));
+        }
         for (i, e) in self.entries.iter().enumerate() {
             if e.content.trim().is_empty() {
                 return Err(Invalid::new(format!("entries[{i}].content"), "is empty"));
+            }
+            if e.keys.len() + e.secondary_keys.len() > MAX_LORE_KEYS {
+                return Err(Invalid::new(
+                    format!("entries[{i}].keys"),
+                    format!("has more than {MAX_LORE_KEYS} keys and secondary keys"),
+                ));
             }
             if e.keys
                 .iter()
@@ -370,9 +412,47 @@ pub fn from_character_book(book: &serde_json::Value) -> Lorebook {
         entries,
         scan_depth: book["scan_depth"]
             .as_u64()
-            .map_or(defaults.scan_depth, |d| d.clamp(1, 64) as usize),
+            .map_or(defaults.scan_depth, |d| {
+                d.clamp(1, MAX_SCAN_DEPTH as u64) as usize
+            }),
         token_budget: book["token_budget"]
             .as_u64()
-            .map_or(defaults.token_budget, |b| b.min(8192) as usize),
+            .map_or(defaults.token_budget, |b| {
+                b.min(MAX_LORE_TOKEN_BUDGET as u64) as usize
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lorebooks_sizes_are_bounded() {
+        let book = |fields: &str| {
+            Lorebook::from_ron(
+                &format!(r#"(entries: [(keys: ["k"], content: "c")], {fields})"#),
+                "w.lore.ron",
+            )
+        };
+        assert!(book("scan_depth: 64, token_budget: 8192").is_ok());
+        for (fields, says) in [
+            ("scan_depth: 0", "`scan_depth` is 0, outside 1..=64"),
+            ("scan_depth: 18446744073709551615", "outside 1..=64"),
+            (
+                "token_budget: 18446744073709551615",
+                "`token_budget` is 18446744073709551615",
+            ),
+        ] {
+            let e = book(fields).unwrap_err().to_string();
+            assert!(e.contains(says), "{fields}: {e}");
+        }
+        let keys = vec!["\"k\""; MAX_LORE_KEYS + 1].join(",");
+        let e = Lorebook::from_ron(
+            &format!(r#"(entries: [(keys: [{keys}], content: "c")])"#),
+            "w.lore.ron",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than 64 keys"), "{e}");
     }
 }

@@ -32,6 +32,17 @@ pub const MAX_LINE_TOKENS: usize = 2048;
 pub struct Persona {
     /// The character's name, as others call them.
     pub name: String,
+    /// Other names the character may give itself: titles, nicknames ("Sister Ilse", "the
+    /// Lamplighter"). With its `name`, the only names the identity guard lets it introduce
+    /// itself by (a character card's name becomes one when the card has a nickname).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Whether lines are kept in character while they are written: a self-introduction
+    /// under a name that is not the character's, or a speaker label ("Name:") where a turn
+    /// could start, is taken back and written again, as a banned word is
+    /// ([`IdentityCheck`](crate::content::IdentityCheck)). On unless the persona turns it off.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub identity_guard: bool,
     /// Who they are, in a phrase: "the blacksmith of Elmsbrook".
     pub description: String,
     /// Personality traits: "gruff", "secretly kind".
@@ -95,6 +106,27 @@ pub struct Persona {
     /// it as card fields). The persona does not read it. `None` for personas written as RON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Persona {
+    /// Every name the character may use: its `name` and `aliases`.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// The identity guard of its lines ([`identity_guard`](Self::identity_guard)), if on.
+    pub fn identity_check(&self) -> Option<crate::content::IdentityCheck> {
+        self.identity_guard
+            .then(|| crate::content::IdentityCheck::new(self.names()))
+    }
 }
 
 /// One example exchange: a line said to the character and its reply, in the persona file as
@@ -255,6 +287,9 @@ impl Validate for Persona {
         if let Some(lore) = &self.lore {
             lore.validate()
                 .map_err(|e| Invalid::new(format!("lore.{}", e.field), e.reason))?;
+        }
+        if let Some(content) = &self.content {
+            content.validate()?;
         }
         Ok(())
     }

@@ -54,7 +54,25 @@ pub(crate) struct LineSample {
     pub(crate) expect: Option<Vec<String>>,
     pub(crate) never_says: Vec<String>,
     pub(crate) seconds: f64,
+    pub(crate) first_delta: Option<f64>,
     pub(crate) stop: StopReason,
+}
+
+/// One answer to an identity probe, asked of a new NPC.
+pub(crate) struct IdentitySample {
+    pub(crate) names: Vec<String>,
+    pub(crate) text: String,
+}
+
+/// What a new NPC is asked about itself.
+const IDENTITY_PROBES: &[&str] = &["Hello, who are you?", "Tell me about yourself."];
+
+/// One line's answer: its text, the seconds it took and to its first delta, why it stopped.
+struct Answer {
+    text: String,
+    seconds: f64,
+    first_delta: Option<f64>,
+    stop: StopReason,
 }
 
 /// One generated scene.
@@ -104,10 +122,11 @@ fn main() {
     let started = Instant::now();
     let mut failures = Failures::default();
     let lines = run_lines(&mut app, &suite, &mut failures);
+    let identity = run_identity(&mut app, &suite, &mut failures);
     let scenes = run_scenes(&mut app, &suite, &mut failures);
     eprintln!("suite ran in {:.0} s", started.elapsed().as_secs_f64());
 
-    let row = report::Row::new(&label, &lines, &scenes, &failures);
+    let row = report::Row::new(&label, &lines, &identity, &scenes, &failures);
     row.print();
     report::write(&root.join("QUALITY.md"), &row, &lines, &scenes);
 }
@@ -186,11 +205,12 @@ fn run_lines(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<LineS
                 samples.push(LineSample {
                     persona: name,
                     asked,
-                    text: line.0,
+                    text: line.text,
                     expect,
                     never_says: persona.never_says.clone(),
-                    seconds: line.1,
-                    stop: line.2,
+                    seconds: line.seconds,
+                    first_delta: line.first_delta,
+                    stop: line.stop,
                 });
             }
             app.world_mut().despawn(npc);
@@ -205,6 +225,7 @@ fn first_of<D: Message + Clone, F: Message + Clone>(
     app: &mut App,
     done: impl Fn(&D) -> bool,
     failed: impl Fn(&F) -> bool,
+    mut each_frame: impl FnMut(&World),
 ) -> (Result<D, F>, f64) {
     let start = Instant::now();
     let mut dones = app.world().resource::<Messages<D>>().get_cursor_current();
@@ -213,6 +234,7 @@ fn first_of<D: Message + Clone, F: Message + Clone>(
         assert!(start.elapsed() < WAIT, "no result");
         app.update();
         let world = app.world();
+        each_frame(world);
         let seconds = start.elapsed().as_secs_f64();
         if let Some(f) = fails
             .read(world.resource::<Messages<F>>())
@@ -229,14 +251,71 @@ fn first_of<D: Message + Clone, F: Message + Clone>(
     }
 }
 
-/// One line from `npc`: its text, the seconds it took and why it stopped.
-fn ask(app: &mut App, npc: Entity, said: &str) -> Result<(String, f64, StopReason), String> {
+/// One line from `npc`.
+fn ask(app: &mut App, npc: Entity, said: &str) -> Result<Answer, String> {
+    let start = Instant::now();
+    let mut deltas = app
+        .world()
+        .resource::<Messages<LineDelta>>()
+        .get_cursor_current();
     app.world_mut()
         .write_message(RequestLine::new(npc).saying(said));
-    let (line, seconds) =
-        first_of::<LineFinished, LineFailed>(app, |l| l.npc == npc, |f| f.npc == npc);
-    line.map(|l| (l.text, seconds, l.stop_reason))
-        .map_err(|f| f.error.to_string())
+    let first_delta = std::cell::Cell::new(None);
+    let (line, seconds) = first_of::<LineFinished, LineFailed>(
+        app,
+        |l| l.npc == npc,
+        |f| f.npc == npc,
+        |world| {
+            if first_delta.get().is_none()
+                && deltas
+                    .read(world.resource::<Messages<LineDelta>>())
+                    .any(|d| d.npc == npc)
+            {
+                first_delta.set(Some(start.elapsed().as_secs_f64()));
+            }
+        },
+    );
+    line.map(|l| Answer {
+        text: l.text,
+        seconds,
+        first_delta: first_delta.get(),
+        stop: l.stop_reason,
+    })
+    .map_err(|f| f.error.to_string())
+}
+
+/// Each identity probe asked of a new NPC of each persona, once per seed.
+fn run_identity(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<IdentitySample> {
+    let mut samples = Vec::new();
+    for persona in &suite.personas {
+        let handle: Handle<Persona> = app
+            .world()
+            .resource::<AssetServer>()
+            .load(persona.file.clone());
+        for &s in &suite.seeds {
+            for probe in IDENTITY_PROBES {
+                seed(app, s);
+                let npc = app.world_mut().spawn(Npc::new(handle.clone())).id();
+                match ask(app, npc, probe) {
+                    Ok(answer) => {
+                        let names = app
+                            .world()
+                            .resource::<Assets<Persona>>()
+                            .get(&handle)
+                            .map(|p| p.names().map(str::to_owned).collect())
+                            .unwrap_or_default();
+                        samples.push(IdentitySample {
+                            names,
+                            text: answer.text,
+                        });
+                    }
+                    Err(e) => failures.lines.push(e),
+                }
+                app.world_mut().despawn(npc);
+            }
+        }
+    }
+    samples
 }
 
 /// Two generated scenes per premise and seed: the opening (or, after a pinned opening, the
@@ -296,8 +375,12 @@ fn run_scenes(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<Scen
 
 /// The next scene of `story`, and the seconds it took if it was generated.
 fn next_scene(app: &mut App, story: Entity) -> Result<(SceneFinished, Option<f64>), String> {
-    let (scene, seconds) =
-        first_of::<SceneFinished, SceneFailed>(app, |s| s.story == story, |f| f.story == story);
+    let (scene, seconds) = first_of::<SceneFinished, SceneFailed>(
+        app,
+        |s| s.story == story,
+        |f| f.story == story,
+        |_| {},
+    );
     scene
         .map(|s| {
             let generated = s.request.map(|_| seconds);

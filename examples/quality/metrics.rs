@@ -24,6 +24,26 @@ pub(crate) const DEFINITIONS: &[(&str, &str)] = &[
         "the NPC introduces itself by another name (`my name is X`, `I am X`, `I'm X`, `call me X`, `name's X` with a capitalised X that is not the persona's name)",
     ),
     (
+        "speaker label",
+        "a line with a speaker label where a turn could start (at its start, after a line break or a sentence end): one to four capitalised words (`of`, `the` inside) and a colon, other than an opening word such as `Listen:`",
+    ),
+    (
+        "identity probes",
+        "answers to \"Hello, who are you?\" and \"Tell me about yourself.\" asked of a new NPC: **names itself** counts those that contain the persona's name, **other name** those with a wrong name (as above)",
+    ),
+    (
+        "profane",
+        "a line that the profanity filter (rustrict) flags at `Profanity::Mild`, the strictest level",
+    ),
+    (
+        "distinct-2",
+        "distinct word pairs over all word pairs in each persona's lines, averaged over personas (higher: less repetition)",
+    ),
+    (
+        "first delta",
+        "mean seconds from the request to the line's first `LineDelta` (what the player waits for)",
+    ),
+    (
         "knowledge used",
         "answers to the probe questions about a persona's `knowledge` that contain one of the probe's expected words",
     ),
@@ -66,6 +86,95 @@ pub(crate) fn leaks(text: &str) -> bool {
 /// The other name an NPC gives itself, if any ([`score::other_name`]).
 pub(crate) fn wrong_name(text: &str, name: &str) -> Option<String> {
     score::other_name(text, name)
+}
+
+/// Whether a line has a speaker label where a turn could start.
+pub(crate) fn speaker_label(text: &str) -> bool {
+    const NOT_SPEAKERS: &[&str] = &[
+        "listen",
+        "look",
+        "note",
+        "remember",
+        "warning",
+        "answer",
+        "question",
+        "well",
+        "yes",
+        "no",
+        "okay",
+        "ok",
+        "so",
+        "hint",
+        "tip",
+        "first",
+        "second",
+        "third",
+        "finally",
+        "rule",
+        "example",
+        "reminder",
+        "hey",
+        "behold",
+        "attention",
+        "careful",
+        "lesson",
+        "now",
+        "see",
+        "truth",
+    ];
+    let mut starts = vec![0];
+    for (i, c) in text.char_indices() {
+        if c == '\n' || (matches!(c, '.' | '!' | '?') && text[i + 1..].starts_with(' ')) {
+            starts.push(i + 1);
+        }
+    }
+    starts.into_iter().any(|s| {
+        let rest = text[s..].trim_start().trim_start_matches(['"', '*', '(']);
+        let Some((label, _)) = rest.split_once(':') else {
+            return false;
+        };
+        let words: Vec<&str> = label.split(' ').collect();
+        (1..=4).contains(&words.len())
+            && label.len() <= 40
+            && words.iter().enumerate().all(|(i, w)| {
+                w.chars().next().is_some_and(char::is_uppercase)
+                    && w.chars()
+                        .all(|c| c.is_alphanumeric() || c == '\'' || c == '-')
+                    || (i > 0 && ["of", "the", "de", "van", "von"].contains(w))
+            })
+            && !(words.len() == 1 && NOT_SPEAKERS.contains(&words[0].to_lowercase().as_str()))
+    })
+}
+
+/// Whether the profanity filter flags a line at its strictest level.
+pub(crate) fn profane(text: &str) -> bool {
+    use bevy_llm_dialogue::content::{ContentPolicy, Profanity};
+    thread_local! {
+        static FILTER: bevy_llm_dialogue::content::ContentFilter = ContentPolicy {
+            profanity: Profanity::Mild,
+            ..ContentPolicy::off()
+        }
+        .filter();
+    }
+    FILTER.with(|f| f.check(text).is_some())
+}
+
+/// Distinct word pairs over all word pairs of `lines`.
+pub(crate) fn distinct_2<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<f64> {
+    let mut all = 0usize;
+    let mut seen = std::collections::HashSet::new();
+    for line in lines {
+        let words: Vec<String> = line
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        for pair in words.windows(2) {
+            all += 1;
+            seen.insert((pair[0].clone(), pair[1].clone()));
+        }
+    }
+    (all > 0).then(|| seen.len() as f64 / all as f64)
 }
 
 /// Whether an answer uses one of the expected words.
@@ -148,6 +257,15 @@ mod tests {
             Some("Zephyre")
         );
         assert_eq!(wrong_name("I'm Mira. I am tired.", "Mira"), None);
+        assert!(speaker_label(
+            "Megabele Blackjack: A well-known politician."
+        ));
+        assert!(speaker_label("Fine. Lady of the Library: \"Sister Ilse\""));
+        assert!(!speaker_label("Listen: the river floods in spring."));
+        assert!(!speaker_label("Here is the rule: pay first."));
+        assert!(profane("Some asshole with a gun."));
+        assert!(!profane("Some fellow with a gun."));
+        assert_eq!(distinct_2(["a b a b"]), Some(2.0 / 3.0));
         assert!(not_prose("Title2018_Scene1.json"));
         assert!(!not_prose("You stand at the gate. Rain falls."));
         assert!(title_like("The Silver Key"));

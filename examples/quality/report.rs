@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::metrics::{self, DEFINITIONS};
-use crate::{Failures, LineSample, SceneSample};
+use crate::{Failures, IdentitySample, LineSample, SceneSample};
 
 /// The figures of one run.
 pub(crate) struct Row {
@@ -28,6 +28,14 @@ pub(crate) struct Row {
     well_formed: usize,
     scene_failures: usize,
     seconds_per_scene: f64,
+    identity: usize,
+    names_itself: usize,
+    other_name: usize,
+    speaker_labels: usize,
+    labelled_of: usize,
+    profane: usize,
+    distinct_2: f64,
+    first_delta: f64,
 }
 
 fn pct(n: usize, of: usize) -> String {
@@ -42,9 +50,43 @@ impl Row {
     pub(crate) fn new(
         label: &str,
         lines: &[LineSample],
+        identity: &[IdentitySample],
         scenes: &[SceneSample],
         f: &Failures,
     ) -> Self {
+        let names_itself = identity
+            .iter()
+            .filter(|i| {
+                let lower = i.text.to_lowercase();
+                i.names.iter().any(|n| lower.contains(&n.to_lowercase()))
+            })
+            .count();
+        let other_name = identity
+            .iter()
+            .filter(|i| {
+                i.names
+                    .first()
+                    .is_some_and(|n| metrics::wrong_name(&i.text, n).is_some())
+            })
+            .count();
+        let all_texts: Vec<&str> = lines
+            .iter()
+            .map(|l| l.text.as_str())
+            .chain(identity.iter().map(|i| i.text.as_str()))
+            .collect();
+        let mut personas: Vec<&str> = lines.iter().map(|l| l.persona.as_str()).collect();
+        personas.dedup();
+        let distinct: Vec<f64> = personas
+            .iter()
+            .filter_map(|p| {
+                metrics::distinct_2(
+                    lines
+                        .iter()
+                        .filter(|l| l.persona == *p)
+                        .map(|l| l.text.as_str()),
+                )
+            })
+            .collect();
         let count = |p: &dyn Fn(&LineSample) -> bool| lines.iter().filter(|l| p(l)).count();
         let probes: Vec<&LineSample> = lines.iter().filter(|l| l.expect.is_some()).collect();
         let openings: Vec<&SceneSample> = scenes.iter().filter(|s| s.opening).collect();
@@ -104,7 +146,32 @@ impl Row {
                 .count(),
             scene_failures: f.scenes.len(),
             seconds_per_scene: mean(scenes.iter().map(|s| s.seconds).collect()),
+            identity: identity.len(),
+            names_itself,
+            other_name,
+            speaker_labels: all_texts
+                .iter()
+                .filter(|t| metrics::speaker_label(t))
+                .count(),
+            labelled_of: all_texts.len(),
+            profane: all_texts.iter().filter(|t| metrics::profane(t)).count(),
+            distinct_2: mean(distinct),
+            first_delta: mean(lines.iter().filter_map(|l| l.first_delta).collect()),
         }
+    }
+
+    fn persona_cells(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            self.label,
+            self.identity,
+            pct(self.names_itself, self.identity),
+            pct(self.other_name, self.identity),
+            pct(self.speaker_labels, self.labelled_of),
+            pct(self.profane, self.labelled_of),
+            self.distinct_2,
+            self.first_delta,
+        )
     }
 
     fn line_cells(&self) -> String {
@@ -145,11 +212,14 @@ impl Row {
     pub(crate) fn print(&self) {
         println!("{LINE_HEADER}\n{}", self.line_cells());
         println!("{SCENE_HEADER}\n{}", self.scene_cells());
+        println!("{PERSONA_HEADER}\n{}", self.persona_cells());
     }
 }
 
 const LINE_HEADER: &str = "| run | lines | mid-sentence | trailed off | leakage | wrong name | knowledge used | rule broken | failed | s/line |\n|---|---|---|---|---|---|---|---|---|---|";
 const SCENE_HEADER: &str = "| run | scenes | not prose | title-like | premise in opening | action choices | well-formed sets | failed | s/scene |\n|---|---|---|---|---|---|---|---|---|";
+
+const PERSONA_HEADER: &str = "| run | identity probes | names itself | other name | speaker label (all lines) | profane (all lines) | distinct-2 | first delta (s) |\n|---|---|---|---|---|---|---|---|";
 
 /// The rows already in `QUALITY.md` under `marker`, but the one labelled `label`.
 fn rows(existing: &str, marker: &str, label: &str) -> Vec<String> {
@@ -174,6 +244,8 @@ pub(crate) fn write(path: &Path, row: &Row, lines: &[LineSample], scenes: &[Scen
     line_rows.push(row.line_cells());
     let mut scene_rows = rows(&existing, "<!-- scenes -->", &row.label);
     scene_rows.push(row.scene_cells());
+    let mut persona_rows = rows(&existing, "<!-- persona -->", &row.label);
+    persona_rows.push(row.persona_cells());
     let notes = existing
         .find("<!-- notes -->")
         .map(|at| {
@@ -204,6 +276,17 @@ pub(crate) fn write(path: &Path, row: &Row, lines: &[LineSample], scenes: &[Scen
     out.push_str(SCENE_HEADER);
     out.push('\n');
     for r in &scene_rows {
+        out.push_str(r);
+        out.push('\n');
+    }
+    out.push_str(
+        "\n## Persona adherence\n\nThe lines above and the identity probes: who the character \
+         says it is, speaker labels, profanity, repetition and the wait for the first words.\n\n\
+         <!-- persona -->\n",
+    );
+    out.push_str(PERSONA_HEADER);
+    out.push('\n');
+    for r in &persona_rows {
         out.push_str(r);
         out.push('\n');
     }

@@ -49,6 +49,13 @@ use crate::ron_file::Validate;
 /// The most bytes of a card, JSON or PNG (a card's portrait included).
 pub const MAX_CARD_BYTES: usize = 16 << 20;
 
+/// The longest name (and nickname) of a card, in bytes.
+pub const MAX_CARD_NAME_BYTES: usize = 256;
+
+/// The most bytes a card's text may grow to once `{{char}}` and `<BOT>` are the name: a
+/// short card that repeats the macro a million times is refused before it is expanded.
+pub const MAX_EXPANDED_CARD_BYTES: usize = 2 * MAX_CARD_BYTES;
+
 /// The key of this crate's extension in a card's `extensions`: the persona fields cards have
 /// no place for (speaking style, goals, sampling, lengths, stop strings, actions,
 /// disposition, lore, content rules), so that a persona written out as a card comes back the same.
@@ -58,6 +65,10 @@ pub const EXTENSION: &str = "bevy_llm_dialogue";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct PersonaExtras {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity_guard: Option<bool>,
     #[serde(skip_serializing_if = "String::is_empty")]
     speaking_style: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -226,10 +237,38 @@ impl CharacterCard {
                 ));
             }
         }
+        let macros = macro_count(&value);
         let card: CharacterCard =
             serde_json::from_value(value).map_err(|e| invalid(file, "data", e.to_string()))?;
-        if card.data.name.trim().is_empty() {
+        let d = &card.data;
+        if d.name.trim().is_empty() {
             return Err(invalid(file, "data.name", "must not be empty"));
+        }
+        for (field, name) in [
+            ("data.name", Some(&d.name)),
+            ("data.nickname", d.nickname.as_ref()),
+        ] {
+            if let Some(name) = name
+                && name.len() > MAX_CARD_NAME_BYTES
+            {
+                return Err(invalid(
+                    file,
+                    field,
+                    format!("is {} bytes; at most {MAX_CARD_NAME_BYTES}", name.len()),
+                ));
+            }
+        }
+        let name_len = d.name.len().max(d.nickname.as_ref().map_or(0, String::len));
+        let expanded = macros.saturating_mul(name_len).saturating_add(text.len());
+        if expanded > MAX_EXPANDED_CARD_BYTES {
+            return Err(invalid(
+                file,
+                "data",
+                format!(
+                    "`{{{{char}}}}`/`<BOT>` appear {macros} times: with the name in their place \
+                     the card would be {expanded} bytes; at most {MAX_EXPANDED_CARD_BYTES}"
+                ),
+            ));
         }
         Ok(card)
     }
@@ -254,19 +293,45 @@ impl CharacterCard {
             .finish()
             .map_err(|e| png(format!("is not a readable PNG: {e}")))?;
         let info = reader.info();
-        let chunk = |keyword: &str| {
-            info.uncompressed_latin1_text
+        // A compressed chunk (zTXt, or iTXt with its flag) inflates no further than the
+        // base64 of the largest card: a small chunk must not grow into gigabytes.
+        let limit = MAX_CARD_BYTES / 3 * 4 + 4;
+        let too_large = |keyword: &str, e: png::DecodingError| {
+            png(format!(
+                "its `{keyword}` chunk does not inflate to at most {limit} bytes of text: {e}"
+            ))
+        };
+        let chunk = |keyword: &str| -> Result<Option<String>, CardError> {
+            if let Some(c) = info
+                .uncompressed_latin1_text
                 .iter()
                 .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-                .map(|c| c.text.clone())
-                .or_else(|| {
-                    info.utf8_text
-                        .iter()
-                        .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-                        .and_then(|c| c.get_text().ok())
-                })
+            {
+                return Ok(Some(c.text.clone()));
+            }
+            if let Some(c) = info
+                .compressed_latin1_text
+                .iter()
+                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
+            {
+                let mut c = c.clone();
+                c.decompress_text_with_limit(limit)
+                    .map_err(|e| too_large(keyword, e))?;
+                return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
+            }
+            if let Some(c) = info
+                .utf8_text
+                .iter()
+                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
+            {
+                let mut c = c.clone();
+                c.decompress_text_with_limit(limit)
+                    .map_err(|e| too_large(keyword, e))?;
+                return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
+            }
+            Ok(None)
         };
-        let (keyword, encoded) = match (chunk("ccv3"), chunk("chara")) {
+        let (keyword, encoded) = match (chunk("ccv3")?, chunk("chara")?) {
             (Some(v3), _) => ("ccv3", v3),
             (None, Some(v2)) => ("chara", v2),
             (None, None) => {
@@ -297,6 +362,8 @@ impl CharacterCard {
         let mut kept = CardData::kept_in(persona).unwrap_or_default();
         let description = format!("{{{{char}}}} is {}.", persona.description);
         let extras = PersonaExtras {
+            aliases: persona.aliases.clone(),
+            identity_guard: (!persona.identity_guard).then_some(false),
             speaking_style: persona.speaking_style.clone(),
             goals: persona.goals.clone(),
             sampling: persona.sampling.clone(),
@@ -408,8 +475,15 @@ impl CharacterCard {
                 }
                 book
             });
+        // A card with a nickname speaks by it; its name stays one of its names.
+        let mut aliases = extras.aliases.clone();
+        if d.name.trim() != name && !aliases.iter().any(|a| a == d.name.trim()) {
+            aliases.push(d.name.trim().to_owned());
+        }
         Persona {
             name: name.clone(),
+            aliases,
+            identity_guard: extras.identity_guard.unwrap_or(true),
             description: phrase,
             personality: fill(&d.personality)
                 .split([',', ';', '\n'])
@@ -459,6 +533,25 @@ impl CharacterCard {
             .map_err(|e| invalid(file, &e.field, e.reason))?;
         Ok(persona)
     }
+}
+
+/// How many `{{char}}` and `<BOT>` macros the strings of `value` hold, as [`resolve_char`]
+/// finds them (case-insensitively).
+fn macro_count(value: &Value) -> usize {
+    let mut count = 0usize;
+    let mut todo = vec![value];
+    while let Some(value) = todo.pop() {
+        match value {
+            Value::String(s) => {
+                let lower = s.to_ascii_lowercase();
+                count += lower.matches("{{char}}").count() + lower.matches("<bot>").count();
+            }
+            Value::Array(items) => todo.extend(items),
+            Value::Object(map) => todo.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
 }
 
 fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {

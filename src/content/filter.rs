@@ -1,9 +1,7 @@
 //! [`ContentFilter`]: a policy's rules, ready to check text, finished or still streaming
 //! (the [`TextGuard`] the generator enforces), and to censor it.
 
-use std::ops::Range;
-
-use super::words::{inflects, words};
+use super::words::{matches, spelling_from, words};
 use crate::engine::{GuardHit, TextGuard};
 
 /// A banned phrase, as lowercase words.
@@ -73,9 +71,7 @@ impl ContentFilter {
         out: &mut Vec<GuardHit>,
         all: bool,
     ) {
-        let mut spans: Vec<(Range<usize>, String)> = words(text)
-            .map(|(range, word)| (range, word.to_lowercase()))
-            .collect();
+        let mut spans = words(text);
         // An unfinished last word is judged once it ends.
         if !complete && spans.last().is_some_and(|(r, _)| r.end == text.len()) {
             spans.pop();
@@ -109,7 +105,7 @@ impl ContentFilter {
                 let same = run
                     .iter()
                     .zip(&phrase.words)
-                    .all(|((_, word), base)| inflects(word, base));
+                    .all(|((_, word), base)| matches(word, base));
                 if joined && same {
                     out.push(GuardHit {
                         range: run[0].0.start..run[n - 1].0.end,
@@ -121,15 +117,14 @@ impl ContentFilter {
                 }
             }
         }
-        // Profanity: each word alone. rustrict's evasion checks, which join letters across
-        // spaces and dots, read ordinary prose as rude words ("that's exactly", "forest.
-        // It"); words judged before are not read again.
+        // Profanity: each word alone, as written and normalized (a word spelled out with
+        // spaces, look-alike letters, hidden characters). rustrict's evasion checks across
+        // words read ordinary prose as rude words ("that's exactly", "forest. It"); words
+        // judged before are not read again.
         if let Some(threshold) = self.profanity {
-            for (r, _) in spans.iter().filter(|(r, _)| r.end > checked) {
-                if rustrict::Censor::from_str(&text[r.clone()])
-                    .analyze()
-                    .is(threshold)
-                {
+            let rude = |word: &str| rustrict::Censor::from_str(word).analyze().is(threshold);
+            for (r, word) in spans.iter().filter(|(r, _)| r.end > checked) {
+                if rude(&text[r.clone()]) || rude(word) {
                     out.push(GuardHit {
                         range: r.clone(),
                         rule: "profanity".into(),
@@ -151,13 +146,15 @@ impl TextGuard for ContentFilter {
     }
 
     fn settled(&self, text: &str) -> usize {
-        let spans: Vec<(Range<usize>, String)> = words(text)
-            .map(|(range, word)| (range, word.to_lowercase()))
-            .collect();
+        let spans = words(text);
         let open = spans.last().is_some_and(|(r, _)| r.end == text.len());
         let mut settled = text.len();
         if open {
             settled = spans.last().map_or(settled, |(r, _)| r.start);
+        }
+        // Single letters that more could join into a spelled-out word.
+        if let Some(from) = spelling_from(text) {
+            settled = settled.min(from);
         }
         // The start of a phrase that the next words could finish.
         for phrase in self.phrases.iter().filter(|p| p.words.len() > 1) {
@@ -172,9 +169,9 @@ impl TextGuard for ContentFilter {
                         .enumerate()
                         .all(|(i, ((_, word), base))| {
                             if open && i == j - 1 {
-                                base.starts_with(word.as_str()) || inflects(word, base)
+                                base.starts_with(word.as_str()) || matches(word, base)
                             } else {
-                                inflects(word, base)
+                                matches(word, base)
                             }
                         });
                 if matches {
@@ -352,6 +349,57 @@ mod tests {
         let (shown, hit, _) = stream(&[], &pieces);
         assert!(!hit);
         assert!(shown.contains("la forge"), "{shown:?}");
+    }
+
+    #[test]
+    fn evasions_are_undone_before_matching() {
+        let f = banned(&["dragon"]);
+        for evasion in [
+            "a d r a g o n!",
+            "d.r.a.g.o.n",
+            "d-r-a-g-o-n",
+            "dra\u{200b}gon",
+            "dra\u{ad}gon",
+            "dr\u{430}gon",
+            "DR\u{391}GON",
+            "dr@gon",
+            "dr4g0n",
+            "dr*gon",
+            "\u{ff44}\u{ff52}\u{ff41}\u{ff47}\u{ff4f}\u{ff4e}",
+        ] {
+            assert!(f.check(evasion).is_some(), "{evasion:?}");
+        }
+        // An entry written with look-alikes is the same word.
+        assert!(banned(&["dr\u{430}gon"]).check("a dragon").is_some());
+        for clean in [
+            "I'm a bard, and I am at a loss.",
+            "A. B. Smith came by.",
+            "It is 4 o'clock; the drag racing starts.",
+            "Options: a, b, c.",
+        ] {
+            assert!(f.check(clean).is_none(), "{clean:?}");
+        }
+        assert_eq!(f.censor("a d r a g o n!"), "a ***********!");
+        // Letters spelling a word out are held while more could join them.
+        assert_eq!(f.settled("Look, d r a"), 6);
+        assert_eq!(f.settled("Look, d r a "), 6);
+        assert_eq!(f.settled("Look, a dog. "), 13);
+        let mild = ContentPolicy {
+            profanity: Profanity::Mild,
+            ..ContentPolicy::off()
+        }
+        .filter();
+        for evasion in [
+            "Oh, f*ck.",
+            "Oh, f.u.c.k.",
+            "Oh, f u c k!",
+            "Oh, fu\u{200b}ck.",
+            "Oh, fu\u{441}k.",
+            "Oh, sh1t.",
+        ] {
+            assert!(mild.check(evasion).is_some(), "{evasion:?}");
+        }
+        assert!(mild.check("Oh, fudge. Such luck.").is_none());
     }
 
     #[test]

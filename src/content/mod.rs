@@ -29,10 +29,13 @@
 //! [`Guard`]: crate::engine::Guard
 
 mod filter;
+mod identity;
 mod policy;
 mod words;
 
 pub use filter::ContentFilter;
+pub use identity::IdentityCheck;
 pub use policy::{
-    ContentOverride, ContentPolicy, DEFAULT_OUT_OF_CHARACTER, PlayerLineCheck, Profanity,
+    ContentOverride, ContentPolicy, DEFAULT_OUT_OF_CHARACTER, MAX_CONTENT_RULE_BYTES,
+    MAX_CONTENT_RULES, PlayerLineCheck, Profanity,
 };

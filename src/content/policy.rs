@@ -147,6 +147,50 @@ pub struct ContentOverride {
     pub fallback_line: Option<String>,
 }
 
+/// The most words and phrases in one list of a content override (a persona's, a story's):
+/// every rule is checked against every line.
+pub const MAX_CONTENT_RULES: usize = 1024;
+
+/// The longest word or phrase of a content rule, in bytes.
+pub const MAX_CONTENT_RULE_BYTES: usize = 256;
+
+impl crate::ron_file::Validate for ContentOverride {
+    /// Checks what a mod's file may ask for: list sizes, rule lengths, the rollback budget
+    /// ([`MAX_ROLLBACKS`](crate::engine::MAX_ROLLBACKS)).
+    fn validate(&self) -> Result<(), crate::ron_file::Invalid> {
+        use crate::ron_file::Invalid;
+        for (field, list) in [
+            ("content.banned", &self.banned),
+            ("content.out_of_character", &self.out_of_character),
+        ] {
+            if list.len() > MAX_CONTENT_RULES {
+                return Err(Invalid::new(
+                    field,
+                    format!("has {} entries; at most {MAX_CONTENT_RULES}", list.len()),
+                ));
+            }
+            if let Some(long) = list.iter().find(|r| r.len() > MAX_CONTENT_RULE_BYTES) {
+                return Err(Invalid::new(
+                    field,
+                    format!(
+                        "has an entry of {} bytes; at most {MAX_CONTENT_RULE_BYTES}",
+                        long.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = self.max_rollbacks
+            && n > crate::engine::MAX_ROLLBACKS
+        {
+            return Err(Invalid::new(
+                "content.max_rollbacks",
+                format!("is {n}; at most {}", crate::engine::MAX_ROLLBACKS),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ContentPolicy {
     /// A policy that checks nothing.
     pub fn off() -> Self {
@@ -198,7 +242,7 @@ impl ContentPolicy {
             if literal {
                 filter.literals.push((entry.to_ascii_lowercase(), rule));
             } else {
-                let words: Vec<String> = words(entry).map(|(_, w)| w.to_lowercase()).collect();
+                let words: Vec<String> = words(entry).into_iter().map(|(_, w)| w).collect();
                 if !words.is_empty() {
                     filter.phrases.push(Phrase { words, rule });
                 }
@@ -217,11 +261,61 @@ impl ContentPolicy {
     pub(crate) fn guard_with(&self, filter: ContentFilter) -> Option<Guard> {
         (!filter.is_empty()).then(|| Guard::new(filter, self.max_rollbacks))
     }
+
+    /// The guard for a character's lines: this policy's [`filter`](Self::filter) (built once
+    /// by a caller that also needs it) and, if any, the character's
+    /// [`IdentityCheck`](super::IdentityCheck), sharing this policy's rollback budget.
+    pub(crate) fn guard_for_character(
+        &self,
+        filter: ContentFilter,
+        identity: Option<super::IdentityCheck>,
+    ) -> Option<Guard> {
+        match (filter.is_empty(), identity) {
+            (_, None) => self.guard_with(filter),
+            (true, Some(identity)) => Some(Guard::new(identity, self.max_rollbacks)),
+            (false, Some(identity)) => Some(Guard::new((filter, identity), self.max_rollbacks)),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mods_content_rules_are_bounded() {
+        use crate::persona::Persona;
+        let persona = |content: &str| {
+            Persona::from_ron(
+                &format!(r#"(name: "M", description: "d", content: Some({content}))"#),
+                "m.persona.ron",
+            )
+        };
+        assert!(persona("(max_rollbacks: Some(16))").is_ok());
+        let e = persona("(max_rollbacks: Some(18446744073709551615))")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`content.max_rollbacks` is 18446744073709551615; at most 16"),
+            "{e}"
+        );
+        let many = format!(
+            "(banned: [{}])",
+            vec!["\"w\""; MAX_CONTENT_RULES + 1].join(",")
+        );
+        let e = persona(&many).unwrap_err().to_string();
+        assert!(e.contains("`content.banned` has 1025 entries"), "{e}");
+        let long = format!("(out_of_character: [\"{}\"])", "w".repeat(300));
+        assert!(persona(&long).is_err());
+        // A policy built in code is clamped.
+        let guard = ContentPolicy {
+            max_rollbacks: 1000,
+            ..ContentPolicy::default()
+        }
+        .guard()
+        .unwrap();
+        assert_eq!(guard.max_rollbacks(), crate::engine::MAX_ROLLBACKS);
+    }
 
     #[test]
     fn overrides_add_words_and_replace_settings() {

@@ -26,6 +26,22 @@ pub trait TextGuard: Send + Sync + fmt::Debug {
     fn settled(&self, text: &str) -> usize;
 }
 
+/// Two checks as one: the first hit of either, and what both have settled.
+impl<A: TextGuard, B: TextGuard> TextGuard for (A, B) {
+    fn find(&self, text: &str, checked: usize, complete: bool) -> Option<GuardHit> {
+        let a = self.0.find(text, checked, complete);
+        let b = self.1.find(text, checked, complete);
+        [a, b]
+            .into_iter()
+            .flatten()
+            .min_by_key(|hit| hit.range.start)
+    }
+
+    fn settled(&self, text: &str) -> usize {
+        self.0.settled(text).min(self.1.settled(text))
+    }
+}
+
 /// Where a [`TextGuard`] found something, and which of its rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuardHit {
@@ -34,6 +50,10 @@ pub struct GuardHit {
     /// The rule, for logs and [`LineFiltered`](crate::plugin::LineFiltered): `banned: dragon`.
     pub rule: String,
 }
+
+/// The most times one generation may take text back ([`Guard::new`] clamps to it; each
+/// rollback costs about one forward pass, and all of them together at most `max_tokens`).
+pub const MAX_ROLLBACKS: usize = 16;
 
 /// A [`TextGuard`] and how many times one generation may take text back before it ends
 /// ([`StopReason::Filtered`](super::StopReason::Filtered)). Set it in
@@ -45,11 +65,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Enforces `check`, taking text back at most `max_rollbacks` times per generation.
+    /// Enforces `check`, taking text back at most `max_rollbacks` times per generation
+    /// ([`MAX_ROLLBACKS`] at most: more is clamped).
     pub fn new(check: impl TextGuard + 'static, max_rollbacks: usize) -> Self {
         Self {
             check: Arc::new(check),
-            max_rollbacks,
+            max_rollbacks: max_rollbacks.min(MAX_ROLLBACKS),
         }
     }
 

@@ -36,7 +36,7 @@ mod sampling;
 mod sentences;
 mod slots;
 pub(crate) mod stream;
-mod template;
+pub(crate) mod template;
 mod tokenizer;
 
 pub use batch::Decoding;
@@ -44,7 +44,7 @@ pub use config::{Backend, CpuKernels, EngineConfig, KvCacheType, ModelInfo};
 pub use error::{EngineError, Result};
 pub use fit::FittedPrompt;
 pub use grammar::Grammar;
-pub use guard::{Guard, GuardHit, TextGuard};
+pub use guard::{Guard, GuardHit, MAX_ROLLBACKS, TextGuard};
 pub use load::{Engine, open_model_file};
 pub use params::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,

@@ -1,7 +1,7 @@
 //! Chat templates: the Jinja template stored in a GGUF file, rendered with minijinja.
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::{Environment, ErrorKind, Value, context};
+use minijinja::{Environment, ErrorKind, State, Value, context};
 use serde::{Deserialize, Serialize};
 
 use super::error::{EngineError, Result};
@@ -116,7 +116,7 @@ impl ChatTemplate {
                 .map_err(template_err)?,
         );
         env.set_fuel(Some(super::limits::CHAT_TEMPLATE_FUEL));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_method);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -247,6 +247,77 @@ fn split_placeholders(shape: &str, messages: &[ChatMessage], trim: bool) -> Vec<
 
 /// `strftime_now(format)`, which Llama 3 templates call for today's date. Supports the
 /// `%d`, `%m`, `%Y`, `%b` and `%B` directives.
+/// The widest field (width or precision) a template's `str.format` may ask for.
+pub(crate) const MAX_FORMAT_WIDTH: usize = 4096;
+
+/// The longest string a template's `str.replace` may make, in bytes.
+pub(crate) const MAX_REPLACED_BYTES: usize = 1 << 20;
+
+/// Python's string and dict methods in templates (minijinja-contrib's `pycompat`), with the
+/// two that allocate by their arguments checked first: `"{:>99999999999}".format("")` and a
+/// `replace` that multiplies a string would allocate before the template's fuel is charged.
+pub(crate) fn python_method(
+    state: &mut State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    let refuse = |reason: String| Err(minijinja::Error::new(ErrorKind::InvalidOperation, reason));
+    if let Some(text) = value.as_str() {
+        match method {
+            "format" => {
+                let widest = format_widths(text)
+                    .chain(
+                        // A nested field (`{:{}}`) takes its width from an argument.
+                        args.iter()
+                            .filter(|_| text.contains(":{"))
+                            .filter_map(|a| i128::try_from(a.clone()).ok())
+                            .map(|n| usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX)),
+                    )
+                    .max();
+                if let Some(widest) = widest.filter(|&w| w > MAX_FORMAT_WIDTH) {
+                    return refuse(format!(
+                        "str.format asks for a field {widest} characters wide; at most \
+                         {MAX_FORMAT_WIDTH}"
+                    ));
+                }
+            }
+            "replace" => {
+                let old = args.first().and_then(Value::as_str).unwrap_or("");
+                let new = args.get(1).and_then(Value::as_str).unwrap_or("");
+                let count = if old.is_empty() {
+                    text.chars().count() + 1
+                } else {
+                    text.matches(old).count()
+                };
+                let bytes = text.len().saturating_add(count.saturating_mul(new.len()));
+                if bytes > MAX_REPLACED_BYTES {
+                    return refuse(format!(
+                        "str.replace would make a string of {bytes} bytes; at most \
+                         {MAX_REPLACED_BYTES}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// The numbers in the format specs (`{:>20.3f}` gives 20 and 3) of a `str.format` string.
+fn format_widths(format: &str) -> impl Iterator<Item = usize> + '_ {
+    format
+        .split('{')
+        .skip(1)
+        .filter_map(|field| field.split_once('}').map(|(inside, _)| inside))
+        .filter_map(|inside| inside.split_once(':').map(|(_, spec)| spec))
+        .flat_map(|spec| {
+            spec.split(|c: char| !c.is_ascii_digit())
+                .filter(|digits| !digits.is_empty())
+                .map(|digits| digits.parse::<usize>().unwrap_or(usize::MAX))
+        })
+}
+
 fn strftime_now(format: String) -> String {
     const MONTHS: [&str; 12] = [
         "January",

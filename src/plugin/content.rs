@@ -2,12 +2,18 @@
 //! persona's and story's additions guards every line and scene as it is generated, checks
 //! the player's lines, and reports what it did as [`LineFiltered`].
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use bevy::prelude::*;
 
+use super::DialogueSystems;
 use super::request::{DialogueError, RequestId};
-use crate::content::{ContentFilter, ContentPolicy, PlayerLineCheck};
+use crate::content::{ContentFilter, ContentPolicy, IdentityCheck, PlayerLineCheck};
 use crate::engine::Guard;
 use crate::engine::{Generation, StopReason};
+use crate::persona::Persona;
+use crate::story::StoryAsset;
 
 /// Registers the content policy and its message, and warms the profanity filter up.
 pub(crate) struct ContentPlugin;
@@ -21,8 +27,93 @@ impl Plugin for ContentPlugin {
             .name("llm-dialogue-content-warm-up".into())
             .spawn(ContentFilter::warm_up);
         app.init_resource::<ContentPolicy>()
+            .init_resource::<LinePolicies>()
             .register_type::<LineFiltered>()
-            .add_message::<LineFiltered>();
+            .add_message::<LineFiltered>()
+            .add_systems(
+                PostUpdate,
+                forget_changed_policies.before(DialogueSystems::Dispatch),
+            );
+    }
+}
+
+/// Each persona's and story's [`LinePolicy`], built once per version of the asset and of
+/// the game's [`ContentPolicy`]: building a filter takes time that grows with its lists, and
+/// requests are prepared on the main thread.
+#[derive(Resource, Default)]
+pub(crate) struct LinePolicies {
+    personas: Mutex<HashMap<AssetId<Persona>, Arc<LinePolicy>>>,
+    stories: Mutex<HashMap<AssetId<StoryAsset>, Arc<LinePolicy>>>,
+}
+
+impl LinePolicies {
+    /// The policy of lines spoken as `persona` (the asset behind `id`).
+    pub(crate) fn persona(
+        &self,
+        id: AssetId<Persona>,
+        game: &ContentPolicy,
+        persona: &Persona,
+    ) -> Arc<LinePolicy> {
+        let mut cache = self.personas.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(LinePolicy::new(
+                    game.with_override(persona.content.as_ref()),
+                    persona.identity_check(),
+                ))
+            })
+            .clone()
+    }
+
+    /// The policy of scenes of `story` (the asset behind `id`).
+    pub(crate) fn story(
+        &self,
+        id: AssetId<StoryAsset>,
+        game: &ContentPolicy,
+        story: &StoryAsset,
+    ) -> Arc<LinePolicy> {
+        let mut cache = self.stories.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(id)
+            .or_insert_with(|| {
+                let mut policy = game.with_override(story.content.as_ref());
+                policy.banned.extend(crate::prompt::example_echoes(story));
+                Arc::new(LinePolicy::new(policy, None))
+            })
+            .clone()
+    }
+}
+
+/// Forgets the policies of personas and stories that changed or went away, and all of
+/// them when the game's policy changed.
+fn forget_changed_policies(
+    game: Res<ContentPolicy>,
+    mut personas: MessageReader<AssetEvent<Persona>>,
+    mut stories: MessageReader<AssetEvent<StoryAsset>>,
+    cache: Res<LinePolicies>,
+) {
+    let mut by_persona = cache.personas.lock().unwrap_or_else(|e| e.into_inner());
+    let mut by_story = cache.stories.lock().unwrap_or_else(|e| e.into_inner());
+    if game.is_changed() {
+        by_persona.clear();
+        by_story.clear();
+    }
+    for event in personas.read() {
+        if let AssetEvent::Modified { id }
+        | AssetEvent::Removed { id }
+        | AssetEvent::Unused { id } = event
+        {
+            by_persona.remove(id);
+        }
+    }
+    for event in stories.read() {
+        if let AssetEvent::Modified { id }
+        | AssetEvent::Removed { id }
+        | AssetEvent::Unused { id } = event
+        {
+            by_story.remove(id);
+        }
     }
 }
 
@@ -80,9 +171,10 @@ pub(crate) struct LinePolicy {
 }
 
 impl LinePolicy {
-    pub(crate) fn new(policy: ContentPolicy) -> Self {
+    /// The policy of lines by a character kept to `identity` (none for a narrator).
+    pub(crate) fn new(policy: ContentPolicy, identity: Option<IdentityCheck>) -> Self {
         let filter = policy.filter();
-        let guard = policy.guard_with(filter.clone());
+        let guard = policy.guard_for_character(filter.clone(), identity);
         let fallback = match filter.check(&policy.fallback_line) {
             Some(hit) => {
                 tracing::warn!(

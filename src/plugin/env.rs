@@ -15,6 +15,8 @@ pub(crate) struct RequestEnv<'w> {
     pub(crate) world: Res<'w, DialogueContext>,
     pub(crate) settings: Res<'w, DialogueSettings>,
     pub(crate) content: Res<'w, crate::content::ContentPolicy>,
+    /// The content policy of each persona and story, built once per version.
+    pub(crate) policies: Res<'w, super::content::LinePolicies>,
     pub(crate) model: Res<'w, DialogueModel>,
 }
 

@@ -11,7 +11,7 @@ pub use crate::facts::Facts;
 /// The value [`PromptTemplate::render`] takes (minijinja's): build one with
 /// `TemplateValue::from_serialize(..)` or minijinja's `context!` macro.
 pub use minijinja::Value as TemplateValue;
-pub use narrator::{choice_list, opening_ask};
+pub use narrator::{choice_list, example_echoes, opening_ask};
 pub use npc::{
     DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,
     UNPROMPTED_LINE, conversation, directed_unprompted_line, relevant_facts,

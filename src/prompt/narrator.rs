@@ -39,6 +39,27 @@ const BUILT_IN_EXAMPLE: (&str, &str, [&str; 3]) = (
     ],
 );
 
+/// The words of the built-in example that a story's scenes and choices must not echo: those
+/// its premise does not use, for a story shown the example (one without pinned scenes).
+/// Small models copy the example's stranger, letter and inn into stories of their own; the
+/// narrator's guard bans these words ([`crate::content::ContentPolicy::banned`]).
+pub fn example_echoes(asset: &StoryAsset) -> Vec<String> {
+    const ECHOES: &[&str] = &["stranger", "letter", "inn", "hooded", "roadside"];
+    if asset.nodes.iter().any(|n| !n.choices.is_empty()) {
+        return Vec::new();
+    }
+    let premise = asset.premise.to_lowercase();
+    let premise: Vec<&str> = premise
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    ECHOES
+        .iter()
+        .filter(|e| !premise.iter().any(|w| w.starts_with(*e)))
+        .map(|e| (*e).to_owned())
+        .collect()
+}
+
 /// Example scenes for the narrator: the story's pinned scenes that the playthrough has not
 /// reached (two at most), or the built-in one.
 fn scene_examples(asset: &StoryAsset, story: &Story) -> Vec<(String, String, Vec<String>)> {

@@ -49,7 +49,7 @@ impl PromptTemplate {
             .map_err(|e| error(name, source, &e))?;
         env.set_syntax(syntax);
         env.set_fuel(Some(PROMPT_TEMPLATE_FUEL));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(crate::engine::template::python_method);
         env.add_template_owned("prompt", source.to_owned())
             .map_err(|e| error(name, source, &e))?;
         Ok(Self {

@@ -165,6 +165,9 @@ impl Validate for StoryAsset {
             lore.validate()
                 .map_err(|e| Invalid::new(format!("lore.{}", e.field), e.reason))?;
         }
+        if let Some(content) = &self.content {
+            content.validate()?;
+        }
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ fn finish_line(
         "$llm_speaker",
         YarnValue::String(done.speaker.to_owned()),
     );
-    transcript.entries.push(Generated {
+    transcript.record(Generated {
         id: done.id.clone(),
         kind: GeneratedKind::Line {
             speaker: done.speaker.to_owned(),

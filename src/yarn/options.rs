@@ -42,7 +42,7 @@ fn show_options(
     if !shown.beside {
         set(runner, "$llm_choice", YarnValue::Number(0.0));
     }
-    transcript.entries.push(Generated {
+    transcript.record(Generated {
         id: shown.id.clone(),
         kind: GeneratedKind::Options {
             scene: shown.scene.clone(),

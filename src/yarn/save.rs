@@ -71,6 +71,10 @@ impl YarnSave {
     pub fn capture(runner: &DialogueRunner, transcript: &YarnTranscript) -> Self {
         let node = runner.is_running().then(|| runner.current_node()).flatten();
         let mut transcript = transcript.clone();
+        // The newest entries only (a game may have pushed more itself): a save its own
+        // restore refuses would lose the game.
+        let over = transcript.entries.len().saturating_sub(MAX_SAVED_ENTRIES);
+        transcript.entries.drain(..over);
         // Restoring starts the node again, which counts as its visit again.
         if let Some(node) = &node
             && let Some(visits) = transcript.visits.get_mut(node)

@@ -191,6 +191,109 @@ fn malformed_cards_fail_naming_the_file_and_what_is_wrong() {
     assert!(err(&[0xff, 0xfe, 0x00]).contains("neither a PNG nor UTF-8 JSON"));
 }
 
+#[test]
+fn hostile_cards_are_refused_before_they_grow() {
+    let err = |bytes: &[u8]| {
+        CharacterCard::persona_from_bytes(bytes, "bad.card")
+            .unwrap_err()
+            .to_string()
+    };
+    // A name of megabytes, repeated by `{{char}}` a million times, would be terabytes.
+    let mut long_name = v2();
+    long_name["data"]["name"] = json!("N".repeat(3 << 20));
+    long_name["data"]["description"] = json!("{{char}}".repeat(1 << 20));
+    let e = err(long_name.to_string().as_bytes());
+    assert!(e.contains("`data.name` is 3145728 bytes"), "{e}");
+    // A short name and millions of macros: gigabytes once expanded.
+    let mut many = v2();
+    many["data"]["name"] = json!("N".repeat(200));
+    many["data"]["description"] = json!("<BOT>".repeat(3 << 20));
+    let e = err(many.to_string().as_bytes());
+    // (v2() has a few macros of its own.)
+    assert!(e.contains("`<BOT>` appear 31457"), "{e}");
+    // A compressed text chunk (zTXt, and iTXt with its flag) of a few hundred kilobytes that
+    // inflates to 64 MiB is refused while it inflates.
+    let bomb = zlib_of_letters(64 << 20);
+    let ztxt = [b"chara\0\0".as_slice(), &bomb].concat();
+    let itxt = [b"ccv3\0\x01\0\0\0".as_slice(), &bomb].concat();
+    let with = |chunk: png::chunk::ChunkType, data: &[u8]| {
+        let mut bytes = Vec::new();
+        let mut encoder = png::Encoder::new(&mut bytes, 2, 1);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[10, 20, 30, 40, 50, 60]).unwrap();
+        writer.write_chunk(chunk, data).unwrap();
+        writer.finish().unwrap();
+        bytes
+    };
+    for (png, keyword) in [
+        (with(png::chunk::zTXt, &ztxt), "chara"),
+        (with(png::chunk::iTXt, &itxt), "ccv3"),
+    ] {
+        assert!(png.len() < 1 << 20, "the hostile file is small: {} bytes", png.len());
+        let e = err(&png);
+        assert!(
+            e.contains(&format!("its `{keyword}` chunk does not inflate"))
+                && e.contains("Out of decompression space"),
+            "{e}"
+        );
+    }
+}
+
+/// A zlib stream of `n` letters `A` at the highest ratio DEFLATE has: one fixed-Huffman block
+/// of a literal and back-references of 258 bytes (13 bits each).
+fn zlib_of_letters(n: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        len: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u64, bits: u32) {
+            self.acc |= value << self.len;
+            self.len += bits;
+            while self.len >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.len -= 8;
+            }
+        }
+        /// A Huffman code, most significant bit first.
+        fn code(&mut self, code: u64, bits: u32) {
+            let reversed = (0..bits).fold(0, |r, i| r | (((code >> i) & 1) << (bits - 1 - i)));
+            self.put(reversed, bits);
+        }
+    }
+    let mut b = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        len: 0,
+    };
+    b.put(1, 1); // the last block
+    b.put(1, 2); // fixed Huffman codes
+    b.code(0x30 + u64::from(b'A'), 8);
+    let mut left = n - 1;
+    while left >= 258 {
+        b.code(0xc5, 8); // length 258
+        b.code(0, 5); // distance 1
+        left -= 258;
+    }
+    for _ in 0..left {
+        b.code(0x30 + u64::from(b'A'), 8);
+    }
+    b.code(0, 7); // end of block
+    if b.len > 0 {
+        b.out.push(b.acc as u8);
+    }
+    let (mut a, mut s) = (1u32, 0u32);
+    for _ in 0..n {
+        a = (a + u32::from(b'A')) % 65521;
+        s = (s + a) % 65521;
+    }
+    b.out.extend(((s << 16) | a).to_be_bytes());
+    b.out
+}
+
 /// The persona without what only a card keeps.
 fn without_card(
     mut persona: bevy_llm_dialogue::persona::Persona,

@@ -255,3 +255,63 @@ fn a_storys_banned_word_stays_out_of_its_scene_and_choices() {
         assert!(log.filtered.iter().all(|f| f.npc == story));
     }
 }
+
+/// Tamsin, a character of a card the project never saw (written into the scratch assets).
+const TAMSIN: &str = r#"(
+    name: "Tamsin",
+    aliases: ["the Lamplighter"],
+    description: "the lamplighter of Blackvell",
+    personality: ["wry", "tired", "kind to strangers"],
+    knowledge: ["The lamps of Blackvell are lit at dusk and put out at dawn."],
+)"#;
+
+#[test]
+fn asked_who_she_is_over_twelve_seeds_a_character_never_takes_another_name() {
+    let assets = scratch_assets("identity");
+    std::fs::write(assets.join("personas/tamsin.persona.ron"), TAMSIN).unwrap();
+    let mut app = app(&assets, plugin());
+    let npcs: Vec<Entity> = (0..12)
+        .map(|_| spawn_npc(&mut app, "personas/tamsin.persona.ron"))
+        .collect();
+    for (seed, &npc) in npcs.iter().enumerate() {
+        request(
+            &mut app,
+            RequestLine::new(npc)
+                .saying(if seed % 2 == 0 {
+                    "Hello, who are you?"
+                } else {
+                    "What is your name, stranger?"
+                })
+                .sampling(SamplingParams::default().with_seed(seed as u64)),
+        );
+    }
+    update_until(&mut app, LONG * 3, "twelve lines", |log| {
+        log.finished.len() + log.failed.len() == npcs.len()
+    });
+    let log = app.world().resource::<Log>();
+    assert!(log.failed.is_empty(), "{:?}", log.failed);
+    let tamsin = bevy_llm_dialogue::persona::Persona::from_ron(TAMSIN, "tamsin").unwrap();
+    let check = tamsin.identity_check().expect("on by default");
+    for line in &log.finished {
+        let streamed = log.streamed(line.request);
+        assert_eq!(streamed, line.text, "the deltas add up to the line");
+        // The crate's own check and the quality suite's independent one agree.
+        assert!(check.check(&streamed).is_none(), "shown: {streamed:?}");
+        assert_eq!(
+            bevy_llm_dialogue::score::other_name(&streamed, "Tamsin"),
+            None,
+            "{streamed:?}"
+        );
+    }
+    let identity: Vec<&str> = log
+        .filtered
+        .iter()
+        .filter(|f| f.rule.starts_with("identity: "))
+        .map(|f| f.rule.as_str())
+        .collect();
+    eprintln!("12 seeds: identity hits {identity:?}");
+    assert!(
+        !identity.is_empty(),
+        "the model never tried another name or a label: the test shows nothing"
+    );
+}

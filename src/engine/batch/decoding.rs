@@ -67,6 +67,8 @@ pub struct Decoding {
     pub(super) banned: Vec<(usize, TokenId)>,
     /// The rules of the guard's hits.
     pub(super) filtered: Vec<String>,
+    /// Tokens sampled and then taken back by the guard, over the whole generation.
+    pub(super) taken_back: usize,
     pub(super) outcome: Option<Result<Generation>>,
 }
 
@@ -156,11 +158,16 @@ impl Decoding {
 
     /// Takes back the tokens that made the guard's `hit` and bans the first of them at its
     /// position, so the next step samples another in its place. `false` when it cannot: the
-    /// rollback budget is spent, or the hit starts inside a token that was partly shown.
+    /// rollback budget is spent (in rollbacks, or in tokens: once a line's worth of
+    /// `max_tokens` was taken back, so that a line's forward passes stay under three times
+    /// its `max_tokens`), or the hit starts inside a token that was partly shown.
     pub(super) fn roll_back(&mut self, hit: GuardHit) -> bool {
         self.filtered.push(hit.rule);
         let budget = self.params.guard.as_ref().map_or(0, |g| g.max_rollbacks());
-        if self.stats.rollbacks >= budget || self.generated.is_empty() {
+        if self.stats.rollbacks >= budget
+            || self.taken_back >= self.params.max_tokens
+            || self.generated.is_empty()
+        {
             return false;
         }
         let at = hit.range.start.max(self.stream.emitted());
@@ -185,6 +192,7 @@ impl Decoding {
         // Bans at this position stay: they share the prefix kept.
         self.banned.retain(|&(at, _)| at <= k);
         self.banned.push((k, self.generated[k]));
+        self.taken_back += self.generated.len() - k;
         self.generated.truncate(k);
         self.marks.truncate(k);
         self.stats.logprob = self.marks.iter().map(|(_, lp)| lp).sum();

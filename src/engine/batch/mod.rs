@@ -79,6 +79,7 @@ impl Engine {
             marks: Vec::new(),
             banned: Vec::new(),
             filtered: Vec::new(),
+            taken_back: 0,
             outcome: None,
         };
         match self.prepare(prompt, params, grammar) {

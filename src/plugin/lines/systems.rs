@@ -12,7 +12,7 @@ use crate::engine::{CancelToken, GenerateParams};
 use crate::persona::Persona;
 use crate::plugin::actions::Deciding;
 use crate::plugin::assets::DialogueAssets;
-use crate::plugin::content::{FilterAction, LineFiltered, LinePolicy, report};
+use crate::plugin::content::{FilterAction, LineFiltered, report};
 use crate::plugin::env::RequestEnv;
 use crate::plugin::in_flight::{ActiveKind, Dispatcher, InFlight, Inbox, Progress};
 use crate::plugin::narrator::Narrating;
@@ -186,7 +186,9 @@ fn line_job(
     let Some(template) = template.or_fail(DialogueError::Template)? else {
         return Ok(None);
     };
-    let policy = LinePolicy::new(env.content.with_override(persona.content.as_ref()));
+    let policy = env
+        .policies
+        .persona(npc.persona.id(), &env.content, persona);
     let (player_line, censored) = match &request.player_line {
         Some(line) => {
             let (line, censored) = policy.check_player_line(line)?;
@@ -240,7 +242,7 @@ fn line_job(
         job,
         player_line,
         censored,
-        fallback: policy.fallback,
+        fallback: policy.fallback.clone(),
     }))
 }
 

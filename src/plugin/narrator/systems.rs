@@ -149,7 +149,14 @@ pub(crate) fn dispatch_scenes(
             continue;
         }
         let id = request.id.unwrap_or_else(|| dispatcher.in_flight.next_id());
-        match scene_job(id, &request, &story, asset, template, &env) {
+        match scene_job(
+            id,
+            &request,
+            &story,
+            (narrator.story.id(), asset),
+            template,
+            &env,
+        ) {
             Ok(job) => {
                 let pending = PendingScene {
                     choices: request.choices.unwrap_or(asset.choices),
@@ -171,7 +178,7 @@ fn scene_job(
     id: RequestId,
     request: &RequestScene,
     story: &Story,
-    asset: &StoryAsset,
+    (asset_id, asset): (AssetId<StoryAsset>, &StoryAsset),
     template: &PromptTemplate,
     env: &RequestEnv,
 ) -> Result<Job, DialogueError> {
@@ -222,7 +229,11 @@ fn scene_job(
         LineSettings::merge([&story_layer, &request.settings]).applied_to(&env.settings.defaults);
     // The prose's budget: about four characters a token. It ends at a sentence end.
     params.max_tokens = (asset.max_scene_chars / 4).max(16);
-    params.guard = env.content.with_override(asset.content.as_ref()).guard();
+    params.guard = env
+        .policies
+        .story(asset_id, &env.content, asset)
+        .guard
+        .clone();
     Ok(Job {
         id,
         slot: request.story.to_bits(),
