@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_llm_dialogue::prelude::*;
+use bevy_llm_dialogue::prompt::example_echoes;
 use serde::Deserialize;
 
 /// `tests/data/quality/suite.ron`.
@@ -84,6 +85,8 @@ pub(crate) struct SceneSample {
     pub(crate) keywords: Vec<String>,
     pub(crate) n_choices: usize,
     pub(crate) seconds: f64,
+    /// The built-in example's words this story must not echo.
+    pub(crate) echoes: Vec<String>,
 }
 
 /// Requests that failed, by kind.
@@ -344,11 +347,9 @@ fn run_scenes(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<Scen
                         continue;
                     }
                 };
-                let n_choices = app
-                    .world()
-                    .resource::<Assets<StoryAsset>>()
-                    .get(&handle)
-                    .map_or(3, |a| a.choices);
+                let asset = app.world().resource::<Assets<StoryAsset>>().get(&handle);
+                let n_choices = asset.map_or(3, |a| a.choices);
+                let echoes = asset.map(example_echoes).unwrap_or_default();
                 if let Some(seconds) = scene.1 {
                     samples.push(SceneSample {
                         story: premise.file.clone(),
@@ -361,6 +362,7 @@ fn run_scenes(app: &mut App, suite: &Suite, failures: &mut Failures) -> Vec<Scen
                         keywords: premise.keywords.clone(),
                         n_choices,
                         seconds,
+                        echoes,
                     });
                     generated += 1;
                 }

@@ -44,6 +44,10 @@ pub(crate) const DEFINITIONS: &[(&str, &str)] = &[
         "mean seconds from the request to the line's first `LineDelta` (what the player waits for)",
     ),
     (
+        "example echoes",
+        "generated scenes whose prose or choices hold a word of the narrator's built-in example (`stranger`, `letter`, `inn`, `hooded`, `roadside`) that the story's premise does not use, in stories without pinned scenes",
+    ),
+    (
         "knowledge used",
         "answers to the probe questions about a persona's `knowledge` that contain one of the probe's expected words",
     ),
@@ -144,6 +148,13 @@ pub(crate) fn speaker_label(text: &str) -> bool {
             })
             && !(words.len() == 1 && NOT_SPEAKERS.contains(&words[0].to_lowercase().as_str()))
     })
+}
+
+/// Whether `text` holds one of `words` as a word (or its plural).
+pub(crate) fn echoes(text: &str, words: &[String]) -> bool {
+    text.split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .any(|w| words.iter().any(|e| w == *e || w == format!("{e}s")))
 }
 
 /// Whether the profanity filter flags a line at its strictest level.

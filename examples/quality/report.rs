@@ -36,6 +36,7 @@ pub(crate) struct Row {
     profane: usize,
     distinct_2: f64,
     first_delta: f64,
+    echoes: usize,
 }
 
 fn pct(n: usize, of: usize) -> String {
@@ -157,12 +158,20 @@ impl Row {
             profane: all_texts.iter().filter(|t| metrics::profane(t)).count(),
             distinct_2: mean(distinct),
             first_delta: mean(lines.iter().filter_map(|l| l.first_delta).collect()),
+            echoes: scenes
+                .iter()
+                .filter(|s| {
+                    std::iter::once(&s.text)
+                        .chain(&s.choices)
+                        .any(|t| metrics::echoes(t, &s.echoes))
+                })
+                .count(),
         }
     }
 
     fn persona_cells(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
             self.label,
             self.identity,
             pct(self.names_itself, self.identity),
@@ -171,6 +180,7 @@ impl Row {
             pct(self.profane, self.labelled_of),
             self.distinct_2,
             self.first_delta,
+            pct(self.echoes, self.scenes),
         )
     }
 
@@ -219,7 +229,7 @@ impl Row {
 const LINE_HEADER: &str = "| run | lines | mid-sentence | trailed off | leakage | wrong name | knowledge used | rule broken | failed | s/line |\n|---|---|---|---|---|---|---|---|---|---|";
 const SCENE_HEADER: &str = "| run | scenes | not prose | title-like | premise in opening | action choices | well-formed sets | failed | s/scene |\n|---|---|---|---|---|---|---|---|---|";
 
-const PERSONA_HEADER: &str = "| run | identity probes | names itself | other name | speaker label (all lines) | profane (all lines) | distinct-2 | first delta (s) |\n|---|---|---|---|---|---|---|---|";
+const PERSONA_HEADER: &str = "| run | identity probes | names itself | other name | speaker label (all lines) | profane (all lines) | distinct-2 | first delta (s) | example echoes (scenes) |\n|---|---|---|---|---|---|---|---|---|";
 
 /// The rows already in `QUALITY.md` under `marker`, but the one labelled `label`.
 fn rows(existing: &str, marker: &str, label: &str) -> Vec<String> {

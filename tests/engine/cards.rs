@@ -230,7 +230,11 @@ fn hostile_cards_are_refused_before_they_grow() {
         (with(png::chunk::zTXt, &ztxt), "chara"),
         (with(png::chunk::iTXt, &itxt), "ccv3"),
     ] {
-        assert!(png.len() < 1 << 20, "the hostile file is small: {} bytes", png.len());
+        assert!(
+            png.len() < 1 << 20,
+            "the hostile file is small: {} bytes",
+            png.len()
+        );
         let e = err(&png);
         assert!(
             e.contains(&format!("its `{keyword}` chunk does not inflate"))
