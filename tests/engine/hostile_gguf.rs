@@ -171,11 +171,7 @@ fn q2_k_matrices_load_without_a_whole_copy_in_f32() {
     // held 134 MB beyond what the model keeps; in pieces, a few MB.
     let file = q2_k_llama(65_536);
     let (engine, peak, kept) = alloc_meter::measure(|| {
-        Engine::from_reader(
-            Cursor::new(&file[..]),
-            "q2_k.gguf",
-            EngineConfig::default(),
-        )
+        Engine::from_reader(Cursor::new(&file[..]), "q2_k.gguf", EngineConfig::default())
     });
     let engine = engine.expect("the Q2_K model loads");
     assert_eq!(engine.info().architecture, "llama");

@@ -229,8 +229,8 @@ impl<R: Read + Seek> Walk<'_, R> {
         self.need(n, what)?;
         let failed = |e: io::Error| format!("cannot read {what}: {e}");
         if n <= SKIP_BY_READING {
-            let read = io::copy(&mut self.reader.by_ref().take(n), &mut io::sink())
-                .map_err(failed)?;
+            let read =
+                io::copy(&mut self.reader.by_ref().take(n), &mut io::sink()).map_err(failed)?;
             if read != n {
                 return Err(format!("{what}: the file ended early"));
             }
@@ -323,10 +323,7 @@ mod tests {
                 ("tokenizer.ggml.tokens", array(STRING, 3, &tokens)),
                 ("tokenizer.ggml.scores", array(6, 3, &[0; 12])),
                 // An array of two arrays of one byte: nested once, which candle writes.
-                (
-                    "nested",
-                    array(ARRAY, 2, &[array(0, 1, &[7])[4..].to_vec(); 2].concat()),
-                ),
+                ("nested", array(ARRAY, 2, &array(0, 1, &[7])[4..].repeat(2))),
             ],
             &[("token_embd.weight", 2, 64)],
         );
@@ -338,7 +335,10 @@ mod tests {
         // 2^40 one-byte values in a file of a few dozen bytes.
         let bytes = header(&[("huge", array(0, 1 << 40, &[1, 2, 3]))], &[]);
         let err = check(&bytes).unwrap_err();
-        assert!(err.contains("`huge`") && err.contains("1099511627776"), "{err}");
+        assert!(
+            err.contains("`huge`") && err.contains("1099511627776"),
+            "{err}"
+        );
         // Strings take at least their length prefix each.
         let bytes = header(&[("strings", array(STRING, 1000, &[0; 4000]))], &[]);
         let err = check(&bytes).unwrap_err();
@@ -351,7 +351,10 @@ mod tests {
         let half = MAX_METADATA_ELEMENTS / 2 + 1;
         let body = vec![0u8; half as usize];
         let bytes = header(
-            &[("first", array(0, half, &body)), ("second", array(0, half, &body))],
+            &[
+                ("first", array(0, half, &body)),
+                ("second", array(0, half, &body)),
+            ],
             &[],
         );
         let err = check(&bytes).unwrap_err();
@@ -365,7 +368,10 @@ mod tests {
         let mut value = STRING.to_le_bytes().to_vec();
         value.extend((1u64 << 50).to_le_bytes());
         let err = check(&header(&[("general.name", value)], &[])).unwrap_err();
-        assert!(err.contains("`general.name`") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("`general.name`") && err.contains("truncated"),
+            "{err}"
+        );
         // A key longer than the specification allows.
         let long = "k".repeat(70_000);
         let err = check(&header(&[(long.as_str(), typed(0, &[1]))], &[])).unwrap_err();

@@ -207,7 +207,12 @@ mod tests {
     /// and rows missing at the end are an error, not zero weights.
     #[test]
     fn packing_rows_in_pieces_matches_packing_them_whole() {
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q6K,
+        ] {
             let (rows, cols) = (21, 256);
             let (q, whole) = matrix(rows, cols, dtype, 6);
             let bytes = q.data().unwrap();
@@ -249,7 +254,8 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-            let whole: Vec<BlockQ8_0> = values.chunks_exact(QK).map(blocks::quantize_q8_0).collect();
+            let whole: Vec<BlockQ8_0> =
+                values.chunks_exact(QK).map(blocks::quantize_q8_0).collect();
             let Groups::Q8(groups) = &packed.groups else {
                 panic!("{dtype:?} packs as Q8_0")
             };
