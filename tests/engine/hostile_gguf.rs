@@ -44,7 +44,9 @@ fn metadata_over_the_caps_fails_naming_the_key() {
     // element cap alone would have taken 230 MB of values, and at 512 MiB of bytes, 16 GiB.
     let over = limits::MAX_METADATA_ELEMENTS as usize + 1;
     let nested = Value::Array(vec![Value::Array(vec![Value::Array(vec![Value::U8(1)])])]);
-    let cases: Vec<(&str, Vec<Vec<u8>>, [&str; 2])> = vec![
+    /// What the file holds, its extra metadata entries (encoded), what the error names.
+    type Case = (&'static str, Vec<Vec<u8>>, [&'static str; 2]);
+    let cases: Vec<Case> = vec![
         (
             "more array elements than the cap in all",
             vec![byte_array_kv("hostile.bytes", over)],

@@ -50,7 +50,7 @@ impl QMatrix {
 /// dequantization of the whole tensor would give, without the whole tensor in `f32`.
 fn requantize(dtype: GgmlDType, bytes: &[u8]) -> Result<Vec<BlockQ8_0>> {
     let (block, size) = (dtype.block_size(), dtype.type_size());
-    if bytes.len() % size != 0 || block % QK != 0 {
+    if !bytes.len().is_multiple_of(size) || !block.is_multiple_of(QK) {
         candle_core::bail!(
             "{} bytes are not whole {dtype:?} blocks of a multiple of {QK}",
             bytes.len()
