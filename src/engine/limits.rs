@@ -29,6 +29,21 @@ pub const MAX_VOCAB_BYTES: usize = 32 << 20;
 /// Most BPE merges, read from the file or rebuilt from SentencePiece scores.
 pub const MAX_MERGES: usize = 4_000_000;
 
+/// Most metadata entries in a GGUF file (real models have under a hundred).
+pub const MAX_METADATA_KEYS: u64 = 65_536;
+/// Most elements in all of a GGUF file's metadata arrays, inner arrays' elements included.
+/// candle parses each element into a 32-byte value, so an array of one-byte values takes 32
+/// times its size in memory: this bounds the parsed metadata to about 230 MB plus the text
+/// of its strings. It holds the three per-token arrays of the largest vocabulary allowed and
+/// the most merges ([`MAX_VOCAB`] and [`MAX_MERGES`]); real models hold under 1.2 million
+/// (Gemma 3: 3 x 262,144; Llama 3: 3 x 128,256 and 280,147 merges).
+pub const MAX_METADATA_ELEMENTS: u64 = 3 * MAX_VOCAB as u64 + MAX_MERGES as u64;
+/// Deepest nesting of metadata arrays: an array of arrays of values, no deeper (llama.cpp
+/// reads no array of arrays at all).
+pub const MAX_METADATA_ARRAY_DEPTH: usize = 2;
+/// Most tensors in a GGUF file (Llama 3 70B has 723).
+pub const MAX_TENSORS: u64 = 65_536;
+
 /// The work and memory one render of a model's chat template may use: minijinja charges a
 /// fuel per instruction and per 64 bytes a template creates, so this bounds a render to
 /// about 128 MB and a fraction of a second (a chat template that builds strings by

@@ -87,14 +87,39 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 
 /// A GGUF v3 file: `meta`, the tensor table, padding to 32 bytes, then `data`.
 pub fn write_gguf(meta: &[(String, Value)], tensors: &[TensorEntry], data: &[u8]) -> Vec<u8> {
+    let kvs: Vec<Vec<u8>> = meta.iter().map(|(k, v)| encode_kv(k, v)).collect();
+    write_gguf_encoded(&kvs, tensors, data)
+}
+
+/// One metadata entry as the file holds it: key, value type, value.
+pub fn encode_kv(key: &str, value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_string(&mut out, key);
+    out.extend(type_code(value).to_le_bytes());
+    put_value(&mut out, value);
+    out
+}
+
+/// An entry holding an array of `n` one-byte values, written without building `n` values
+/// (candle's `Value` takes 32 bytes each).
+pub fn byte_array_kv(key: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 28 + n);
+    put_string(&mut out, key);
+    out.extend(9u32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend((n as u64).to_le_bytes());
+    out.resize(out.len() + n, 1);
+    out
+}
+
+/// A GGUF v3 file from metadata entries already encoded (see [`encode_kv`]).
+pub fn write_gguf_encoded(kvs: &[Vec<u8>], tensors: &[TensorEntry], data: &[u8]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((meta.len() as u64).to_le_bytes());
-    for (key, value) in meta {
-        put_string(&mut out, key);
-        out.extend(type_code(value).to_le_bytes());
-        put_value(&mut out, value);
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for kv in kvs {
+        out.extend(kv);
     }
     for t in tensors {
         put_string(&mut out, &t.name);

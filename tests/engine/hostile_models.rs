@@ -9,7 +9,7 @@ use bevy_llm_dialogue::engine::{Engine, EngineConfig, EngineError};
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::common;
-use crate::common::gguf_writer::{TensorEntry, dtype_code, write_gguf};
+use crate::common::gguf_writer::{TensorEntry, dtype_code, encode_kv, write_gguf_encoded};
 
 /// The default model's header, and its bytes.
 struct Original {
@@ -28,7 +28,18 @@ fn original() -> &'static Original {
 
 /// The default model with `edit` applied to its metadata and tensor table (name -> rows and
 /// columns); the tensor data is the original's.
-fn edited(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -> Vec<u8> {
+pub(crate) fn edited(
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>),
+) -> Vec<u8> {
+    edited_with(edit, Vec::new())
+}
+
+/// [`edited`], with metadata entries `extra` (encoded as the file holds them) after the
+/// original's.
+pub(crate) fn edited_with(
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>),
+    extra: Vec<Vec<u8>>,
+) -> Vec<u8> {
     let o = original();
     let mut meta: Vec<(String, Value)> = o
         .content
@@ -50,8 +61,10 @@ fn edited(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -
         .collect();
     tensors.sort_by_key(|t| t.offset);
     edit(&mut meta, &mut tensors);
-    write_gguf(
-        &meta,
+    let mut kvs: Vec<Vec<u8>> = meta.iter().map(|(k, v)| encode_kv(k, v)).collect();
+    kvs.extend(extra);
+    write_gguf_encoded(
+        &kvs,
         &tensors,
         &o.bytes[o.content.tensor_data_offset as usize..],
     )
@@ -62,7 +75,7 @@ fn set(meta: &mut [(String, Value)], key: &str, value: Value) {
     slot.unwrap_or_else(|| panic!("{key} is in the model")).1 = value;
 }
 
-fn load(bytes: Vec<u8>) -> Result<Engine, EngineError> {
+pub(crate) fn load(bytes: Vec<u8>) -> Result<Engine, EngineError> {
     Engine::from_reader(Cursor::new(bytes), "edited.gguf", EngineConfig::default())
 }
 

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod alloc_meter;
 mod architectures;
 mod bad_models;
 mod batching;
@@ -14,6 +15,7 @@ mod content;
 mod families;
 mod fuzz_regressions;
 mod generation;
+mod hostile_gguf;
 mod hostile_models;
 mod kernels;
 mod lore;

@@ -1,56 +1,72 @@
-//! Packing a GGUF tensor into a [`QMatrix`]: the formats the kernels take as stored, streamed
-//! a few rows at a time through a [`Packer`], and the other block formats requantized.
+//! Packing a GGUF tensor into a [`QMatrix`], streamed a few rows at a time through a
+//! [`Packer`]: the formats the kernels take as stored, and the other block formats
+//! requantized to `Q8_0` a bounded piece at a time.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Result};
 
 use super::blocks::{self, BlockQ4_1, BlockQ5_1, BlockQ8_0, QK, ROWS, RowBlock};
 use super::{Groups, QMatrix, Simd};
 
+/// Elements dequantized to `f32` at a time when requantizing (256 KiB of them). Dequantizing
+/// a whole `Q2_K` tensor first took 12 times its size in the file.
+const REQUANTIZE_ELEMENTS: usize = 1 << 16;
+
+/// File bytes pushed at a time when packing a tensor already in memory.
+const PUSH_BYTES: usize = 1 << 20;
+
 impl QMatrix {
-    /// Whether [`Packer`] takes `dtype` as stored: `Q4_0`, `Q4_1`, `Q4_K`,
-    /// `Q5_0`, `Q5_1`, `Q5_K` and `Q8_0` keep every weight as the file has it (see [`blocks`]).
-    pub(crate) fn stores(dtype: GgmlDType) -> bool {
-        use GgmlDType::*;
-        matches!(dtype, Q4_0 | Q4_1 | Q4K | Q5_0 | Q5_1 | Q5K | Q8_0)
+    /// Whether [`Packer`] packs `dtype`: `Q4_0`, `Q4_1`, `Q4_K`, `Q5_0`, `Q5_1`, `Q5_K` and
+    /// `Q8_0` as stored, keeping every weight as the file has it (see [`blocks`]); the other
+    /// block formats (`Q6_K`, `Q2_K`, `Q3_K`, `Q8_K`, `Q8_1`) requantized to `Q8_0` (finer
+    /// than any of them, so nothing is lost that matters). Not the float formats.
+    pub(crate) fn packs(dtype: GgmlDType) -> bool {
+        !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
     }
 
-    /// Packs a GGUF tensor of shape `(rows, cols)`: the formats [`QMatrix::stores`] as they
-    /// are, other block formats (`Q6_K`, `Q2_K`, `Q3_K`) requantized to `Q8_0` (finer than any
-    /// of them, so nothing is lost that matters). Returns `None` for float tensors and shapes
-    /// these kernels do not handle.
+    /// Packs a GGUF tensor of shape `(rows, cols)` (see [`QMatrix::packs`]), a few rows at a
+    /// time. Returns `None` for float tensors and shapes these kernels do not handle.
     pub(crate) fn pack(t: &QTensor, simd: Simd) -> Result<Option<Self>> {
         let dims = t.shape().dims();
         let &[rows, cols] = dims else { return Ok(None) };
-        if cols % QK != 0 {
+        let dtype = t.dtype();
+        if !Self::packs(dtype) || cols % QK != 0 || cols % dtype.block_size() != 0 {
             return Ok(None);
         }
-        if Self::stores(t.dtype()) {
-            let mut p = Packer::new(t.dtype(), rows, cols, simd);
-            p.push(&t.data()?);
-            return p.finish().map(Some);
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let per_push = (PUSH_BYTES / row_bytes.max(1)).max(1) * row_bytes;
+        let mut p = Packer::new(dtype, rows, cols, simd);
+        for chunk in t.data()?.chunks(per_push) {
+            p.push(chunk)?;
         }
-        let groups = match t.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
-            _ => {
-                let values = t
-                    .dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let blocks: Vec<BlockQ8_0> =
-                    values.chunks_exact(QK).map(blocks::quantize_q8_0).collect();
-                Groups::Q8(blocks::interleave(&blocks, cols / QK))
-            }
-        };
-        let m = Self {
-            rows,
-            cols,
-            groups,
-            simd,
-        };
-        m.check()?;
-        Ok(Some(m))
+        p.finish().map(Some)
     }
+}
+
+/// `bytes` (whole blocks of `dtype`) dequantized by candle a piece of
+/// [`REQUANTIZE_ELEMENTS`] at a time and requantized to `Q8_0`: the blocks candle's
+/// dequantization of the whole tensor would give, without the whole tensor in `f32`.
+fn requantize(dtype: GgmlDType, bytes: &[u8]) -> Result<Vec<BlockQ8_0>> {
+    let (block, size) = (dtype.block_size(), dtype.type_size());
+    if !bytes.len().is_multiple_of(size) || !block.is_multiple_of(QK) {
+        candle_core::bail!(
+            "{} bytes are not whole {dtype:?} blocks of a multiple of {QK}",
+            bytes.len()
+        );
+    }
+    let mut out = Vec::with_capacity(bytes.len() / size * block / QK);
+    // Pieces start at whole blocks of an allocation, aligned as candle's own reads are.
+    for piece in bytes.chunks((REQUANTIZE_ELEMENTS / block).max(1) * size) {
+        let n = piece.len() / size * block;
+        let storage = QStorage::from_data(Cow::Borrowed(piece), &Device::Cpu, dtype)?;
+        let values = QTensor::new(storage, (n,))?
+            .dequantize(&Device::Cpu)?
+            .to_vec1::<f32>()?;
+        out.extend(values.chunks_exact(QK).map(blocks::quantize_q8_0));
+    }
+    Ok(out)
 }
 
 /// Blocks of whole rows not yet interleaved (fewer than eight rows' worth between pushes).
@@ -60,7 +76,7 @@ enum Pending {
     Q8(Vec<BlockQ8_0>),
 }
 
-/// Builds a [`QMatrix`] of a format [`QMatrix::stores`] from whole rows of the file's bytes,
+/// Builds a [`QMatrix`] of a format [`QMatrix::packs`] from whole rows of the file's bytes,
 /// in order. The loader streams a tensor through it a few rows at a time, so the file's bytes
 /// are never held whole beside the packed copy.
 pub(crate) struct Packer {
@@ -97,7 +113,7 @@ impl Packer {
     }
 
     /// Appends whole rows of the file's bytes.
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<()> {
         let per_row = self.matrix.cols / QK;
         let dtype = self.dtype;
         self.pushed += match (&mut self.pending, &mut self.matrix.groups) {
@@ -121,9 +137,18 @@ impl Packer {
                 g,
                 per_row,
             ),
-            (Pending::Q8(p), Groups::Q8(g)) => absorb(p, blocks::parse_q8_0(bytes), g, per_row),
+            (Pending::Q8(p), Groups::Q8(g)) => absorb(
+                p,
+                match dtype {
+                    GgmlDType::Q8_0 => blocks::parse_q8_0(bytes),
+                    _ => requantize(dtype, bytes)?,
+                },
+                g,
+                per_row,
+            ),
             _ => unreachable!("the pending blocks and the groups have one format"),
         };
+        Ok(())
     }
 
     /// The matrix, once every row has arrived.
@@ -182,7 +207,12 @@ mod tests {
     /// and rows missing at the end are an error, not zero weights.
     #[test]
     fn packing_rows_in_pieces_matches_packing_them_whole() {
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q6K,
+        ] {
             let (rows, cols) = (21, 256);
             let (q, whole) = matrix(rows, cols, dtype, 6);
             let bytes = q.data().unwrap();
@@ -190,7 +220,7 @@ mod tests {
             for piece in [1, 3, 8, 20] {
                 let mut p = Packer::new(dtype, rows, cols, Simd::detect());
                 for chunk in bytes.chunks(piece * row_bytes) {
-                    p.push(chunk);
+                    p.push(chunk).unwrap();
                 }
                 let m = p.finish().unwrap();
                 let mut a = vec![0f32; cols];
@@ -202,9 +232,48 @@ mod tests {
                 }
             }
             let mut short = Packer::new(dtype, rows, cols, Simd::detect());
-            short.push(&bytes[..(rows - 1) * row_bytes]);
+            short.push(&bytes[..(rows - 1) * row_bytes]).unwrap();
             let err = short.finish().unwrap_err().to_string();
             assert!(err.contains("blocks"), "{err}");
+        }
+    }
+
+    /// Requantized formats give, piece by piece, the very blocks that dequantizing the whole
+    /// tensor with candle and quantizing it to `Q8_0` gave (the packing before it was
+    /// streamed), for tensors larger than one piece.
+    #[test]
+    fn requantizing_in_pieces_matches_requantizing_the_whole_tensor() {
+        let (rows, cols) = (300, 512);
+        assert!(rows * cols > 2 * REQUANTIZE_ELEMENTS, "several pieces");
+        for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q6K] {
+            let (q, packed) = matrix(rows, cols, dtype, 9);
+            let values = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let whole: Vec<BlockQ8_0> =
+                values.chunks_exact(QK).map(blocks::quantize_q8_0).collect();
+            let Groups::Q8(groups) = &packed.groups else {
+                panic!("{dtype:?} packs as Q8_0")
+            };
+            let want = blocks::interleave(&whole, cols / QK);
+            assert_eq!(groups.len(), want.len(), "{dtype:?}");
+            let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                packed.dequantize_row(r, &mut a);
+                for (blk, out) in whole[r * cols / QK..(r + 1) * cols / QK]
+                    .iter()
+                    .zip(b.chunks_exact_mut(QK))
+                {
+                    for (o, &q) in out.iter_mut().zip(&blk.qs) {
+                        *o = blk.d * f32::from(q);
+                    }
+                }
+                assert_eq!(a, b, "{dtype:?} row {r}");
+            }
         }
     }
 }

@@ -34,10 +34,11 @@ impl TensorSource<'_> {
     }
 
     /// Tensor `name` packed for the kernels, read from the file a few rows at a time straight
-    /// into its packed blocks, so the file's bytes are never held whole beside them (reading
-    /// whole through candle, Gemma 3 270M's load peaked 200 MiB above its resident size).
-    /// `None` where the kernels do not take the format as stored, or the shape is not a
-    /// matrix they handle.
+    /// into its packed blocks (requantized in the same pieces where the kernels do not take
+    /// the format as stored), so neither the file's bytes nor the tensor in `f32` are ever
+    /// held whole beside them (reading whole through candle, Gemma 3 270M's load peaked
+    /// 200 MiB above its resident size; a `Q2_K` tensor took 12 times its size in `f32`).
+    /// `None` for float formats, and shapes that are not a matrix the kernels handle.
     pub(crate) fn packed_matrix(&mut self, name: &str, simd: Simd) -> Result<Option<QMatrix>> {
         let file = self.header.file.clone();
         let wrap = |reason: String| EngineError::InvalidGguf {
@@ -51,7 +52,7 @@ impl TensorSource<'_> {
             return Ok(None);
         };
         let dtype = info.ggml_dtype;
-        if !QMatrix::stores(dtype) || cols % dtype.block_size() != 0 || cols % 32 != 0 {
+        if !QMatrix::packs(dtype) || cols % dtype.block_size() != 0 || cols % 32 != 0 {
             return Ok(None);
         }
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
@@ -69,7 +70,7 @@ impl TensorSource<'_> {
             self.reader
                 .read_exact(chunk)
                 .map_err(|e| wrap(format!("reading its data: {e}")))?;
-            m.push(chunk);
+            m.push(chunk).map_err(|e| wrap(e.to_string()))?;
             done += n;
         }
         m.finish().map(Some).map_err(|e| wrap(e.to_string()))

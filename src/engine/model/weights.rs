@@ -66,8 +66,9 @@ impl DecoderWeights {
     pub(crate) fn load(src: &mut TensorSource<'_>, config: DecoderConfig) -> Result<Self> {
         let device = src.device.clone();
         let name = "token_embd.weight";
-        // Read from the file once: packed a few rows at a time where the kernels take the
-        // format as stored, otherwise whole through candle (and shared by a tied output).
+        // Read from the file once: packed a few rows at a time where the kernels pack the
+        // format (every block format), otherwise whole through candle (and shared by a tied
+        // output).
         let streamed = match src.packed {
             Some(simd) => src.packed_matrix(name, simd)?.map(Arc::new),
             None => None,

@@ -1,4 +1,12 @@
 //! Reading GGUF files: the header, typed metadata access, and errors that name the file.
+//!
+//! A GGUF file is data from the internet, and its header is read in three passes before any
+//! weight: [`scan`] walks it with caps of our own (candle's parser would turn a huge
+//! metadata array into many times its size in memory), candle parses it, and
+//! [`GgufHeader::read`] checks the tensor table (every tensor inside the file, none
+//! overlapping another).
+
+mod scan;
 
 use std::io::{Read, Seek};
 
@@ -13,8 +21,9 @@ pub(crate) struct GgufHeader {
 }
 
 impl GgufHeader {
-    /// Parses the header (metadata and tensor table) of a GGUF stream and checks that every
-    /// tensor lies inside the file, so that a truncated file fails here, before any weight loads.
+    /// Walks the header (metadata and tensor table) of a GGUF stream within our caps, parses
+    /// it, and checks that every tensor lies inside the file and shares no byte with another,
+    /// so that a truncated or hostile file fails here, before any weight loads.
     pub(crate) fn read<R: Read + Seek>(reader: &mut R, file: &str) -> Result<Self> {
         let invalid = |reason: String| EngineError::InvalidGguf {
             file: file.to_owned(),
@@ -29,6 +38,10 @@ impl GgufHeader {
                 "the file starts with {magic:02x?}, not the GGUF magic \"GGUF\""
             )));
         }
+        let file_len = reader
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| invalid(e.to_string()))?;
+        scan::scan(reader, file_len).map_err(invalid)?;
         reader
             .seek(std::io::SeekFrom::Start(0))
             .map_err(|e| invalid(e.to_string()))?;
@@ -47,9 +60,8 @@ impl GgufHeader {
         {
             return Err(invalid("general.alignment must be a power of two".into()));
         }
-        let file_len = reader
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| invalid(e.to_string()))?;
+        // Each tensor's data as (start, end, name), relative to the data section.
+        let mut regions = Vec::with_capacity(content.tensor_infos.len());
         for (name, info) in &content.tensor_infos {
             let dims = info.shape.dims();
             // Checked: a product of hostile dimensions overflows (and panics in candle).
@@ -78,6 +90,18 @@ impl GgufHeader {
                     "the file is truncated: tensor `{name}` ends at byte {end} but the file has {file_len} bytes"
                 )));
             }
+            regions.push((info.offset, info.offset + bytes, name.as_str()));
+        }
+        // Tensors share no bytes, as llama.cpp requires (it wants them back to back): a file
+        // whose tensors all start at offset 0 made every one a separate copy of the same
+        // bytes, tens of GB from a small file.
+        regions.sort_unstable();
+        if let Some(pair) = regions.windows(2).find(|w| w[0].1 > w[1].0) {
+            let [(a_start, a_end, a), (b_start, b_end, b)] = [pair[0], pair[1]];
+            return Err(invalid(format!(
+                "tensors `{a}` (bytes {a_start}..{a_end} of the data) and `{b}` (bytes \
+                 {b_start}..{b_end}) overlap"
+            )));
         }
         Ok(Self {
             file: file.to_owned(),
