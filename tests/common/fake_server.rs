@@ -138,6 +138,11 @@ impl FakeServer {
     }
 }
 
+/// A hostile reply: an event stream's headers, then whatever `writer` writes.
+pub fn raw(writer: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send + 'static) -> Reply {
+    Reply::Raw(Box::new(writer))
+}
+
 /// The model list, answered with `status`.
 pub fn models(status: u16) -> Reply {
     let body = r#"{"object":"list","data":[{"id":"fake-model","object":"model"}]}"#;
@@ -179,18 +184,18 @@ pub fn repeat(
 /// A server that ignores `max_tokens`: `part` as text again and again, `every` apart.
 pub fn endless(part: &str, every: Duration) -> Reply {
     let event = text(part).into_bytes();
-    Reply::Raw(Box::new(move |out| repeat(out, every, |_| event.clone())))
+    raw(move |out| repeat(out, every, |_| event.clone()))
 }
 
 /// `first` as text (if any), then `ping` (a keep-alive comment, an empty chunk) every
 /// `every`, and never any more text.
 pub fn pings(first: Option<&'static str>, ping: &'static str, every: Duration) -> Reply {
-    Reply::Raw(Box::new(move |out| {
+    raw(move |out| {
         if let Some(first) = first {
             out.write_all(text(first).as_bytes())?;
         }
         repeat(out, every, |_| ping.as_bytes().to_vec())
-    }))
+    })
 }
 
 /// An empty chunk, as a keep-alive.
@@ -199,10 +204,10 @@ pub const EMPTY_DELTA: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{}}]}\
 /// `first` as text, then one byte every `every`, never a whole line: a connection that is
 /// never idle long enough for a read timeout.
 pub fn trickle(first: &'static str, every: Duration) -> Reply {
-    Reply::Raw(Box::new(move |out| {
+    raw(move |out| {
         out.write_all(text(first).as_bytes())?;
         repeat(out, every, |_| b"x".to_vec())
-    }))
+    })
 }
 
 /// A streamed reply of `parts` with no delay, ending well.
