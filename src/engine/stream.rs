@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::guard::{Guard, GuardHit};
-use super::sentences::{ends_sentence, sentence_ends};
+use super::sentences::{SentenceEnds, ends_sentence, sentence_ends};
 
 /// How far before the shown text a guard looks again, in bytes: a banned phrase may start in
 /// text already shown and end in new text.
@@ -39,6 +39,11 @@ pub(crate) struct TextStream {
     unguarded: usize,
     /// The end of the text the guard has judged and settled: its words need no second look.
     judged: usize,
+    /// The text's sentence ends, scanned as it grows.
+    sentences: SentenceEnds,
+    /// The length of the text when stop strings were last searched: only what is new (and
+    /// a stop string's length before it) is searched again.
+    stop_searched: usize,
 }
 
 /// Where a stream stood after a token: [`TextStream::mark`], for [`TextStream::rewind`].
@@ -117,7 +122,7 @@ impl TextStream {
     /// Goes back to `mark` (taken earlier, at or after the end of what was shown).
     pub(crate) fn rewind(&mut self, mark: &Mark) {
         debug_assert!(mark.len >= self.emitted && mark.len <= self.text.len());
-        self.text.truncate(mark.len.max(self.emitted));
+        self.cut(mark.len.max(self.emitted));
         self.pending.clone_from(&mark.pending);
         self.unguarded = self.unguarded.min(self.text.len()).max(self.emitted);
         self.judged = self.judged.min(self.text.len());
@@ -181,7 +186,7 @@ impl TextStream {
     /// Returns the hit.
     fn cut_final_hit(&mut self) -> Option<GuardHit> {
         let hit = self.check(self.text.len(), true)?;
-        self.text.truncate(hit.range.start.max(self.emitted));
+        self.cut(hit.range.start.max(self.emitted));
         Some(hit)
     }
 
@@ -211,27 +216,26 @@ impl TextStream {
                 push.hit = Some(hit);
                 return push;
             }
-            self.text.truncate(at);
+            self.cut(at);
             push.delta = self.flush_to(self.text.trim_end().len());
-            self.text.truncate(self.emitted);
+            self.cut(self.emitted);
             push.stopped = true;
             return push;
         }
-        // One scan of the sentence ends serves both the limit and the holding back.
-        let ends = if self.max_sentences.is_some() || self.hold_partial {
-            sentence_ends(&self.text, false)
-        } else {
-            Vec::new()
-        };
+        // The sentence ends serve both the limit and the holding back; only the new text is
+        // scanned for them.
+        if self.max_sentences.is_some() || self.hold_partial {
+            self.sentences.update(&self.text);
+        }
         if let Some(n) = self.max_sentences
-            && let Some(&end) = ends.get(n - 1)
+            && let Some(&end) = self.sentences.ends().get(n - 1)
         {
             let end = end.max(self.emitted);
             if let Some(hit) = self.check(end, true) {
                 push.hit = Some(hit);
                 return push;
             }
-            self.text.truncate(end);
+            self.cut(end);
             push.delta = self.flush_to(end);
             push.sentences_done = true;
             return push;
@@ -250,7 +254,7 @@ impl TextStream {
         let settled = self.guard_settled();
         let mut safe = self.safe_end();
         if self.hold_partial {
-            let whole = ends.last().copied().unwrap_or(0);
+            let whole = self.sentences.ends().last().copied().unwrap_or(0);
             safe = safe.min(whole).max(self.emitted);
         }
         self.unguarded = self.unguarded.max(safe);
@@ -258,7 +262,9 @@ impl TextStream {
         if settled < safe {
             safe = if self.hold_partial {
                 // Still whole sentences only: the last one that ends before the held part.
-                ends.iter()
+                self.sentences
+                    .ends()
+                    .iter()
                     .copied()
                     .rfind(|&e| e <= settled)
                     .unwrap_or(0)
@@ -281,7 +287,7 @@ impl TextStream {
         let end = whole
             .max(self.emitted)
             .max(self.unguarded.min(self.text.len()));
-        self.text.truncate(end);
+        self.cut(end);
         let mut delta = self.finish();
         if !self.text.is_empty() && !ends_sentence(&self.text) {
             self.text.push('…');
@@ -297,8 +303,15 @@ impl TextStream {
         self.cut_final_hit();
         let end = self.text.trim_end().len();
         let delta = self.flush_to(end);
-        self.text.truncate(end);
+        self.cut(end);
         delta
+    }
+
+    /// Cuts the text to `len` bytes, and what is known about it.
+    fn cut(&mut self, len: usize) {
+        self.text.truncate(len);
+        self.sentences.truncate(self.text.len());
+        self.stop_searched = self.stop_searched.min(self.text.len());
     }
 
     /// All text emitted so far.
@@ -354,8 +367,19 @@ impl TextStream {
         }
     }
 
-    fn find_stop(&self) -> Option<usize> {
-        let search_from = self.emitted;
+    /// The first stop string in the text not yet shown. A stop string found earlier would
+    /// have ended the text: one can only end in what is new since the last search.
+    fn find_stop(&mut self) -> Option<usize> {
+        let longest = self.longest_stop();
+        let mut search_from = self
+            .stop_searched
+            .saturating_sub(longest.saturating_sub(1))
+            .max(self.emitted)
+            .min(self.text.len());
+        while !self.text.is_char_boundary(search_from) {
+            search_from -= 1;
+        }
+        self.stop_searched = self.text.len();
         self.stops
             .iter()
             .filter_map(|s| {
@@ -366,12 +390,26 @@ impl TextStream {
             .min()
     }
 
+    /// Bytes of the longest stop string.
+    fn longest_stop(&self) -> usize {
+        self.stops.iter().map(String::len).max().unwrap_or(0)
+    }
+
     /// Where a suffix that may be the start of a stop string begins (the text's end if none).
     fn stop_prefix_start(&self) -> usize {
         let mut start = self.text.len();
+        // Such a suffix is shorter than the stop string: only the text's tail is looked at.
+        let mut from = self
+            .text
+            .len()
+            .saturating_sub(self.longest_stop())
+            .max(self.emitted);
+        while !self.text.is_char_boundary(from) {
+            from += 1;
+        }
         for stop in &self.stops {
-            for (i, _) in self.text[self.emitted..].char_indices() {
-                let at = self.emitted + i;
+            for (i, _) in self.text[from..].char_indices() {
+                let at = from + i;
                 if stop.starts_with(&self.text[at..]) {
                     start = start.min(at);
                     break;
@@ -464,6 +502,61 @@ mod tests {
         }
         assert!(done);
         assert_eq!(shown, "Steel bends. Fire burns!");
+        assert_eq!(s.text(), shown);
+    }
+
+    #[test]
+    fn a_long_stream_is_scanned_once_not_once_a_token() {
+        // 100,000 parts (a server that streams far past its `max_tokens`): scanning the
+        // whole text for sentence ends and stop strings after each part took tens of
+        // seconds; each byte once takes milliseconds.
+        let mut s = TextStream::new(&["\nPlayer:".into()]).with_max_sentences(Some(1 << 20));
+        s.hold_partial_sentences();
+        let started = Instant::now();
+        let mut shown = String::new();
+        for _ in 0..50_000 {
+            shown.push_str(&s.push(b"Aye, ").delta);
+            shown.push_str(&s.push(b"done. ").delta);
+        }
+        shown.push_str(&s.push(b"And a").delta);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "{elapsed:?} for 100,000 parts"
+        );
+        assert_eq!(
+            shown.len(),
+            50_000 * 11 - 1,
+            "whole sentences shown, the last held"
+        );
+        shown.push_str(&s.finish_whole());
+        assert_eq!(s.text(), shown);
+        assert!(
+            shown.ends_with("Aye, done."),
+            "{}",
+            &shown[shown.len() - 20..]
+        );
+    }
+
+    #[test]
+    fn stop_strings_split_across_parts_are_found_after_a_long_text() {
+        let mut s = TextStream::new(&["\nPlayer:".into()]);
+        let mut shown = String::new();
+        for _ in 0..1_000 {
+            shown.push_str(&s.push("Ça va. ".as_bytes()).delta);
+        }
+        let mut stopped = false;
+        for piece in ["Fin.\nPl", "ay", "er: no"] {
+            let push = s.push(piece.as_bytes());
+            shown.push_str(&push.delta);
+            stopped |= push.stopped;
+        }
+        assert!(stopped);
+        assert!(
+            shown.ends_with("Ça va. Fin."),
+            "{}",
+            &shown[shown.len() - 20..]
+        );
         assert_eq!(s.text(), shown);
     }
 

@@ -6,12 +6,18 @@ use std::time::{Duration, Instant};
 
 use super::error::shorten;
 use super::events::{self, Event};
-use super::http::{CANCEL_POLL, Received};
+use super::http::CANCEL_POLL;
+use super::lines::{Received, Waited};
 use super::{RemoteClient, RemoteError, Result, body};
 use crate::engine::stream::TextStream;
 use crate::engine::{
     CancelToken, ChatMessage, GenerateParams, Generation, GenerationStats, StopReason,
 };
+
+/// Most bytes a streamed token may average before the line is cut as at its length: a
+/// server that ignores `max_tokens` (or sends one huge part) stops at `max_tokens` times
+/// this. Real tokens are a few bytes; a long run of spaces or dashes may reach 16.
+pub const MAX_TOKEN_BYTES: usize = 32;
 
 /// One chat completion to ask for.
 #[derive(Clone, Copy, Debug)]
@@ -31,17 +37,22 @@ pub struct ChatRequest<'a> {
 impl RemoteClient {
     /// Generates one reply, streaming its text through `on_delta` as it arrives (the deltas
     /// add up to the result's text). Busy servers are retried per the configuration. A
-    /// cancel returns at once (within 20 ms) as [`StopReason::Cancelled`]; the
-    /// stream closes at its next part. The result has no token ids (`tokens` is empty); its
-    /// counts come from the server's usage figures where it sends them, else one token per
-    /// streamed part.
+    /// cancel returns at once (within 20 ms) as [`StopReason::Cancelled`] and closes the
+    /// connection. The result has no token ids (`tokens` is empty); its counts come from the
+    /// server's usage figures where it sends them, else one token per streamed part.
+    ///
+    /// The server's `max_tokens` is not trusted: past that many streamed parts, or
+    /// [`MAX_TOKEN_BYTES`] bytes a token, the line ends here as [`StopReason::MaxTokens`]
+    /// and the stream is closed.
     ///
     /// The HTTP exchange runs on a thread of its own, so that a cancel or a timeout never
     /// waits for the server: [`RemoteConfig::response_timeout`] bounds the wait for the
-    /// first text, [`RemoteConfig::stall_timeout`] each wait after it.
+    /// first text, [`RemoteConfig::stall_timeout`] each wait after it (keep-alive comments
+    /// and empty chunks are not text), [`RemoteConfig::line_timeout`] the whole line.
     ///
     /// [`RemoteConfig::response_timeout`]: super::RemoteConfig::response_timeout
     /// [`RemoteConfig::stall_timeout`]: super::RemoteConfig::stall_timeout
+    /// [`RemoteConfig::line_timeout`]: super::RemoteConfig::line_timeout
     pub fn chat(
         &self,
         request: &ChatRequest<'_>,
@@ -61,7 +72,11 @@ impl RemoteClient {
             filtered: Vec::new(),
         };
         let url = self.shared.chat_url.clone();
-        let lines = self.spawn_exchange(body, cancel.clone())?;
+        // A timeout past what an `Instant` holds is a year.
+        let deadline = started
+            .checked_add(config.line_timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
+        let lines = self.spawn_exchange(body, cancel.clone(), deadline)?;
         let structured = request.schema.is_some();
         // A server's text cannot be taken back and written again: the guard holds back what
         // is forming and the line ends before its first hit.
@@ -80,6 +95,8 @@ impl RemoteClient {
             .saturating_sub((params.max_tokens / 3).max(8));
         let mut stats = GenerationStats::default();
         let mut parts = 0usize;
+        let mut bytes = 0usize;
+        let max_bytes = params.max_tokens.saturating_mul(MAX_TOKEN_BYTES);
         let mut first_at: Option<Instant> = None;
         let mut last_part = Instant::now();
         let mut finish: Option<String> = None;
@@ -93,43 +110,45 @@ impl RemoteClient {
             }
         };
         loop {
-            let (limit, what) = match first_at {
-                None => (
-                    config.response_timeout,
-                    format!(
-                        "before answering ({:?}, RemoteConfig::response_timeout)",
-                        config.response_timeout
-                    ),
-                ),
-                Some(_) => (
-                    config.stall_timeout,
-                    format!(
-                        "mid-stream: nothing for {:?} (RemoteConfig::stall_timeout)",
-                        config.stall_timeout
-                    ),
-                ),
-            };
-            let since = if first_at.is_none() {
-                started
-            } else {
-                last_part
-            };
+            // On every event, not only when nothing comes: a server that sends keep-alive
+            // comments or empty chunks every few milliseconds must not hold the timeouts off.
+            // Only text counts as progress.
+            let now = Instant::now();
+            if now > deadline {
+                return Err(self.shared.line_timed_out());
+            }
+            match first_at {
+                None if now - started > config.response_timeout => {
+                    return Err(RemoteError::Timeout {
+                        url,
+                        what: format!(
+                            "before answering ({:?}, RemoteConfig::response_timeout)",
+                            config.response_timeout
+                        ),
+                    });
+                }
+                Some(_) if now - last_part > config.stall_timeout => {
+                    return Err(RemoteError::Timeout {
+                        url,
+                        what: format!(
+                            "mid-stream: no text for {:?} (RemoteConfig::stall_timeout)",
+                            config.stall_timeout
+                        ),
+                    });
+                }
+                _ => {}
+            }
             let line = match lines.recv_timeout(CANCEL_POLL) {
                 Ok(Received::Line(line)) => line,
                 Ok(Received::End(Ok(()))) => break,
                 Ok(Received::End(Err(e))) => return Err(e),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(Waited::Timeout) => {
                     if cancel.is_cancelled() {
                         return Ok(cancelled(stats));
                     }
-                    if since.elapsed() > limit {
-                        return Err(RemoteError::Timeout { url, what });
-                    }
                     continue;
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(RemoteError::StreamCut { url });
-                }
+                Err(Waited::Gone) => return Err(RemoteError::StreamCut { url }),
             };
             if cancel.is_cancelled() {
                 return Ok(cancelled(stats));
@@ -158,18 +177,35 @@ impl RemoteClient {
                 stats.generated_tokens = usage.completion_tokens;
             }
             if !chunk.content.is_empty() {
+                if parts >= params.max_tokens || bytes >= max_bytes {
+                    // A server that ignores `max_tokens`: the line ends at its budget here.
+                    local_stop = Some(StopReason::MaxTokens);
+                    break;
+                }
                 parts += 1;
-                last_part = Instant::now();
+                let mut content = chunk.content.as_str();
+                let over = bytes + content.len() > max_bytes;
+                if over {
+                    let mut end = max_bytes - bytes;
+                    while !content.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    content = &content[..end];
+                }
+                bytes += content.len();
                 if first_at.is_none() {
-                    first_at = Some(last_part);
+                    first_at = Some(Instant::now());
                     stats.time_to_first_token = started.elapsed();
                     stats.prefill_time = stats.time_to_first_token;
                 }
                 if whole_sentences && parts > hold_from {
                     stream.hold_partial_sentences();
                 }
-                let push = stream.push(chunk.content.as_bytes());
+                let push = stream.push(content.as_bytes());
                 shown(&push.delta);
+                // The stall clock runs from here: time in the caller's callback is not the
+                // server's.
+                last_part = Instant::now();
                 if let Some(hit) = push.hit {
                     filtered.push(hit.rule);
                     local_stop = Some(StopReason::Filtered);
@@ -177,10 +213,12 @@ impl RemoteClient {
                     local_stop = Some(StopReason::StopString);
                 } else if push.sentences_done {
                     local_stop = Some(StopReason::SentenceLimit);
+                } else if over {
+                    local_stop = Some(StopReason::MaxTokens);
                 }
                 if local_stop.is_some() {
-                    // Dropping the receiver closes the stream at its next part: the server
-                    // stops generating.
+                    // Dropping the exchange closes the connection: the server stops
+                    // generating.
                     break;
                 }
             }

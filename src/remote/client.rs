@@ -16,7 +16,9 @@ pub struct RemoteClient {
 /// What a request's HTTP thread needs of the client.
 pub(super) struct Shared {
     pub(super) config: RemoteConfig,
-    pub(super) agent: ureq::Agent,
+    /// The HTTP settings; each exchange gets an agent of its own from them, so that ending
+    /// one (a cancel) shuts down that exchange's connection alone.
+    pub(super) http: ureq::config::Config,
     pub(super) key: Option<String>,
     pub(super) chat_url: String,
     pub(super) models_url: String,
@@ -52,21 +54,22 @@ impl RemoteClient {
             None => None,
         };
         // The response and stall timeouts are enforced by the waiting caller (which knows
-        // whether text has started); these only end an HTTP thread nobody waits for.
+        // whether text has started), the line's by both; these only end an HTTP thread
+        // whose caller has not shut its exchange down yet.
         let backstop = config.response_timeout.max(config.stall_timeout);
-        let agent = ureq::Agent::config_builder()
+        let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(config.connect_timeout))
             .timeout_recv_response(Some(backstop))
             .timeout_per_read(Some(backstop))
-            .build()
-            .new_agent();
+            .timeout_global(Some(config.line_timeout))
+            .build();
         Ok(Self {
             shared: Arc::new(Shared {
                 chat_url: format!("{base}/chat/completions"),
                 models_url: format!("{base}/models"),
                 config,
-                agent,
+                http,
                 key,
             }),
         })
@@ -79,11 +82,21 @@ impl RemoteClient {
 
     /// Asks the server which models it serves (`GET /models`): checks that it is up, that
     /// the key works and (for [`ServerKind::Vllm`] and [`ServerKind::OpenAi`], which route by
-    /// name) that it serves [`RemoteConfig::model`], and describes that model.
+    /// name) that it serves [`RemoteConfig::model`], and describes that model. It takes at
+    /// most [`RemoteConfig::connect_timeout`] plus [`RemoteConfig::response_timeout`].
     pub fn connect(&self) -> Result<ModelInfo> {
         let s = &self.shared;
         let url = &s.models_url;
-        let mut request = s.agent.get(url);
+        let agent = ureq::Agent::new_with_config(s.http.clone());
+        let mut request = agent
+            .get(url)
+            .config()
+            .timeout_global(Some(
+                s.config
+                    .connect_timeout
+                    .saturating_add(s.config.response_timeout),
+            ))
+            .build();
         if let Some(key) = &s.key {
             request = request.header("Authorization", format!("Bearer {key}"));
         }

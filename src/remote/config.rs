@@ -32,19 +32,24 @@ pub struct RemoteConfig {
     /// Longest wait for the first text of an answer (the server's queue and the prompt).
     pub response_timeout: Duration,
     /// Longest wait between two parts of an answer once its text has started (a stalled
-    /// server).
+    /// server). Only text counts as a part: keep-alive comments and empty chunks do not.
     pub stall_timeout: Duration,
+    /// Longest a whole line may take, from sending the request to the stream's end, busy
+    /// retries and their waits included: a server that keeps streaming slowly is cut off
+    /// here. It also ends the request's own HTTP exchange (no thread outlives it).
+    pub line_timeout: Duration,
     /// How many times a request the server refuses as busy (429, 503) is sent again.
     pub retries: u32,
     /// The wait before the first retry; it doubles for each next one. A `Retry-After`
-    /// header (in seconds) is honoured up to eight times this.
+    /// header (in seconds) is honoured up to eight times this. No wait is over a minute,
+    /// whatever the header or this say.
     pub retry_delay: Duration,
 }
 
 impl RemoteConfig {
     /// A llama.cpp-style server at `base_url` serving `model`, no API key, 16 requests at
-    /// once, 5 s to connect, 60 s to start answering, 30 s between parts of a stream, 3
-    /// retries from 0.5 s.
+    /// once, 5 s to connect, 60 s to start answering, 30 s between parts of a stream, 180 s
+    /// for a whole line, 3 retries from 0.5 s.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
@@ -55,6 +60,7 @@ impl RemoteConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
+            line_timeout: Duration::from_secs(180),
             retries: 3,
             retry_delay: Duration::from_millis(500),
         }

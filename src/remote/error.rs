@@ -72,7 +72,7 @@ pub enum RemoteError {
     Timeout {
         /// The URL called.
         url: String,
-        /// When: connecting, before answering, or mid-stream.
+        /// When: connecting, before answering, mid-stream, or past the line's whole time.
         what: String,
     },
     /// The stream ended before the server said the line was done.
@@ -88,6 +88,18 @@ pub enum RemoteError {
         url: String,
         /// What was wrong.
         reason: String,
+    },
+    /// One line of the event stream is longer than any chat completion chunk: a broken
+    /// server or proxy (a server's chunk is a few hundred bytes, a few KiB with
+    /// log-probabilities). The stream is closed unread past the limit.
+    #[error(
+        "the inference server at {url} sent an event line over {limit} bytes (a broken server or proxy); the line was cut off"
+    )]
+    EventTooLarge {
+        /// The URL called.
+        url: String,
+        /// The longest line read, in bytes.
+        limit: usize,
     },
     /// Structured output was asked of a server that cannot constrain it.
     #[error(

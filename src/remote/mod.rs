@@ -31,7 +31,14 @@
 //! The module's parts: `config` (where the server is, its dialect), `error`, `client` (the
 //! connection and `GET /models`), `chat` (one streamed reply, read as the engine reads its
 //! own tokens), `http` (the exchange's thread, retries while the server is busy, errors from
-//! statuses), `body` (the request in each dialect) and `events` (the stream's lines).
+//! statuses), `lines` (the stream's lines on their way to the caller, bounded in bytes),
+//! `body` (the request in each dialect) and `events` (what one line says).
+//!
+//! A server is not trusted to behave: one that ignores `max_tokens` is cut off at the
+//! request's budget (counted here: each streamed part at least one token, and at most 32
+//! bytes a token), keep-alive comments and empty chunks do not hold off the timeouts, a
+//! whole line has its own deadline ([`RemoteConfig::line_timeout`]), an event line has a
+//! size limit, and a cancel closes the connection at once.
 //!
 //! [`Generation`]: crate::engine::Generation
 
@@ -42,8 +49,9 @@ mod config;
 mod error;
 mod events;
 mod http;
+mod lines;
 
-pub use chat::ChatRequest;
+pub use chat::{ChatRequest, MAX_TOKEN_BYTES};
 pub use client::RemoteClient;
 pub use config::{RemoteConfig, ServerKind};
 pub use error::{RemoteError, Result};

@@ -219,7 +219,7 @@ fn crashed(out: &Outbox, ids: impl IntoIterator<Item = RequestId>, what: String)
 }
 
 impl Backend for Local {
-    fn load(&mut self, path: &Path, out: &Outbox) -> Result<ModelInfo, String> {
+    fn load(&mut self, path: &Path, out: &Outbox) -> Result<Option<ModelInfo>, String> {
         let _span = tracing::info_span!("load_model", path = %path.display()).entered();
         self.engine = None;
         self.slots.clear();
@@ -256,7 +256,7 @@ impl Backend for Local {
             Ok(engine) => {
                 let info = engine.info().clone();
                 self.engine = Some(engine);
-                Ok(info)
+                Ok(Some(info))
             }
             Err(e) => Err(e.to_string()),
         }

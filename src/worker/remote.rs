@@ -2,6 +2,11 @@
 //! [`RemoteConfig::max_in_flight`] jobs at the server at once, each a blocking stream on a
 //! thread of its own (the server batches them); a conversation's jobs still go one at a
 //! time, in order. The recipes are the local model's; only drawing text differs.
+//!
+//! Nothing that waits on the network runs on the job server's thread: the check that the
+//! server answers (`GET /models`, up to the connect and response timeouts) runs on a thread
+//! of its own too, and while it runs again (a `LoadModel`) the client it replaces goes on
+//! serving, so one slow server never holds up the other jobs, their ends or their cancels.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -11,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::protocol::{Job, Priority, Report, WorkerError, WorkerStatus, panic_message};
 use super::recipe::{self, Constraint, Generate, Outbox, alternative_params};
-use super::server::{Admit, Backend};
+use super::server::{Admit, Backend, Woken};
 use crate::engine::{CancelToken, ChatMessage, GenerateParams, Generation, ModelInfo, StopReason};
 use crate::remote::{ChatRequest, RemoteClient, RemoteConfig, RemoteError};
 use crate::story;
@@ -20,41 +25,75 @@ use crate::story;
 pub(crate) struct Remote {
     config: RemoteConfig,
     client: Option<Arc<RemoteClient>>,
+    /// The client being checked, with its load's number, while the check runs.
+    checking: Option<(u64, Arc<RemoteClient>)>,
+    /// Loads started.
+    loads: u64,
     /// The conversations with a job at the server.
     busy: Vec<u64>,
-    /// Request threads send their conversation here when they end.
-    done_tx: Sender<u64>,
-    done_rx: Receiver<u64>,
+    /// Request threads send their conversation here when they end, check threads their
+    /// result.
+    wake_tx: Sender<Woken>,
+    wake_rx: Receiver<Woken>,
 }
 
 impl Remote {
     pub(crate) fn new(config: RemoteConfig) -> Self {
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
         Self {
             config,
             client: None,
+            checking: None,
+            loads: 0,
             busy: Vec::new(),
-            done_tx,
-            done_rx,
+            wake_tx,
+            wake_rx,
         }
     }
 }
 
 impl Backend for Remote {
-    /// The server has its model: loading checks that it answers.
-    fn load(&mut self, _: &Path, _: &Outbox) -> Result<ModelInfo, String> {
-        self.client = None;
-        let client = RemoteClient::new(self.config.clone()).map_err(|e| e.to_string())?;
-        let info = client.connect().map_err(|e| {
-            tracing::error!("remote backend: {e}");
-            e.to_string()
-        })?;
-        self.client = Some(Arc::new(client));
-        Ok(info)
+    /// The server has its model: loading checks that it answers, on a thread of its own.
+    fn load(&mut self, _: &Path, _: &Outbox) -> Result<Option<ModelInfo>, String> {
+        self.loads += 1;
+        self.checking = None;
+        let client = match RemoteClient::new(self.config.clone()) {
+            Ok(client) => Arc::new(client),
+            Err(e) => {
+                self.client = None;
+                return Err(e.to_string());
+            }
+        };
+        let (attempt, wake) = (self.loads, self.wake_tx.clone());
+        let checked = client.clone();
+        std::thread::Builder::new()
+            .name("llm-dialogue-connect".into())
+            .spawn(move || {
+                let result = checked.connect().map_err(|e| {
+                    tracing::error!("remote backend: {e}");
+                    e.to_string()
+                });
+                let _ = wake.send(Woken::Loaded { attempt, result });
+            })
+            .map_err(|e| format!("cannot start a connection thread: {e}"))?;
+        self.checking = Some((attempt, client));
+        Ok(None)
+    }
+
+    /// The check's client serves from now on; a failed check leaves no client.
+    fn loaded(
+        &mut self,
+        attempt: u64,
+        result: Result<ModelInfo, String>,
+    ) -> Option<Result<ModelInfo, String>> {
+        let (_, client) = self.checking.take_if(|(a, _)| *a == attempt)?;
+        self.client = result.is_ok().then_some(client);
+        Some(result)
     }
 
     fn unload(&mut self) {
         self.client = None;
+        self.checking = None;
     }
 
     fn is_loaded(&self) -> bool {
@@ -84,7 +123,7 @@ impl Backend for Remote {
             return Ok(());
         };
         let (slot, id) = (job.slot, job.id);
-        let done = self.done_tx.clone();
+        let done = self.wake_tx.clone();
         let reports = out.clone();
         let spawned = std::thread::Builder::new()
             .name("llm-dialogue-request".into())
@@ -100,7 +139,7 @@ impl Backend for Remote {
                 }))
                 .unwrap_or_else(|panic| Err(WorkerError::Crashed(panic_message(panic.as_ref()))));
                 reports.finished(&job, result);
-                let _ = done.send(slot);
+                let _ = done.send(Woken::Ended(slot));
             });
         match spawned {
             Ok(_) => self.busy.push(slot),
@@ -115,8 +154,8 @@ impl Backend for Remote {
         Ok(())
     }
 
-    fn wake(&self) -> Option<Receiver<u64>> {
-        Some(self.done_rx.clone())
+    fn wake(&self) -> Option<Receiver<Woken>> {
+        Some(self.wake_rx.clone())
     }
 
     fn ended(&mut self, slot: u64) {

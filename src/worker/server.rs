@@ -28,13 +28,38 @@ pub(crate) enum Admit {
     Full,
 }
 
+/// What work running away from the server's thread tells it, through [`Backend::wake`].
+#[derive(Debug)]
+pub(crate) enum Woken {
+    /// The conversation's job ended.
+    Ended(u64),
+    /// A load that went on elsewhere ended; the backend's [`Backend::loaded`] takes it.
+    Loaded {
+        /// Which load, as the backend numbers them.
+        attempt: u64,
+        /// The model's figures, or why it failed.
+        result: Result<ModelInfo, String>,
+    },
+}
+
 /// What generates for the server: the local engine with its batch, or an inference server.
 /// A backend that runs work in the server's thread advances it in [`Backend::step`]; one
 /// that runs it elsewhere says so through [`Backend::wake`].
 pub(crate) trait Backend {
     /// Loads the model at `target` (or connects to the server), reporting progress through
-    /// `out`; the model's figures, or why it failed.
-    fn load(&mut self, target: &Path, out: &Outbox) -> Result<ModelInfo, String>;
+    /// `out`; the model's figures, or why it failed. `Ok(None)`: the load goes on away from
+    /// this thread (a server's check over the network, which must not hold up the jobs
+    /// and cancels of the others) and its result comes through [`Backend::wake`].
+    fn load(&mut self, target: &Path, out: &Outbox) -> Result<Option<ModelInfo>, String>;
+    /// A load that went on elsewhere ended: the result to report, or `None` if a later load
+    /// has replaced it.
+    fn loaded(
+        &mut self,
+        _attempt: u64,
+        result: Result<ModelInfo, String>,
+    ) -> Option<Result<ModelInfo, String>> {
+        Some(result)
+    }
     /// Drops the model (it crashed too often).
     fn unload(&mut self);
     /// Whether a model is ready.
@@ -56,8 +81,9 @@ pub(crate) trait Backend {
     fn step(&mut self, _out: &Outbox) -> Result<bool, String> {
         Ok(false)
     }
-    /// A channel on which work running elsewhere says its conversation is free again.
-    fn wake(&self) -> Option<Receiver<u64>> {
+    /// A channel on which work running elsewhere says its conversation is free again, or
+    /// that a load ended.
+    fn wake(&self) -> Option<Receiver<Woken>> {
         None
     }
     /// The conversation `slot`'s job ended elsewhere.
@@ -79,6 +105,8 @@ pub(crate) struct Server<B> {
     model: Option<PathBuf>,
     /// Why no model is ready.
     load_error: Option<String>,
+    /// A load goes on elsewhere: jobs wait for it rather than fail.
+    loading: bool,
     /// Jobs that panicked in a row.
     crashes: u32,
     /// The frame pacer's wait between steps.
@@ -95,6 +123,7 @@ impl<B: Backend> Server<B> {
             queue: Queue::default(),
             model: None,
             load_error: Some("the model has not been loaded".into()),
+            loading: false,
             crashes: 0,
             pause: Duration::ZERO,
             panic_next: false,
@@ -130,10 +159,7 @@ impl<B: Backend> Server<B> {
                 // Nothing to compute here: wait for a command, or for work elsewhere to end.
                 changed = match wait(&commands, wake.as_ref()) {
                     Some(Woke::Command(cmd)) => self.handle(cmd),
-                    Some(Woke::Ended(slot)) => {
-                        self.backend.ended(slot);
-                        true
-                    }
+                    Some(Woke::Backend(woken)) => self.woken(woken),
                     None => return,
                 };
             }
@@ -145,9 +171,8 @@ impl<B: Backend> Server<B> {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            for slot in wake.iter().flat_map(|w| w.try_iter()) {
-                self.backend.ended(slot);
-                changed = true;
+            for woken in wake.iter().flat_map(|w| w.try_iter()) {
+                changed |= self.woken(woken);
             }
             if changed {
                 self.report_status();
@@ -173,10 +198,32 @@ impl<B: Backend> Server<B> {
         true
     }
 
+    /// Work running elsewhere said something; whether anything changed.
+    fn woken(&mut self, woken: Woken) -> bool {
+        match woken {
+            Woken::Ended(slot) => self.backend.ended(slot),
+            Woken::Loaded { attempt, result } => match self.backend.loaded(attempt, result) {
+                Some(result) => self.load_done(result),
+                None => return false,
+            },
+        }
+        true
+    }
+
     fn load(&mut self, path: PathBuf) {
         self.model = Some(path.clone());
         self.out.send(Report::Loading(0.0));
         match self.backend.load(&path, &self.out) {
+            Ok(None) => self.loading = true,
+            Ok(Some(info)) => self.load_done(Ok(info)),
+            Err(e) => self.load_done(Err(e)),
+        }
+    }
+
+    /// A load ended: report it, and serve or fail the jobs that waited for it.
+    fn load_done(&mut self, result: Result<ModelInfo, String>) {
+        self.loading = false;
+        match result {
             Ok(info) => {
                 self.load_error = None;
                 self.out.send(Report::Loading(1.0));
@@ -201,6 +248,9 @@ impl<B: Backend> Server<B> {
                 return changed;
             };
             let ready = backend.is_loaded() && self.load_error.is_none();
+            if !ready && self.loading {
+                return changed;
+            }
             let admit = if ready {
                 backend.admits(best)
             } else {
@@ -264,17 +314,17 @@ impl<B: Backend> Server<B> {
 /// What woke an idle server.
 enum Woke {
     Command(Command),
-    Ended(u64),
+    Backend(Woken),
 }
 
-/// Waits for a command or for a job running elsewhere to end; `None` when the caller is gone.
-fn wait(commands: &Receiver<Command>, wake: Option<&Receiver<u64>>) -> Option<Woke> {
+/// Waits for a command or for work running elsewhere to end; `None` when the caller is gone.
+fn wait(commands: &Receiver<Command>, wake: Option<&Receiver<Woken>>) -> Option<Woke> {
     let Some(wake) = wake else {
         return commands.recv().ok().map(Woke::Command);
     };
     crossbeam_channel::select! {
         recv(commands) -> cmd => cmd.ok().map(Woke::Command),
-        recv(wake) -> slot => Some(slot.map_or(Woke::Ended(u64::MAX), Woke::Ended)),
+        recv(wake) -> woken => Some(Woke::Backend(woken.unwrap_or(Woken::Ended(u64::MAX)))),
     }
 }
 
@@ -293,9 +343,9 @@ mod tests {
     }
 
     impl Backend for Recorder {
-        fn load(&mut self, _: &Path, _: &Outbox) -> Result<ModelInfo, String> {
+        fn load(&mut self, _: &Path, _: &Outbox) -> Result<Option<ModelInfo>, String> {
             self.loads += 1;
-            Ok(ModelInfo {
+            Ok(Some(ModelInfo {
                 file: "scripted".into(),
                 architecture: "none".into(),
                 name: None,
@@ -303,7 +353,7 @@ mod tests {
                 n_ctx: 64,
                 vocab_size: 2,
                 prefix_reuse: false,
-            })
+            }))
         }
         fn unload(&mut self) {}
         fn is_loaded(&self) -> bool {

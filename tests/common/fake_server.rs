@@ -3,12 +3,24 @@
 //! the worker's jobs, and the faults a real server cannot produce on demand: refusals, busy
 //! answers, streams cut mid-line, garbage, stalls. The real llama.cpp server covers
 //! everything else (`.ci/run` runs the worker's and the plugin's tests against it).
+//!
+//! Hostile servers too ([`endless`], [`pings`], [`trickle`], [`Reply::Raw`]): streams that
+//! ignore `max_tokens`, keep-alives instead of text, a byte a second, lines too long. Each
+//! goes on until the client hangs up, and never past [`HOSTILE_FOR`], so a test that
+//! fails still ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The longest a hostile reply goes on.
+pub const HOSTILE_FOR: Duration = Duration::from_secs(20);
+
+/// A hostile reply's body: writes what it likes after the headers; an error (the client
+/// hung up) counts in [`FakeServer::hung_up`].
+pub type Writer = Box<dyn FnOnce(&mut TcpStream) -> std::io::Result<()> + Send>;
 
 /// What the server does with one chat request.
 pub enum Reply {
@@ -22,6 +34,8 @@ pub enum Reply {
     },
     /// Headers never come: the connection stays open and silent this long.
     Silent(Duration),
+    /// An event stream's headers, then whatever the writer writes.
+    Raw(Writer),
 }
 
 /// How a [`Reply::Stream`] ends.
@@ -48,6 +62,7 @@ pub struct Received {
 }
 
 type Script = dyn Fn(usize, &serde_json::Value) -> Reply + Send + Sync;
+type Models = dyn Fn(usize) -> Reply + Send + Sync;
 
 /// The server; it stops when the test process ends.
 pub struct FakeServer {
@@ -70,6 +85,15 @@ impl FakeServer {
         models_status: u16,
         script: impl Fn(usize, &serde_json::Value) -> Reply + Send + Sync + 'static,
     ) -> Self {
+        Self::start_with_models(move |_| models(models_status), script)
+    }
+
+    /// Serves the `n`th `GET /models` with `models(n)` (see [`models`]) and each chat
+    /// request with `script(n, body)`.
+    pub fn start_with_models(
+        models: impl Fn(usize) -> Reply + Send + Sync + 'static,
+        script: impl Fn(usize, &serde_json::Value) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -77,28 +101,25 @@ impl FakeServer {
         let most_at_once = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let script: Arc<Script> = Arc::new(script);
+        let models: Arc<Models> = Arc::new(models);
+        let listed = Arc::new(AtomicUsize::new(0));
         let state = (
             received.clone(),
             hung_up.clone(),
             most_at_once.clone(),
             open,
+            listed,
         );
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let script = script.clone();
+                let models = models.clone();
                 let state = state.clone();
                 std::thread::spawn(move || {
-                    let (received, hung_up, most, open) = state;
-                    serve(
-                        stream,
-                        models_status,
-                        &*script,
-                        &received,
-                        &hung_up,
-                        &most,
-                        &open,
-                    );
+                    let (received, hung_up, most, open, listed) = state;
+                    let models = || models(listed.fetch_add(1, Ordering::SeqCst));
+                    serve(stream, &models, &*script, &received, &hung_up, &most, &open);
                 });
             }
         });
@@ -117,6 +138,78 @@ impl FakeServer {
     }
 }
 
+/// A hostile reply: an event stream's headers, then whatever `writer` writes.
+pub fn raw(writer: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send + 'static) -> Reply {
+    Reply::Raw(Box::new(writer))
+}
+
+/// The model list, answered with `status`.
+pub fn models(status: u16) -> Reply {
+    let body = r#"{"object":"list","data":[{"id":"fake-model","object":"model"}]}"#;
+    Reply::Status(status, vec![], body.into())
+}
+
+/// The event of a chunk with `delta`, and `finish` as its finish reason.
+pub fn event(delta: serde_json::Value, finish: Option<&str>) -> String {
+    let chunk = serde_json::json!({
+        "object": "chat.completion.chunk",
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// The event of a chunk of text.
+pub fn text(part: &str) -> String {
+    event(serde_json::json!({ "content": part }), None)
+}
+
+/// Writes `step(i)` for i = 0, 1, ..., `every` apart, until the client hangs up (`Err`) or
+/// [`HOSTILE_FOR`] has passed (`Ok`).
+pub fn repeat(
+    out: &mut TcpStream,
+    every: Duration,
+    mut step: impl FnMut(usize) -> Vec<u8>,
+) -> std::io::Result<()> {
+    let begin = Instant::now();
+    let mut i = 0;
+    while begin.elapsed() < HOSTILE_FOR {
+        out.write_all(&step(i))?;
+        out.flush()?;
+        i += 1;
+        std::thread::sleep(every);
+    }
+    Ok(())
+}
+
+/// A server that ignores `max_tokens`: `part` as text again and again, `every` apart.
+pub fn endless(part: &str, every: Duration) -> Reply {
+    let event = text(part).into_bytes();
+    raw(move |out| repeat(out, every, |_| event.clone()))
+}
+
+/// `first` as text (if any), then `ping` (a keep-alive comment, an empty chunk) every
+/// `every`, and never any more text.
+pub fn pings(first: Option<&'static str>, ping: &'static str, every: Duration) -> Reply {
+    raw(move |out| {
+        if let Some(first) = first {
+            out.write_all(text(first).as_bytes())?;
+        }
+        repeat(out, every, |_| ping.as_bytes().to_vec())
+    })
+}
+
+/// An empty chunk, as a keep-alive.
+pub const EMPTY_DELTA: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{}}]}\n\n";
+
+/// `first` as text, then one byte every `every`, never a whole line: a connection that is
+/// never idle long enough for a read timeout.
+pub fn trickle(first: &'static str, every: Duration) -> Reply {
+    raw(move |out| {
+        out.write_all(text(first).as_bytes())?;
+        repeat(out, every, |_| b"x".to_vec())
+    })
+}
+
 /// A streamed reply of `parts` with no delay, ending well.
 pub fn stream(parts: &[&str]) -> Reply {
     Reply::Stream {
@@ -128,7 +221,7 @@ pub fn stream(parts: &[&str]) -> Reply {
 
 fn serve(
     stream: TcpStream,
-    models_status: u16,
+    models: &dyn Fn() -> Reply,
     script: &Script,
     received: &Mutex<Vec<Received>>,
     hung_up: &AtomicUsize,
@@ -157,8 +250,13 @@ fn serve(
     let _ = reader.read_exact(&mut body);
     let mut out = stream;
     if request_line.starts_with("GET") {
-        let body = r#"{"object":"list","data":[{"id":"fake-model","object":"model"}]}"#;
-        let _ = respond(&mut out, models_status, &[], body);
+        match models() {
+            Reply::Status(status, headers, body) => {
+                let _ = respond(&mut out, status, &headers, &body);
+            }
+            Reply::Silent(time) => std::thread::sleep(time),
+            _ => panic!("`GET /models` answers with a status or silence"),
+        }
         return;
     }
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -175,6 +273,13 @@ fn serve(
             let _ = respond(&mut out, status, &headers, &body);
         }
         Reply::Silent(time) => std::thread::sleep(time),
+        Reply::Raw(writer) => {
+            let head =
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+            if out.write_all(head).and_then(|()| writer(&mut out)).is_err() {
+                hung_up.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         Reply::Stream { parts, delay, end } => {
             let now = open.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(now, Ordering::SeqCst);
@@ -224,13 +329,6 @@ fn send_stream(
     out.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
     )?;
-    let event = |delta: serde_json::Value, finish: Option<&str>| {
-        let chunk = serde_json::json!({
-            "object": "chat.completion.chunk",
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-        });
-        format!("data: {chunk}\n\n")
-    };
     out.write_all(event(serde_json::json!({ "role": "assistant" }), None).as_bytes())?;
     out.write_all(b": keep-alive\n\n")?;
     if parts.is_empty() {

@@ -21,6 +21,8 @@ mod kernels;
 mod lore;
 #[cfg(feature = "remote")]
 mod remote;
+#[cfg(feature = "remote")]
+mod remote_hostile;
 mod story;
 mod tokenizer_vs_llamacpp;
 mod worker;

@@ -21,7 +21,7 @@ use crate::common::fake_server::{End, FakeServer, Reply, stream};
 use crate::worker::{job, line, mira, params, run};
 
 /// A config for the server at `url` with short timeouts and quick retries.
-fn config(url: &str) -> RemoteConfig {
+pub(crate) fn config(url: &str) -> RemoteConfig {
     let mut config = RemoteConfig::new(url, "fake-model");
     config.retry_delay = Duration::from_millis(10);
     config.stall_timeout = Duration::from_millis(500);
@@ -30,7 +30,7 @@ fn config(url: &str) -> RemoteConfig {
 }
 
 /// One line from `config`'s server: the result and the text streamed meanwhile.
-fn chat(config: RemoteConfig) -> (Result<Generation, RemoteError>, String) {
+pub(crate) fn chat(config: RemoteConfig) -> (Result<Generation, RemoteError>, String) {
     let client = RemoteClient::new(config).expect("the config is valid");
     let mut shown = String::new();
     let result = client.chat(
@@ -47,7 +47,7 @@ fn chat(config: RemoteConfig) -> (Result<Generation, RemoteError>, String) {
 }
 
 /// The error of a line that must fail.
-fn chat_error(config: RemoteConfig) -> String {
+pub(crate) fn chat_error(config: RemoteConfig) -> String {
     match chat(config) {
         (Err(e), _) => e.to_string(),
         (Ok(g), _) => panic!("the line should have failed, got {:?}", g.text),
@@ -55,7 +55,7 @@ fn chat_error(config: RemoteConfig) -> String {
 }
 
 /// A worker serving every job from `config`'s server.
-fn worker_on(config: RemoteConfig) -> Worker {
+pub(crate) fn worker_on(config: RemoteConfig) -> Worker {
     let url = config.base_url.clone();
     let mut worker = Worker::spawn(WorkerConfig {
         remote: Some(config),
@@ -81,7 +81,7 @@ fn last_messages(server: &FakeServer) -> Vec<String> {
 }
 
 /// Waits (bounded) until the server has received a chat request.
-fn first_request(server: &FakeServer) {
+pub(crate) fn first_request(server: &FakeServer) {
     let begin = Instant::now();
     while server.requests().is_empty() {
         assert!(
@@ -93,7 +93,7 @@ fn first_request(server: &FakeServer) {
 }
 
 /// Reports until `done` holds, failing after `timeout`.
-fn reports_until(
+pub(crate) fn reports_until(
     worker: &Worker,
     timeout: Duration,
     what: &str,
@@ -120,7 +120,7 @@ fn reports_until(
 }
 
 /// The id a report is about, if any.
-fn about(report: &Report) -> Option<RequestId> {
+pub(crate) fn about(report: &Report) -> Option<RequestId> {
     match report {
         Report::Started { id, .. }
         | Report::Delta { id, .. }
