@@ -36,11 +36,12 @@ pub const DEFAULT_OUT_OF_CHARACTER: &[&str] = &[
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Profanity {
     /// No profanity filter.
-    #[default]
     Off,
     /// Only the worst words.
     Severe,
-    /// Moderate and severe words: a teen rating.
+    /// Moderate and severe words: a teen rating. The default: NPCs do not swear unless the
+    /// game says they may.
+    #[default]
     Moderate,
     /// Anything mildly rude too ("damn", "crap"): a children's game.
     Mild,
@@ -115,7 +116,7 @@ impl Default for ContentPolicy {
     fn default() -> Self {
         Self {
             banned: Vec::new(),
-            profanity: Profanity::Off,
+            profanity: Profanity::Moderate,
             out_of_character: DEFAULT_OUT_OF_CHARACTER
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -196,6 +197,7 @@ impl ContentPolicy {
     pub fn off() -> Self {
         Self {
             out_of_character: Vec::new(),
+            profanity: Profanity::Off,
             ..Self::default()
         }
     }
