@@ -88,6 +88,17 @@ fn gguf_inputs_load_or_fail_cleanly() {
 }
 
 #[test]
+fn card_and_lorebook_inputs_read_or_fail_cleanly() {
+    for (name, bytes) in inputs("card", 2) {
+        let _ = bevy_llm_dialogue::card::CharacterCard::persona_from_bytes(&bytes, &name);
+    }
+    for (name, bytes) in inputs("lorebook", 1) {
+        let _ =
+            bevy_llm_dialogue::lore::Lorebook::from_ron(&String::from_utf8_lossy(&bytes), &name);
+    }
+}
+
+#[test]
 fn persona_and_story_inputs_parse_or_fail_cleanly() {
     for (name, bytes) in inputs("persona", 2) {
         let _ = Persona::from_ron(&String::from_utf8_lossy(&bytes), &name);
