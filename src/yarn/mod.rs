@@ -155,12 +155,12 @@ pub struct YarnBridge {
 
 /// What a bridged runner generated: every line and set of options, by line id. Saved with
 /// [`YarnSave`]; entries restored from a save are replayed when their command runs again.
-/// It keeps the newest [`MAX_SAVED_ENTRIES`](save::MAX_SAVED_ENTRIES): an older line is
+/// It keeps the newest [`MAX_SAVED_ENTRIES`]: an older line is
 /// forgotten (generated again, not replayed, if a restored save runs its command again).
 #[derive(Component, Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct YarnTranscript {
     /// What was generated, oldest first: the newest
-    /// [`MAX_SAVED_ENTRIES`](save::MAX_SAVED_ENTRIES).
+    /// [`MAX_SAVED_ENTRIES`].
     pub entries: Vec<Generated>,
     /// How many times each node has started on this runner (the `VISIT` of line ids).
     pub visits: std::collections::BTreeMap<String, u32>,
@@ -178,7 +178,7 @@ pub struct YarnTranscript {
 
 impl YarnTranscript {
     /// Records a generated entry, forgetting the oldest past
-    /// [`MAX_SAVED_ENTRIES`](save::MAX_SAVED_ENTRIES).
+    /// [`MAX_SAVED_ENTRIES`].
     pub(crate) fn record(&mut self, entry: Generated) {
         self.entries.push(entry);
         let over = self.entries.len().saturating_sub(save::MAX_SAVED_ENTRIES);
