@@ -51,9 +51,18 @@ fn a_missing_model_fails_requests_with_how_to_fetch_it_and_does_not_panic() {
 #[test]
 fn a_worker_that_panics_mid_line_fails_that_line_restarts_and_serves_the_next() {
     use bevy_llm_dialogue::plugin::InjectWorkerPanic;
-    let mut app = app(&scratch_assets("panic"), plugin());
-    // Three tokens in, the text streamed so far is what this test counts; a content
-    // policy would hold the newest word back.
+    let assets = scratch_assets("panic");
+    // Three tokens in, the text streamed so far is what this test counts; a content policy
+    // would hold the newest word back, and the identity guard a line's first capitalized
+    // words.
+    let mira_file = assets.join("personas/mira.persona.ron");
+    let unguarded = std::fs::read_to_string(&mira_file).unwrap().replacen(
+        "(",
+        "(\n    identity_guard: false,",
+        1,
+    );
+    std::fs::write(&mira_file, unguarded).unwrap();
+    let mut app = app(&assets, plugin());
     app.insert_resource(bevy_llm_dialogue::content::ContentPolicy::off());
     let mira = spawn_npc(&mut app, "personas/mira.persona.ron");
     update_until(&mut app, LONG, "the model", |log| log.loaded == 1);
