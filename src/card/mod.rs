@@ -34,12 +34,12 @@
 //! alike (the `player_name` fact of the world, "the traveler" when it is not set;
 //! [`resolve_user`]). A greeting the game shows itself goes through [`resolve_user`].
 
+mod in_png;
 mod text;
 
 pub use text::resolve_user;
-use text::{as_phrase, examples, resolve_char, split_sentences};
+use text::{as_phrase, examples, macro_count, resolve_char, split_sentences};
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -276,75 +276,7 @@ impl CharacterCard {
     /// Reads the card inside a PNG: its `ccv3` text chunk if it has one, else `chara`
     /// (base64 of the card's JSON). `file` names it in errors.
     pub fn from_png(bytes: &[u8], file: &str) -> Result<Self, CardError> {
-        let png = |reason: String| CardError::Png {
-            file: file.to_owned(),
-            reason,
-        };
-        if bytes.len() > MAX_CARD_BYTES {
-            return Err(png(format!("is over {MAX_CARD_BYTES} bytes")));
-        }
-        let limits = png::Limits { bytes: 64 << 20 };
-        let decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
-        let mut reader = decoder
-            .read_info()
-            .map_err(|e| png(format!("is not a readable PNG: {e}")))?;
-        // Front ends write the card after the image data: read to the end, skipping pixels.
-        reader
-            .finish()
-            .map_err(|e| png(format!("is not a readable PNG: {e}")))?;
-        let info = reader.info();
-        // A compressed chunk (zTXt, or iTXt with its flag) inflates no further than the
-        // base64 of the largest card: a small chunk must not grow into gigabytes.
-        let limit = MAX_CARD_BYTES / 3 * 4 + 4;
-        let too_large = |keyword: &str, e: png::DecodingError| {
-            png(format!(
-                "its `{keyword}` chunk does not inflate to at most {limit} bytes of text: {e}"
-            ))
-        };
-        let chunk = |keyword: &str| -> Result<Option<String>, CardError> {
-            if let Some(c) = info
-                .uncompressed_latin1_text
-                .iter()
-                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-            {
-                return Ok(Some(c.text.clone()));
-            }
-            if let Some(c) = info
-                .compressed_latin1_text
-                .iter()
-                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-            {
-                let mut c = c.clone();
-                c.decompress_text_with_limit(limit)
-                    .map_err(|e| too_large(keyword, e))?;
-                return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
-            }
-            if let Some(c) = info
-                .utf8_text
-                .iter()
-                .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-            {
-                let mut c = c.clone();
-                c.decompress_text_with_limit(limit)
-                    .map_err(|e| too_large(keyword, e))?;
-                return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
-            }
-            Ok(None)
-        };
-        let (keyword, encoded) = match (chunk("ccv3")?, chunk("chara")?) {
-            (Some(v3), _) => ("ccv3", v3),
-            (None, Some(v2)) => ("chara", v2),
-            (None, None) => {
-                return Err(png(
-                    "holds no character card (no `chara` or `ccv3` text chunk)".into(),
-                ));
-            }
-        };
-        let json = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .map_err(|e| png(format!("its `{keyword}` chunk is not base64: {e}")))?;
-        let json = String::from_utf8(json)
-            .map_err(|_| png(format!("its `{keyword}` chunk is not UTF-8 text")))?;
+        let json = in_png::card_json(bytes, file)?;
         Self::from_json(&json, file)
     }
 
@@ -533,25 +465,6 @@ impl CharacterCard {
             .map_err(|e| invalid(file, &e.field, e.reason))?;
         Ok(persona)
     }
-}
-
-/// How many `{{char}}` and `<BOT>` macros the strings of `value` hold, as [`resolve_char`]
-/// finds them (case-insensitively).
-fn macro_count(value: &Value) -> usize {
-    let mut count = 0usize;
-    let mut todo = vec![value];
-    while let Some(value) = todo.pop() {
-        match value {
-            Value::String(s) => {
-                let lower = s.to_ascii_lowercase();
-                count += lower.matches("{{char}}").count() + lower.matches("<bot>").count();
-            }
-            Value::Array(items) => todo.extend(items),
-            Value::Object(map) => todo.extend(map.values()),
-            _ => {}
-        }
-    }
-    count
 }
 
 fn invalid(file: &str, field: &str, reason: impl Into<String>) -> CardError {

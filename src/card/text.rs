@@ -123,3 +123,22 @@ pub(super) fn examples(mes_example: &str, name: &str) -> (Vec<ExampleExchange>, 
     }
     (exchanges, lines)
 }
+
+/// How many `{{char}}` and `<BOT>` macros the strings of `value` hold, as [`resolve_char`]
+/// finds them (case-insensitively).
+pub(super) fn macro_count(value: &serde_json::Value) -> usize {
+    let mut count = 0usize;
+    let mut todo = vec![value];
+    while let Some(value) = todo.pop() {
+        match value {
+            serde_json::Value::String(s) => {
+                let lower = s.to_ascii_lowercase();
+                count += lower.matches("{{char}}").count() + lower.matches("<bot>").count();
+            }
+            serde_json::Value::Array(items) => todo.extend(items),
+            serde_json::Value::Object(map) => todo.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
+}

@@ -267,6 +267,7 @@ impl ContentPolicy {
     /// The guard for a character's lines: this policy's [`filter`](Self::filter) (built once
     /// by a caller that also needs it) and, if any, the character's
     /// [`IdentityCheck`](super::IdentityCheck), sharing this policy's rollback budget.
+    #[cfg(feature = "bevy")]
     pub(crate) fn guard_for_character(
         &self,
         filter: ContentFilter,

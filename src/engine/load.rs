@@ -10,7 +10,6 @@ use super::config::{EngineConfig, ModelInfo};
 use super::error::{EngineError, Result};
 use super::gguf::GgufHeader;
 use super::grammar;
-use super::limits;
 use super::model::Model;
 use super::params::Session;
 use super::template::{ChatMessage, ChatTemplate, Role, Segment};
@@ -55,7 +54,7 @@ impl Engine {
                 architecture,
             });
         }
-        limits::check(&header, &architecture)?;
+        super::gguf::check_limits(&header, &architecture)?;
         let model_name = header.opt_string("general.name").map(str::to_owned);
         let mut tokenizer = Tokenizer::from_gguf(&header)?;
         if let Some(json) = &config.tokenizer_json {

@@ -34,6 +34,13 @@ pub(crate) enum Woken {
     /// The conversation's job ended.
     Ended(u64),
     /// A load that went on elsewhere ended; the backend's [`Backend::loaded`] takes it.
+    #[cfg_attr(
+        not(feature = "remote"),
+        expect(
+            dead_code,
+            reason = "only the remote backend loads away from the server"
+        )
+    )]
     Loaded {
         /// Which load, as the backend numbers them.
         attempt: u64,

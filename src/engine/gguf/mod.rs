@@ -6,7 +6,10 @@
 //! [`GgufHeader::read`] checks the tensor table (every tensor inside the file, none
 //! overlapping another).
 
+mod caps;
 mod scan;
+
+pub(crate) use caps::check as check_limits;
 
 use std::io::{Read, Seek};
 

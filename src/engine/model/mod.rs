@@ -36,7 +36,7 @@ pub(crate) struct Model(weights::DecoderWeights);
 
 impl Model {
     /// Loads the architecture named by `general.architecture`, with position tables and
-    /// caches for `n_ctx` tokens. The header has passed [`super::limits::check`].
+    /// caches for `n_ctx` tokens. The header has passed [`super::gguf::check_limits`].
     pub(crate) fn load<R: Read + Seek>(
         header: GgufHeader,
         reader: &mut R,
