@@ -40,26 +40,22 @@ pub(super) fn card_json(bytes: &[u8], file: &str) -> Result<String, CardError> {
         {
             return Ok(Some(c.text.clone()));
         }
-        if let Some(c) = info
-            .compressed_latin1_text
-            .iter()
-            .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-        {
-            let mut c = c.clone();
-            c.decompress_text_with_limit(limit)
-                .map_err(|e| too_large(keyword, e))?;
-            return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
+        // zTXt and iTXt are different types with the same two methods.
+        macro_rules! inflate_first {
+            ($chunks:expr) => {
+                if let Some(c) = $chunks
+                    .iter()
+                    .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
+                {
+                    let mut c = c.clone();
+                    c.decompress_text_with_limit(limit)
+                        .map_err(|e| too_large(keyword, e))?;
+                    return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
+                }
+            };
         }
-        if let Some(c) = info
-            .utf8_text
-            .iter()
-            .find(|c| c.keyword.eq_ignore_ascii_case(keyword))
-        {
-            let mut c = c.clone();
-            c.decompress_text_with_limit(limit)
-                .map_err(|e| too_large(keyword, e))?;
-            return c.get_text().map(Some).map_err(|e| too_large(keyword, e));
-        }
+        inflate_first!(info.compressed_latin1_text);
+        inflate_first!(info.utf8_text);
         Ok(None)
     };
     let (keyword, encoded) = match (chunk("ccv3")?, chunk("chara")?) {
