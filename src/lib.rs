@@ -58,8 +58,8 @@ pub mod prelude {
     pub use crate::card::CardError;
     pub use crate::content::{ContentOverride, ContentPolicy, PlayerLineCheck, Profanity};
     pub use crate::engine::{
-        Backend, ChatMessage, EngineError, GenerateParams, Generation, GenerationStats, ModelInfo,
-        Role, SamplingParams, StopReason,
+        Backend, ChatMessage, EngineError, GenerateParams, Generation, GenerationStats,
+        InferencePriority, ModelInfo, Role, SamplingParams, StopReason,
     };
     pub use crate::lore::Lorebook;
     pub use crate::persona::Persona;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 
 use super::error::Result;
+use super::priority::InferencePriority;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +59,10 @@ pub struct EngineConfig {
     pub cpu_kernels: CpuKernels,
     /// What each conversation's key/value cache stores.
     pub kv_cache: KvCacheType,
+    /// How eagerly the OS runs the inference threads beside others (applies to the pool
+    /// that [`EngineConfig::threads`] creates). [`InferencePriority::Normal`] unless set: the
+    /// worker and the plugin, which run beside a game, set [`InferencePriority::Idle`].
+    pub priority: InferencePriority,
 }
 
 /// The number type of the key/value caches, which take most of the memory a conversation
@@ -99,6 +104,7 @@ impl Default for EngineConfig {
             chat_template: None,
             cpu_kernels: CpuKernels::Packed,
             kv_cache: KvCacheType::default(),
+            priority: InferencePriority::Normal,
         }
     }
 }

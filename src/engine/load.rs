@@ -84,11 +84,13 @@ impl Engine {
         let n_ctx = config.n_ctx.unwrap_or(4096).min(train_context).max(1);
         // Tables and caches are sized for the context in use, not the one the file claims.
         let model = Model::load(header, &mut reader, &device, &config, n_ctx)?;
+        let priority = config.priority;
         let pool = match config.threads {
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n.max(1))
                     .thread_name(|i| format!("llm-inference-{i}"))
+                    .start_handler(move |_| priority.apply_to_current_thread())
                     .build()
                     .map_err(|e| EngineError::InvalidParameter {
                         name: "threads",

@@ -31,6 +31,7 @@ pub mod limits;
 mod load;
 mod model;
 mod params;
+mod priority;
 mod progress;
 mod sampling;
 mod sentences;
@@ -49,6 +50,7 @@ pub use load::{Engine, open_model_file};
 pub use params::{
     CancelToken, Delta, GenerateParams, Generation, GenerationStats, Session, StopReason,
 };
+pub use priority::InferencePriority;
 pub use progress::ProgressReader;
 pub use sampling::{Sampler, SamplingParams};
 pub use sentences::ends_sentence;

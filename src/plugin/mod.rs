@@ -58,7 +58,7 @@ pub use request::{
     DialogueError, DialogueSettings, MAX_PENDING, MAX_PENDING_PER_ENTITY, Priority, RequestId,
 };
 
-use crate::engine::{Backend, EngineConfig, GenerateParams};
+use crate::engine::{Backend, EngineConfig, GenerateParams, InferencePriority};
 use crate::worker::{LocalConfig, WorkerConfig};
 
 /// The default model, relative to the asset folder.
@@ -95,6 +95,10 @@ pub struct LlmDialoguePlugin {
     pub n_ctx: Option<usize>,
     /// Threads for inference. `None` leaves the game one core: all cores but one, at least 1.
     pub inference_threads: Option<usize>,
+    /// How eagerly the OS runs the inference threads beside the game's:
+    /// [`InferencePriority::Idle`] (the default) gives a game thread that wakes up the core
+    /// at once, so frames do not notice the model (BENCHMARKS.md, "Frame pacing").
+    pub inference_priority: InferencePriority,
     /// How many conversations keep their cache. The least recently used is evicted.
     pub slots: usize,
     /// The most lines generated together: each step of the worker runs one forward pass for
@@ -126,6 +130,7 @@ impl Default for LlmDialoguePlugin {
             model: Some(PathBuf::from(DEFAULT_MODEL)),
             n_ctx: None,
             inference_threads: None,
+            inference_priority: InferencePriority::Idle,
             slots: 16,
             max_batch: 8,
             kv_budget: None,
@@ -209,6 +214,7 @@ impl Plugin for LlmDialoguePlugin {
                     n_ctx: self.n_ctx,
                     threads: Some(threads),
                     backend: self.backend,
+                    priority: self.inference_priority,
                     ..Default::default()
                 },
                 slots: self.slots.max(1),

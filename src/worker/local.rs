@@ -13,7 +13,8 @@ use super::recipe::{self, Constraint, Generate, INJECTED_PANIC_AFTER, Outbox};
 use super::server::{Admit, Backend};
 use crate::engine::{
     CancelToken, ChatMessage, Decoding, Engine, EngineConfig, EngineError, FittedPrompt,
-    GenerateParams, Generation, ModelInfo, ProgressReader, Session, SessionSlots,
+    GenerateParams, Generation, InferencePriority, ModelInfo, ProgressReader, Session,
+    SessionSlots,
 };
 
 /// How the local model runs.
@@ -31,9 +32,14 @@ pub struct LocalConfig {
 }
 
 impl Default for LocalConfig {
+    /// The engine's defaults, its threads at [`InferencePriority::Idle`]: the worker runs
+    /// beside a game.
     fn default() -> Self {
         Self {
-            engine: EngineConfig::default(),
+            engine: EngineConfig {
+                priority: InferencePriority::Idle,
+                ..EngineConfig::default()
+            },
             slots: 16,
             max_batch: 8,
             kv_budget: None,

@@ -241,6 +241,7 @@ fn start(config: &WorkerConfig) -> Started {
         .name("llm-dialogue-worker".into())
         .spawn(move || {
             let _running = Running::start();
+            local.engine.priority.apply_to_current_thread();
             server::Server::new(local::Local::new(local), out).run(cmd_rx);
         })
         .inspect_err(|e| tracing::error!("cannot start the inference worker thread: {e}"))
