@@ -12,6 +12,9 @@
 //! fixed amount of work calibrated before the model loads) stands in for a game's own
 //! systems; the plugin runs with its default thread budget (all cores but one) at
 //! `--priority` (`idle`, the plugin's default; `low`; `normal`).
+//!
+//! `BENCH_FRAMES_TRACE=1` prints every frame's time and the time of the plugin's receive
+//! (`PreUpdate`) and dispatch (`PostUpdate`) sets in it.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
