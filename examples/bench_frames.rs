@@ -104,10 +104,18 @@ fn game_work(mut work: ResMut<Workload>) {
 fn keep_talking(
     mut finished: MessageReader<LineFinished>,
     mut failed: MessageReader<LineFailed>,
+    mut sentences: MessageReader<LineSentence>,
     mut requests: MessageWriter<RequestLine>,
     mut lines: ResMut<LinesDone>,
+    mut voice: ResMut<FirstSentence>,
 ) {
+    for sentence in sentences.read().filter(|s| s.index == 0) {
+        if let Some(asked) = voice.asked.remove(&sentence.npc) {
+            voice.waits.push(asked.elapsed());
+        }
+    }
     for line in finished.read() {
+        voice.asked.insert(line.npc, Instant::now());
         lines.0 += 1;
         lines.1 +=
             line.stats.generated_tokens + line.stats.prompt_tokens - line.stats.cached_tokens;
@@ -116,6 +124,14 @@ fn keep_talking(
     if let Some(line) = failed.read().next() {
         panic!("a line failed: {}", line.error);
     }
+}
+
+/// When each NPC's pending request was written (in the frame its last line finished), and
+/// the time from a request to its line's first `LineSentence`.
+#[derive(Resource, Default)]
+struct FirstSentence {
+    asked: std::collections::HashMap<Entity, Instant>,
+    waits: Vec<Duration>,
 }
 
 /// Lines finished, and the tokens they computed (prompt and generated).
@@ -139,8 +155,9 @@ fn run_frames(app: &mut App, n: usize) -> (Vec<Duration>, Vec<Duration>) {
         let t = app.world().resource::<PluginTime>();
         if std::env::var_os("BENCH_FRAMES_TRACE").is_some() {
             println!(
-                "frame {:.2} ms: receive {:.2}, dispatch {:.2}",
+                "frame {:.2} ms: workload {:.2}, receive {:.2}, dispatch {:.2}",
                 took.as_secs_f64() * 1e3,
+                app.world().resource::<Workload>().took.as_secs_f64() * 1e3,
                 t.receive.as_secs_f64() * 1e3,
                 t.dispatch.as_secs_f64() * 1e3
             );
@@ -209,6 +226,7 @@ fn main() {
     app.add_plugins((MinimalPlugins, AssetPlugin::default(), plugin))
         .insert_resource(work)
         .init_resource::<LinesDone>()
+        .init_resource::<FirstSentence>()
         .init_resource::<PauseSeen>()
         .init_resource::<PluginTime>()
         .add_systems(
@@ -259,6 +277,11 @@ fn main() {
     for &npc in &npcs {
         app.world_mut()
             .write_message(RequestLine::new(npc).saying("Hello! What news?"));
+        let now = Instant::now();
+        app.world_mut()
+            .resource_mut::<FirstSentence>()
+            .asked
+            .insert(npc, now);
     }
     let busy_start = Instant::now();
     let (busy, busy_rest) = run_frames(&mut app, busy_frames);
@@ -309,4 +332,14 @@ fn main() {
         over(&busy),
         busy.len()
     );
+    let mut waits = app.world().resource::<FirstSentence>().waits.clone();
+    waits.sort();
+    if !waits.is_empty() {
+        println!(
+            "request to first sentence: median {:.0} ms, p90 {:.0} ms over {} lines",
+            ms(percentile(&waits, 0.5)),
+            ms(percentile(&waits, 0.9)),
+            waits.len()
+        );
+    }
 }

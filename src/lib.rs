@@ -15,7 +15,7 @@
 //!    It imports nothing of this crate outside `engine`, and no Bevy.
 //! 2. **Domain**: plain serde types and the functions over them, Bevy only as optional
 //!    derives. They import `engine` and each other, in this order (a module imports only
-//!    those before it): `facts`, `ron_file`, `action`; `content`, `score`; `lore`; `persona`,
+//!    those before it): `speech`, `facts`, `ron_file`, `action`; `content`, `score`; `lore`; `persona`,
 //!    `story`; `card`; `prompt`. So `persona` does not know the card format (it keeps what a
 //!    card held as plain JSON, [`Persona::card`](persona::Persona::card)), and `Facts`
 //!    ([`prompt::Facts`]) lives in a module below both `lore` and `prompt`.
@@ -45,6 +45,7 @@ pub mod remote;
 pub mod ron_file;
 pub mod score;
 pub mod settings;
+pub mod speech;
 pub mod story;
 pub mod worker;
 #[cfg(feature = "yarn")]
@@ -68,8 +69,8 @@ pub mod prelude {
         ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueAssetError,
         DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRequests,
         DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed,
-        LineFiltered, LineFinished, LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed,
-        ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext,
+        LineFiltered, LineFinished, LineSentence, LineStarted, LlmDialoguePlugin, LoadModel,
+        ModelFailed, ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext,
         NpcDisposition, RequestAction, RequestLine, RequestScene, SceneDelta, SceneFailed,
         SceneFinished, Speaking, UpdateDisposition, model_ready,
     };

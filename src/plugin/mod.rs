@@ -41,7 +41,9 @@ pub use assets::{
 };
 pub use content::{FilterAction, LineFiltered};
 pub use dialogue_requests::DialogueRequests;
-pub use lines::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
+pub use lines::{
+    CancelLine, LineDelta, LineFailed, LineFinished, LineSentence, LineStarted, RequestLine,
+};
 #[cfg(feature = "fault-injection")]
 pub use model::InjectWorkerPanic;
 pub use model::{

@@ -36,6 +36,12 @@ pub struct Log {
     pub actions: Vec<ActionFinished>,
     pub action_failures: Vec<ActionFailed>,
     pub filtered: Vec<LineFiltered>,
+    /// Each `LineSentence`, with the frame it arrived in.
+    pub sentences: Vec<(usize, LineSentence)>,
+    /// The frame each `LineFinished` of `finished` arrived in.
+    pub finished_frames: Vec<usize>,
+    /// Frames recorded so far.
+    pub frames: usize,
     /// What a Yarn dialogue view saw ([`yarn_app`]).
     #[cfg(feature = "yarn")]
     pub yarn: YarnView,
@@ -91,12 +97,20 @@ struct Readers<'w, 's> {
     actions: MessageReader<'w, 's, ActionFinished>,
     action_failures: MessageReader<'w, 's, ActionFailed>,
     filtered: MessageReader<'w, 's, LineFiltered>,
+    sentences: MessageReader<'w, 's, LineSentence>,
 }
 
 fn record(mut log: ResMut<Log>, mut r: Readers) {
     log.started.extend(r.started.read().cloned());
     log.deltas.extend(r.deltas.read().cloned());
+    log.frames += 1;
+    let frame = log.frames;
     log.finished.extend(r.finished.read().cloned());
+    let finished = log.finished.len() - log.finished_frames.len();
+    log.finished_frames
+        .extend(std::iter::repeat_n(frame, finished));
+    log.sentences
+        .extend(r.sentences.read().map(|s| (frame, s.clone())));
     log.failed.extend(r.failed.read().cloned());
     log.loaded += r.loaded.read().count();
     log.model_failed

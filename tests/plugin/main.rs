@@ -22,6 +22,7 @@ mod narrator;
 #[cfg(feature = "remote")]
 mod remote;
 mod shutdown;
+mod speech;
 mod text_adventure;
 #[cfg(feature = "yarn")]
 mod yarn;

@@ -144,6 +144,26 @@ pub struct LineDelta {
     pub text: String,
 }
 
+/// A whole sentence of a line, as soon as it is complete: for a voice (text-to-speech,
+/// lip-sync), which needs sentences rather than [`LineDelta`]s. Sent after content control
+/// has settled the text (a word taken back never reaches a sentence), in order (`index` 0,
+/// 1, ...), the last one just before [`LineFinished`]; together they are the finished line's
+/// text, cut at sentence ends and line breaks and trimmed
+/// ([`SentenceSplitter`](crate::speech::SentenceSplitter) has the rules, CJK and other
+/// scripts included). A line that fails sends no sentence after its last complete one.
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
+pub struct LineSentence {
+    /// The NPC.
+    #[event_target]
+    pub npc: Entity,
+    /// The request.
+    pub request: RequestId,
+    /// Its place in the line, from 0.
+    pub index: usize,
+    /// The sentence, trimmed.
+    pub text: String,
+}
+
 /// A finished line; it has been appended to the NPC's
 /// [`DialogueHistory`](crate::plugin::DialogueHistory).
 #[derive(Message, EntityEvent, Clone, Debug, Reflect)]
@@ -178,6 +198,7 @@ pub struct LineFailed {
 pub(crate) struct LineWriters<'w> {
     pub(crate) started: MessageWriter<'w, LineStarted>,
     pub(crate) delta: MessageWriter<'w, LineDelta>,
+    pub(crate) sentence: MessageWriter<'w, LineSentence>,
     pub(crate) finished: MessageWriter<'w, LineFinished>,
     pub(crate) failed: MessageWriter<'w, LineFailed>,
 }

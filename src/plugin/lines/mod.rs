@@ -1,5 +1,6 @@
 //! Lines: what game systems ask of an NPC ([`RequestLine`], [`CancelLine`]) and what comes
-//! back ([`LineStarted`], [`LineDelta`]s, [`LineFinished`] or [`LineFailed`]), as messages
+//! back ([`LineStarted`], [`LineDelta`]s and [`LineSentence`]s, [`LineFinished`] or
+//! [`LineFailed`]), as messages
 //! and as entity events on the NPC.
 
 mod messages;
@@ -7,7 +8,9 @@ pub(crate) mod systems;
 
 use bevy::prelude::*;
 
-pub use messages::{CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, RequestLine};
+pub use messages::{
+    CancelLine, LineDelta, LineFailed, LineFinished, LineSentence, LineStarted, RequestLine,
+};
 
 use super::{DialogueSystems, Flow};
 
@@ -20,13 +23,16 @@ impl Plugin for LinesPlugin {
             .add_message::<CancelLine>()
             .add_message::<LineStarted>()
             .add_message::<LineDelta>()
+            .add_message::<LineSentence>()
             .add_message::<LineFinished>()
             .add_message::<LineFailed>()
             .register_type::<LineStarted>()
             .register_type::<LineDelta>()
+            .register_type::<LineSentence>()
             .register_type::<LineFinished>()
             .register_type::<LineFailed>()
             .init_resource::<systems::WaitingLines>()
+            .init_resource::<systems::LineSentences>()
             .add_systems(
                 PreUpdate,
                 systems::deliver_lines

@@ -5,8 +5,8 @@
 use bevy::prelude::*;
 
 use super::messages::{
-    CancelLine, LineDelta, LineFailed, LineFinished, LineStarted, LineWriters, RequestLine,
-    fail_line,
+    CancelLine, LineDelta, LineFailed, LineFinished, LineSentence, LineStarted, LineWriters,
+    RequestLine, fail_line,
 };
 use crate::engine::{CancelToken, GenerateParams};
 use crate::persona::Persona;
@@ -20,7 +20,44 @@ use crate::plugin::npc::{DialogueHistory, Npc, NpcContext, Speaking};
 use crate::plugin::request::{DialogueError, RequestId};
 use crate::prompt::MAX_TURN_BYTES;
 use crate::settings::LineSettings;
+use crate::speech::SentenceSplitter;
 use crate::worker::{Command, Job, Output};
+
+/// Each streaming line's sentence splitter and the index of its next sentence.
+#[derive(Resource, Default)]
+pub(crate) struct LineSentences(std::collections::HashMap<RequestId, (SentenceSplitter, usize)>);
+
+impl LineSentences {
+    /// Sends the sentences that `text` completes in the line (all that is left, with
+    /// `finished`).
+    fn feed(
+        &mut self,
+        commands: &mut Commands,
+        out: &mut MessageWriter<LineSentence>,
+        (npc, request): (Entity, RequestId),
+        text: &str,
+        finished: bool,
+    ) {
+        let (split, next) = self.0.entry(request).or_default();
+        let mut sentences = split.push(text);
+        if finished {
+            sentences.extend(split.finish());
+        }
+        for text in sentences {
+            let ev = LineSentence {
+                npc,
+                request,
+                index: *next,
+                text,
+            };
+            *next += 1;
+            crate::plugin::notify::notify(commands, out, ev);
+        }
+        if finished {
+            self.0.remove(&request);
+        }
+    }
+}
 
 /// Lines whose persona or template is still loading, in the order they were asked for.
 #[derive(Resource, Default)]
@@ -276,6 +313,7 @@ pub(crate) fn deliver_lines(
     mut histories: Query<&mut DialogueHistory>,
     mut out: LineWriters,
     mut filtered: MessageWriter<LineFiltered>,
+    mut sentences: ResMut<LineSentences>,
 ) {
     for (request, npc, progress) in std::mem::take(&mut inbox.lines) {
         match progress {
@@ -288,6 +326,8 @@ pub(crate) fn deliver_lines(
                 crate::plugin::notify::notify(&mut commands, &mut out.started, ev);
             }
             Progress::Delta(text) => {
+                let line = (npc, request);
+                sentences.feed(&mut commands, &mut out.sentence, line, &text, false);
                 let ev = LineDelta { npc, request, text };
                 crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
             }
@@ -302,6 +342,8 @@ pub(crate) fn deliver_lines(
                 };
                 let (actions, extra) =
                     crate::plugin::content::settle(&mut generation, Some(&fallback));
+                let rest = extra.as_deref().unwrap_or_default();
+                sentences.feed(&mut commands, &mut out.sentence, (npc, request), rest, true);
                 if let Some(text) = extra {
                     let ev = LineDelta { npc, request, text };
                     crate::plugin::notify::notify(&mut commands, &mut out.delta, ev);
@@ -329,11 +371,16 @@ pub(crate) fn deliver_lines(
                 crate::plugin::notify::notify(&mut commands, &mut out.finished, ev);
             }
             Progress::Failed(error) => {
+                sentences.0.remove(&request);
                 still_speaking(&mut commands, &in_flight, npc);
                 fail_line(&mut commands, &mut out.failed, npc, request, error);
             }
         }
     }
+    // Cancelled lines send nothing more.
+    sentences
+        .0
+        .retain(|id, _| in_flight.active.contains_key(id));
 }
 
 /// After a line ends: [`Speaking`] names the NPC's next line at the worker, or goes.
