@@ -54,7 +54,7 @@ fn is_closing(c: char) -> bool {
 /// let mut split = SentenceSplitter::default();
 /// assert!(split.push("Hello the").is_empty());
 /// assert_eq!(split.push("re. How are"), ["Hello there."]);
-/// assert_eq!(split.push(" you?「はい。」"), ["How are you?"]);
+/// assert_eq!(split.push(" you? 「はい。」"), ["How are you?"]);
 /// assert_eq!(split.finish().as_deref(), Some("「はい。」"));
 /// ```
 #[derive(Clone, Debug, Default)]
