@@ -222,6 +222,7 @@ impl Plugin for LlmDialoguePlugin {
                 slots: self.slots.max(1),
                 max_batch: self.max_batch.max(1),
                 kv_budget: self.kv_budget,
+                ..LocalConfig::default()
             },
             #[cfg(feature = "remote")]
             remote: self.remote.clone(),

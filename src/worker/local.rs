@@ -16,6 +16,7 @@ use crate::engine::{
     GenerateParams, Generation, InferencePriority, ModelInfo, ProgressReader, Session,
     SessionSlots,
 };
+use crate::speech::SentenceSplitter;
 
 /// How the local model runs.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub struct LocalConfig {
     pub max_batch: usize,
     /// The most bytes all conversation caches may hold together.
     pub kv_budget: Option<usize>,
+    /// A [`Priority::Player`] line takes the engine alone until its first sentence is out:
+    /// the lines below it wait those few steps (their caches kept). `true` by default.
+    pub player_first: bool,
 }
 
 impl Default for LocalConfig {
@@ -43,6 +47,7 @@ impl Default for LocalConfig {
             slots: 16,
             max_batch: 8,
             kv_budget: None,
+            player_first: true,
         }
     }
 }
@@ -67,6 +72,16 @@ struct Active {
     forget: bool,
     /// Test hook: this line panics a few tokens in.
     inject: bool,
+    /// A [`Priority::Player`] line until its first sentence is out: its text so far. While
+    /// any line has one, the lines below [`Priority::Player`] wait.
+    first_sentence: Option<SentenceSplitter>,
+}
+
+impl Active {
+    /// Whether this step leaves it waiting: a player's line is finding its first words.
+    fn held(&self, player_waiting: bool) -> bool {
+        player_waiting && self.priority != Priority::Player && !self.cancel.is_cancelled()
+    }
 }
 
 /// Whether a job is one generation that can share steps with others (a line, or one
@@ -169,6 +184,7 @@ impl Local {
                 decoding,
                 forget: false,
                 inject,
+                first_sentence: (job.priority == Priority::Player).then(SentenceSplitter::default),
             },
         );
         Ok(())
@@ -313,17 +329,33 @@ impl Backend for Local {
         let Some(engine) = self.engine.as_mut() else {
             return Ok(false);
         };
-        let lines: Vec<(RequestId, CancelToken, bool)> = self
+        // A player's line takes the engine alone until its first sentence is out: the lines
+        // below it wait a few steps, their caches kept, so the player's first words come as
+        // fast as from an idle worker (BENCHMARKS.md, "The player's line first").
+        let player_waiting =
+            self.config.player_first && self.active.iter().any(|a| a.first_sentence.is_some());
+        let lines: Vec<(RequestId, CancelToken, bool, usize)> = self
             .active
             .iter()
-            .map(|a| (a.id, a.cancel.clone(), a.inject))
+            .enumerate()
+            .filter(|(_, a)| !a.held(player_waiting))
+            .map(|(i, a)| (a.id, a.cancel.clone(), a.inject, i))
             .collect();
         let active = &mut self.active;
+        let mut player_text: Vec<(usize, String)> = Vec::new();
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            engine.step(active.iter_mut().map(|a| &mut a.decoding), |i, d| {
-                let (id, cancel, inject) = &lines[i];
+            let batch = active
+                .iter_mut()
+                .filter(|a| !a.held(player_waiting))
+                .map(|a| (a.first_sentence.is_some(), &mut a.decoding));
+            let (watched, batch): (Vec<bool>, Vec<&mut Decoding>) = batch.unzip();
+            engine.step(batch, |i, d| {
+                let (id, cancel, inject, at) = &lines[i];
                 if *inject && d.generated >= INJECTED_PANIC_AFTER {
                     panic!("injected fault");
+                }
+                if watched[i] {
+                    player_text.push((*at, d.text.to_owned()));
                 }
                 out.delta(*id, d.text, cancel);
             })
@@ -331,6 +363,16 @@ impl Backend for Local {
         if let Err(panic) = stepped {
             let ids = std::mem::take(&mut self.active).into_iter().map(|a| a.id);
             return Err(crashed(out, ids, panic_message(panic.as_ref())));
+        }
+        for (at, text) in player_text {
+            let line = &mut self.active[at];
+            if line
+                .first_sentence
+                .as_mut()
+                .is_some_and(|split| !split.push(&text).is_empty())
+            {
+                line.first_sentence = None;
+            }
         }
         Ok(self.finish_ended(out))
     }

@@ -325,3 +325,89 @@ fn a_job_without_a_model_fails_with_the_reason() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_player_line_takes_the_engine_alone_until_its_first_sentence_is_out() {
+    if server().is_some() {
+        // A server schedules its own batch.
+        return;
+    }
+    let mut worker = worker();
+    let background: Vec<u64> = (1..=4).collect();
+    for &id in &background {
+        let mut chatter = job(id, id, mira(), params(64, id), line(1));
+        chatter.priority = Priority::Background;
+        worker.submit(chatter);
+    }
+    // Every background line is decoding before the player speaks.
+    let mut reports = Vec::new();
+    let mut talking = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while talking.len() < background.len() {
+        assert!(Instant::now() < deadline, "the chatter did not start");
+        if let Some(report) = worker.recv_timeout(Duration::from_secs(1)).unwrap() {
+            if let Report::Delta { id, .. } = &report {
+                talking.insert(id.0);
+            }
+            reports.push(report);
+        }
+    }
+    let mut player = job(10, 10, mira(), params(48, 10), line(1));
+    player.priority = Priority::Player;
+    worker.submit(player);
+    let mut order = Vec::new();
+    let mut ended = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while ended.len() < background.len() + 1 {
+        assert!(Instant::now() < deadline, "the lines did not end");
+        let Some(report) = worker.recv_timeout(Duration::from_secs(1)).unwrap() else {
+            continue;
+        };
+        match &report {
+            Report::Finished { id, .. } => {
+                ended.insert(id.0);
+            }
+            Report::Failed { id, error } => panic!("line {} failed: {error}", id.0),
+            _ => {}
+        }
+        order.push(report);
+    }
+    // From the player's start to its first whole sentence, only the player's line moved.
+    let start = order
+        .iter()
+        .position(|r| matches!(r, Report::Started { id, .. } if id.0 == 10))
+        .expect("the player's line started");
+    let mut split = bevy_llm_dialogue::speech::SentenceSplitter::default();
+    let mut first_sentence = None;
+    for (at, report) in order.iter().enumerate().skip(start) {
+        match report {
+            Report::Delta { id, text } if id.0 == 10 => {
+                if !split.push(text).is_empty() {
+                    first_sentence = Some(at);
+                    break;
+                }
+            }
+            Report::Finished { id, .. } if id.0 == 10 => {
+                first_sentence = Some(at);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first_sentence = first_sentence.expect("the player's line said something");
+    let chatter_meanwhile: Vec<&Report> = order[start..first_sentence]
+        .iter()
+        .filter(|r| matches!(r, Report::Delta { id, .. } if id.0 != 10))
+        .collect();
+    assert!(
+        chatter_meanwhile.is_empty(),
+        "background lines moved while the player waited for its first sentence: {chatter_meanwhile:?}"
+    );
+    // Then the chatter goes on and ends.
+    assert!(
+        order[first_sentence..]
+            .iter()
+            .any(|r| matches!(r, Report::Delta { id, .. } if id.0 != 10)),
+        "the chatter never resumed"
+    );
+}
