@@ -381,11 +381,9 @@ fn a_player_line_takes_the_engine_alone_until_its_first_sentence_is_out() {
     let mut first_sentence = None;
     for (at, report) in order.iter().enumerate().skip(start) {
         match report {
-            Report::Delta { id, text } if id.0 == 10 => {
-                if !split.push(text).is_empty() {
-                    first_sentence = Some(at);
-                    break;
-                }
+            Report::Delta { id, text } if id.0 == 10 && !split.push(text).is_empty() => {
+                first_sentence = Some(at);
+                break;
             }
             Report::Finished { id, .. } if id.0 == 10 => {
                 first_sentence = Some(at);
