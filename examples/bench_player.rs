@@ -51,6 +51,17 @@ fn job(id: u64, priority: Priority, who: &str, question: &str, max_tokens: usize
 }
 
 /// Time from submitting the player's line to its first delta and to its first sentence.
+/// A background line: an NPC talking to itself, nobody waiting.
+fn chatter_line(id: u64) -> Job {
+    job(
+        id,
+        Priority::Background,
+        "Tom, an old fisherman",
+        "Tell me about the sea.",
+        48,
+    )
+}
+
 /// With `cached`, every run is the same conversation asked the same again (its prompt
 /// cached but the last token); without, a new conversation (its prompt computed whole).
 fn player_line(
@@ -94,13 +105,7 @@ fn player_line(
             // Chatter that ends asks again: the background never runs dry.
             Report::Finished { id: got, .. } if got.0 >= 100 => {
                 *chatter += 1;
-                worker.submit(job(
-                    *chatter,
-                    Priority::Background,
-                    "Tom, an old fisherman",
-                    "Tell me about the sea.",
-                    48,
-                ));
+                worker.submit(chatter_line(*chatter));
             }
             Report::Failed { id, error } => panic!("line {} failed: {error}", id.0),
             _ => {}
@@ -146,13 +151,7 @@ fn main() {
         let mut chatter = 100;
         for _ in 0..background {
             chatter += 1;
-            worker.submit(job(
-                chatter,
-                Priority::Background,
-                "Tom, an old fisherman",
-                "Tell me about the sea.",
-                48,
-            ));
+            worker.submit(chatter_line(chatter));
         }
         // Let the chatter reach its decoding (and the model load).
         let settle = Instant::now();
@@ -162,13 +161,7 @@ fn main() {
                 && id.0 >= 100
             {
                 chatter += 1;
-                worker.submit(job(
-                    chatter,
-                    Priority::Background,
-                    "Tom, an old fisherman",
-                    "Tell me about the sea.",
-                    48,
-                ));
+                worker.submit(chatter_line(chatter));
             }
         }
         let (mut deltas, mut sentences) = (Vec::new(), Vec::new());

@@ -11,6 +11,26 @@ use crate::harness::*;
 #[derive(Resource, Default)]
 struct Observed(Vec<(Entity, RequestId, usize)>);
 
+/// Four Mira NPCs, each asked `question` with its own seed (from `first_seed`); waits for
+/// the four lines.
+fn four_lines(app: &mut App, question: &str, first_seed: u64, max_tokens: usize) {
+    let npcs: Vec<Entity> = (0..4)
+        .map(|_| spawn_npc(app, "personas/mira.persona.ron"))
+        .collect();
+    for (seed, &npc) in (first_seed..).zip(&npcs) {
+        request(
+            app,
+            RequestLine::new(npc)
+                .saying(question)
+                .sampling(SamplingParams::default().with_seed(seed))
+                .max_tokens(max_tokens),
+        );
+    }
+    update_until(app, LONG, "four lines", |log| {
+        log.finished.len() + log.failed.len() == npcs.len()
+    });
+}
+
 /// Checks every finished line against its sentences; returns how many lines sent their first
 /// sentence in an earlier frame than their end.
 fn check_sentences(log: &Log) -> usize {
@@ -71,21 +91,12 @@ fn lines_arrive_as_whole_sentences_in_order_and_the_first_before_the_end() {
             seen.0.push((s.event_target(), s.request, s.index));
         },
     );
-    let npcs: Vec<Entity> = (0..4)
-        .map(|_| spawn_npc(&mut app, "personas/mira.persona.ron"))
-        .collect();
-    for (seed, &npc) in npcs.iter().enumerate() {
-        request(
-            &mut app,
-            RequestLine::new(npc)
-                .saying("Tell me about this town and what you sell. Take your time.")
-                .sampling(SamplingParams::default().with_seed(seed as u64 + 1))
-                .max_tokens(96),
-        );
-    }
-    update_until(&mut app, LONG, "four lines", |log| {
-        log.finished.len() + log.failed.len() == npcs.len()
-    });
+    four_lines(
+        &mut app,
+        "Tell me about this town and what you sell. Take your time.",
+        1,
+        96,
+    );
     let log = app.world().resource::<Log>();
     assert!(log.failed.is_empty(), "{:?}", log.failed);
     let early = check_sentences(log);
@@ -117,20 +128,7 @@ fn sentences_never_hold_a_word_that_was_taken_back() {
     };
     let filter = policy.filter();
     app.insert_resource(policy);
-    let npcs: Vec<Entity> = (0..4)
-        .map(|_| spawn_npc(&mut app, "personas/mira.persona.ron"))
-        .collect();
-    for (seed, &npc) in npcs.iter().enumerate() {
-        request(
-            &mut app,
-            RequestLine::new(npc)
-                .saying("What is the news in the town today?")
-                .sampling(SamplingParams::default().with_seed(seed as u64)),
-        );
-    }
-    update_until(&mut app, LONG, "four lines", |log| {
-        log.finished.len() + log.failed.len() == npcs.len()
-    });
+    four_lines(&mut app, "What is the news in the town today?", 0, 24);
     let log = app.world().resource::<Log>();
     assert!(log.failed.is_empty(), "{:?}", log.failed);
     assert!(
