@@ -334,11 +334,17 @@ impl Backend for Local {
         // fast as from an idle worker (BENCHMARKS.md, "The player's line first").
         let player_waiting =
             self.config.player_first && self.active.iter().any(|a| a.first_sentence.is_some());
+        // Decided once: a cancel from the game's thread may land meanwhile.
+        let stepping: Vec<bool> = self
+            .active
+            .iter()
+            .map(|a| !a.held(player_waiting))
+            .collect();
         let lines: Vec<(RequestId, CancelToken, bool, usize)> = self
             .active
             .iter()
             .enumerate()
-            .filter(|(_, a)| !a.held(player_waiting))
+            .filter(|&(i, _)| stepping[i])
             .map(|(i, a)| (a.id, a.cancel.clone(), a.inject, i))
             .collect();
         let active = &mut self.active;
@@ -346,8 +352,9 @@ impl Backend for Local {
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let batch = active
                 .iter_mut()
-                .filter(|a| !a.held(player_waiting))
-                .map(|a| (a.first_sentence.is_some(), &mut a.decoding));
+                .zip(&stepping)
+                .filter(|&(_, &step)| step)
+                .map(|(a, _)| (a.first_sentence.is_some(), &mut a.decoding));
             let (watched, batch): (Vec<bool>, Vec<&mut Decoding>) = batch.unzip();
             engine.step(batch, |i, d| {
                 let (id, cancel, inject, at) = &lines[i];
