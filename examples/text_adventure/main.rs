@@ -34,7 +34,15 @@ fn main() -> AppExit {
         ..default()
     }))
     .add_plugins(EguiPlugin::default())
-    .add_plugins(LlmDialoguePlugin::default())
+    .add_plugins(LlmDialoguePlugin {
+        // `normal` runs the model at the game's priority, for comparison (`scripts/screenshot`
+        // reports frame times): the default is `InferencePriority::Idle`.
+        inference_priority: match std::env::var("TEXT_ADVENTURE_PRIORITY").as_deref() {
+            Ok("normal") => InferencePriority::Normal,
+            _ => InferencePriority::Idle,
+        },
+        ..default()
+    })
     .add_plugins((game::AdventurePlugin, ui::UiPlugin));
     if let Some(path) = std::env::var_os("TEXT_ADVENTURE_AUTOPLAY") {
         app.add_plugins(autoplay::Autoplay {
