@@ -52,17 +52,20 @@ impl Workload {
         std::hint::black_box(&self.data);
     }
 
-    /// The passes that take `target` on this machine (the fastest of a few tries).
+    /// The passes that take `target` on this machine (the median of a few tries, after a
+    /// warm-up).
     fn calibrated(target: Duration) -> Self {
         let mut one = Self::new(1);
-        let pass = (0..20)
+        let mut passes: Vec<Duration> = (0..40)
             .map(|_| {
                 let start = Instant::now();
                 one.run();
                 start.elapsed()
             })
-            .min()
-            .unwrap();
+            .skip(10)
+            .collect();
+        passes.sort();
+        let pass = passes[passes.len() / 2];
         Self::new((target.as_secs_f64() / pass.as_secs_f64()).round().max(1.0) as usize)
     }
 }
