@@ -337,3 +337,74 @@ fn more_than_eight_lines_for_one_npc_fail_with_queue_full_and_the_rest_are_answe
         full[0].error
     );
 }
+
+/// The scheduling policy (`/proc/.../sched`) of every thread of this process whose name
+/// starts with one of `names`.
+#[cfg(target_os = "linux")]
+fn policies_of(names: &[&str]) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !names.iter().any(|n| comm.starts_with(n)) {
+            continue;
+        }
+        let sched = std::fs::read_to_string(task.path().join("sched")).unwrap_or_default();
+        let policy = sched
+            .lines()
+            .find(|l| l.starts_with("policy"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(policy) = policy {
+            found.push((comm.to_owned(), policy));
+        }
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_inference_threads_run_at_the_idle_priority_by_default_and_normal_when_asked() {
+    const SCHED_IDLE: u32 = 5;
+    let names = ["llm-inference", "llm-dialogue-wo"];
+    // The plugin's default: every inference and worker thread of this test binary (the
+    // other tests' apps use it too) runs at SCHED_IDLE once it has started.
+    let app = app(&scratch_assets("priority-idle"), plugin());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = policies_of(&names);
+        let inference = seen
+            .iter()
+            .filter(|(n, _)| n.starts_with("llm-inference"))
+            .count();
+        if inference > 0 && seen.iter().all(|&(_, p)| p == SCHED_IDLE) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads not at SCHED_IDLE: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(app);
+    // The worker alone, asked for Normal: its threads keep the normal policy (0).
+    let mut config = bevy_llm_dialogue::worker::WorkerConfig::default();
+    config.local.engine.priority = InferencePriority::Normal;
+    config.local.engine.threads = Some(1);
+    let mut worker = bevy_llm_dialogue::worker::Worker::spawn(config);
+    worker.load(model_path());
+    let loaded = Instant::now() + Duration::from_secs(60);
+    loop {
+        match worker.recv_timeout(Duration::from_secs(1)).unwrap() {
+            Some(bevy_llm_dialogue::worker::Report::Loaded(_)) => break,
+            Some(bevy_llm_dialogue::worker::Report::LoadFailed(e)) => panic!("{e}"),
+            _ => assert!(Instant::now() < loaded, "the model did not load"),
+        }
+    }
+    // Its pool thread exists now; at least one inference thread is at the normal policy.
+    let seen = policies_of(&["llm-inference"]);
+    assert!(
+        seen.iter().any(|&(_, p)| p == 0),
+        "no inference thread at the normal policy: {seen:?}"
+    );
+}
