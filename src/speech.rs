@@ -61,6 +61,10 @@ fn is_closing(c: char) -> bool {
 pub struct SentenceSplitter {
     /// Text not yet part of a finished sentence.
     pending: String,
+    /// How much of `pending` is decided: no sentence can end before this offset, so the next
+    /// push scans from here (a stream pushes every token; scanning the held sentence from its
+    /// start each time would be quadratic in its length).
+    scanned: usize,
 }
 
 impl SentenceSplitter {
@@ -68,15 +72,26 @@ impl SentenceSplitter {
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.pending.push_str(text);
         let mut out = Vec::new();
-        let mut taken = 0;
-        while let Some(end) = next_end(&self.pending[taken..]) {
-            let sentence = self.pending[taken..taken + end].trim();
+        let (mut taken, mut from) = (0, self.scanned);
+        while let Some(end) = next_end(&self.pending[from..]) {
+            let end = from + end;
+            let sentence = self.pending[taken..end].trim();
             if !sentence.is_empty() {
                 out.push(sentence.to_owned());
             }
-            taken += end;
+            (taken, from) = (end, end);
         }
         self.pending.drain(..taken);
+        // Only a run of ends and closing marks at the very end is undecided: what follows it
+        // tells whether it ends a sentence.
+        let open: usize = self
+            .pending
+            .chars()
+            .rev()
+            .take_while(|&c| is_spaced_terminal(c) || is_unspaced_terminal(c) || is_closing(c))
+            .map(char::len_utf8)
+            .sum();
+        self.scanned = self.pending.len() - open;
         out
     }
 
@@ -84,6 +99,7 @@ impl SentenceSplitter {
     /// `None` if only whitespace is left. The splitter is empty afterwards.
     pub fn finish(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.pending);
+        self.scanned = 0;
         let rest = rest.trim();
         (!rest.is_empty()).then(|| rest.to_owned())
     }
