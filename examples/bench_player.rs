@@ -27,6 +27,7 @@ const MODEL: &str = "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn job(id: u64, priority: Priority, who: &str, question: &str, max_tokens: usize) -> Job {
     Job {
+        recall: None,
         id: RequestId(id),
         slot: id,
         messages: vec![

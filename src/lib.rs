@@ -15,7 +15,7 @@
 //!    It imports nothing of this crate outside `engine`, and no Bevy.
 //! 2. **Domain**: plain serde types and the functions over them, Bevy only as optional
 //!    derives. They import `engine` and each other, in this order (a module imports only
-//!    those before it): `speech`, `facts`, `ron_file`, `action`; `content`, `score`; `lore`; `persona`,
+//!    those before it): `speech`, `memory`, `facts`, `ron_file`, `action`; `content`, `score`; `lore`; `persona`,
 //!    `story`; `card`; `prompt`. So `persona` does not know the card format (it keeps what a
 //!    card held as plain JSON, [`Persona::card`](persona::Persona::card)), and `Facts`
 //!    ([`prompt::Facts`]) lives in a module below both `lore` and `prompt`.
@@ -36,6 +36,7 @@ pub mod content;
 pub mod engine;
 mod facts;
 pub mod lore;
+pub mod memory;
 pub mod persona;
 #[cfg(feature = "bevy")]
 pub mod plugin;
@@ -63,11 +64,14 @@ pub mod prelude {
         InferencePriority, ModelInfo, Role, SamplingParams, StopReason,
     };
     pub use crate::lore::Lorebook;
+    pub use crate::memory::{Bm25Recall, Episode, Recall};
     pub use crate::persona::Persona;
     #[cfg(feature = "bevy")]
     pub use crate::plugin::{
-        ActionFailed, ActionFinished, CancelLine, ChooseOption, Deciding, DialogueAssetError,
-        DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRequests,
+        ActionFailed, ActionFinished, CancelLine, ChooseOption, Conversation, ConversationEnded,
+        ConversationLine, ConversationLog, Deciding, DialogueAssetError, GiveTurn,
+        LeaveConversation, SayInConversation, TurnPolicy,
+        DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRecall, DialogueRequests,
         DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed,
         LineFiltered, LineFinished, LineSentence, LineStarted, LlmDialoguePlugin, LoadModel,
         ModelFailed, ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext,
@@ -80,7 +84,7 @@ pub mod prelude {
         reason = "the old names stay for one release, with their warning"
     )]
     pub use crate::plugin::{NpcAction, SceneReady};
-    pub use crate::prompt::{Facts, PromptError, PromptTemplate, TemplateValue};
+    pub use crate::prompt::{Facts, PromptError, PromptTemplate, SpokenLine, TemplateValue};
     #[cfg(feature = "remote")]
     pub use crate::remote::{RemoteConfig, RemoteError};
     pub use crate::ron_file::RonFileError;

@@ -28,6 +28,8 @@ pub(crate) enum ActiveKind {
     Line {
         player_line: Option<String>,
         fallback: String,
+        /// A line of a conversation: it goes to the conversation's log, not the history.
+        in_conversation: bool,
     },
     /// A narrator scene.
     Scene(Box<PendingScene>),
@@ -35,6 +37,8 @@ pub(crate) enum ActiveKind {
     Action(Vec<ActionSpec>),
     /// An NPC's new disposition, within its persona's declaration.
     Disposition(crate::persona::DispositionSpec),
+    /// Who speaks next in a conversation (the request's entity).
+    Turn,
     /// A note of an NPC's `turns` oldest turns, which it replaces.
     Summary {
         /// How many turns it covers.
@@ -116,6 +120,19 @@ impl InFlight {
         });
     }
 
+    /// Stops one request, waiting or at the worker; nothing more is reported about it.
+    pub(crate) fn cancel_request(&mut self, id: RequestId) {
+        self.waiting.retain(|(w, _)| *w != id);
+        if let Some(active) = self.active.remove(&id) {
+            active.cancel.cancel();
+        }
+    }
+
+    /// Whether request `id` is waiting or at the worker.
+    pub(crate) fn is_pending(&self, id: RequestId) -> bool {
+        self.is_waiting(id) || self.active.contains_key(&id)
+    }
+
     /// Whether request `id` still waits for its assets (a cancel drops it).
     pub(crate) fn is_waiting(&self, id: RequestId) -> bool {
         self.waiting.iter().any(|(w, _)| *w == id)
@@ -177,6 +194,7 @@ pub(crate) struct Inbox {
     pub(crate) scenes: Vec<(RequestId, Entity, Progress)>,
     pub(crate) actions: Vec<(RequestId, Entity, Progress)>,
     pub(crate) summaries: Vec<(RequestId, Entity, Progress)>,
+    pub(crate) turns: Vec<(RequestId, Entity, Progress)>,
 }
 
 impl Inbox {
@@ -187,6 +205,7 @@ impl Inbox {
             ActiveKind::Scene(_) => &mut self.scenes,
             ActiveKind::Action(_) | ActiveKind::Disposition(_) => &mut self.actions,
             ActiveKind::Summary { .. } => &mut self.summaries,
+            ActiveKind::Turn => &mut self.turns,
         }
     }
 }

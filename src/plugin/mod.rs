@@ -12,6 +12,7 @@ mod actions;
 mod assets;
 mod content;
 mod dialogue_requests;
+mod conversation;
 mod env;
 mod in_flight;
 mod lines;
@@ -40,7 +41,12 @@ pub use assets::{
     MAX_DIALOGUE_FILE_BYTES, PersonaFormat, PromptTemplateFormat, StoryFormat,
 };
 pub use content::{FilterAction, LineFiltered};
+pub use conversation::{
+    Conversation, ConversationEnded, ConversationLine, ConversationLog, GiveTurn,
+    LeaveConversation, SayInConversation, TurnPolicy,
+};
 pub use dialogue_requests::DialogueRequests;
+pub use env::DialogueRecall;
 pub use lines::{
     CancelLine, LineDelta, LineFailed, LineFinished, LineSentence, LineStarted, RequestLine,
 };
@@ -249,7 +255,10 @@ impl Plugin for LlmDialoguePlugin {
                 best_of: 1,
                 frame_budget: None,
                 summarize_after: Some(crate::prompt::MAX_HISTORY_TURNS),
+                recall_moments: 3,
+                recall_tokens: 160,
             })
+            .init_resource::<DialogueRecall>()
             .init_resource::<DialogueContext>()
             .register_type::<Npc>()
             .register_type::<DialogueHistory>()
@@ -274,6 +283,7 @@ impl Plugin for LlmDialoguePlugin {
                 narrator::NarratorPlugin,
                 actions::ActionsPlugin,
                 summary::SummariesPlugin,
+                conversation::ConversationsPlugin,
             ));
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::request::RequestId;
 use crate::engine::ChatMessage;
+use crate::memory::Episode;
 use crate::persona::Persona;
 use crate::prompt::{Facts, PromptTemplate};
 
@@ -60,6 +61,15 @@ pub struct DialogueHistory {
     /// prompt next to the newest turn and is saved with the history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Every moment the NPC lived through, oldest first, up to
+    /// [`MAX_EPISODES`](Self::MAX_EPISODES): each exchange (appended with its turns, kept
+    /// after the turns are summarised or dropped), memories pushed out of
+    /// [`memories`](Self::memories) and summaries replaced by newer ones. Those the prompt
+    /// does not show are searched for what the player's new line is about
+    /// ([`DialogueSettings::recall_moments`](super::DialogueSettings::recall_moments)).
+    /// Saved with the history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub episodes: Vec<Episode>,
 }
 
 impl DialogueHistory {
@@ -74,15 +84,43 @@ impl DialogueHistory {
         if reply.is_empty() {
             return;
         }
-        if let Some(line) = player_line {
-            self.turns.push(ChatMessage::user(line));
+        if let Some(line) = &player_line {
+            self.turns.push(ChatMessage::user(line.clone()));
         }
-        self.turns.push(ChatMessage::assistant(reply));
+        self.turns.push(ChatMessage::assistant(reply.clone()));
         let excess = self.turns.len().saturating_sub(Self::MAX_TURNS);
         self.turns.drain(..excess);
+        self.record(Episode::Exchange {
+            said: player_line,
+            reply,
+        });
     }
 
-    /// The most memories kept: past it, the oldest is forgotten.
+    /// The most episodes kept: past it, the oldest are forgotten.
+    pub const MAX_EPISODES: usize = 512;
+
+    /// Appends an episode, forgetting the oldest past [`MAX_EPISODES`](Self::MAX_EPISODES).
+    pub fn record(&mut self, episode: Episode) {
+        self.episodes.push(episode);
+        let excess = self.episodes.len().saturating_sub(Self::MAX_EPISODES);
+        self.episodes.drain(..excess);
+    }
+
+    /// Replaces the summary; the one it replaces becomes an episode.
+    pub(crate) fn replace_summary(&mut self, summary: String) {
+        if let Some(old) = self.summary.replace(summary) {
+            self.record(Episode::Summary(old));
+        }
+    }
+
+    /// The episodes the prompt does not show: all but the exchanges whose reply is among
+    /// the turns a prompt sees ([`conversation`](crate::prompt::conversation)).
+    pub fn unseen_episodes(&self) -> Vec<Episode> {
+        crate::memory::unseen(&self.episodes, &crate::prompt::conversation(&self.turns))
+    }
+
+    /// The most memories kept: past it, the oldest leaves every prompt and becomes an
+    /// [`Episode::Memory`], recalled when the player's line is about it.
     pub const MAX_MEMORIES: usize = 32;
 
     /// The longest memory, in bytes (a longer one is cut at a character boundary).
@@ -104,7 +142,10 @@ impl DialogueHistory {
         }
         self.memories.push(fact);
         let excess = self.memories.len().saturating_sub(Self::MAX_MEMORIES);
-        self.memories.drain(..excess);
+        let forgotten: Vec<String> = self.memories.drain(..excess).collect();
+        for memory in forgotten {
+            self.record(Episode::Memory(memory));
+        }
     }
 
     /// The memories as a lorebook whose entries are always in, for the prompt.

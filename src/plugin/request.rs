@@ -51,6 +51,14 @@ pub struct DialogueSettings {
     ///
     /// [`DialogueHistory::summary`]: super::DialogueHistory::summary
     pub summarize_after: Option<usize>,
+    /// The most earlier moments recalled for a player's line: the NPC's
+    /// [`episodes`](super::DialogueHistory::episodes) the prompt does not show, ranked by
+    /// [`DialogueRecall`](super::DialogueRecall) against the line, go next to it as a note.
+    /// 0 turns recall off. The default: 3.
+    pub recall_moments: usize,
+    /// The most tokens those moments may take (counted as four bytes a token). The
+    /// default: 160.
+    pub recall_tokens: usize,
 }
 
 /// Why a request (a line, a scene, a decision) failed. Every variant's message can be shown to a player or a modder.

@@ -101,6 +101,7 @@ pub(crate) fn summarize_histories(
         };
         let id = dispatcher.in_flight.next_id();
         let job = Job {
+            recall: None,
             id,
             // Summaries have their own cache slot, next to the NPC's conversation.
             slot: entity.to_bits() ^ (1 << 62),
@@ -143,7 +144,7 @@ pub(crate) fn deliver_summaries(
                     // still the ones summarised.
                     let turns = turns.min(history.turns.len());
                     history.turns.drain(..turns);
-                    history.summary = Some(text);
+                    history.replace_summary(text);
                 }
             }
             Progress::Failed(error) => {

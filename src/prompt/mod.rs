@@ -2,6 +2,7 @@
 //! chat messages the model sees. Templates are Jinja (minijinja), stored as assets in
 //! `assets/prompts/*.jinja`, so writers can change them without touching code.
 
+mod group;
 mod narrator;
 mod npc;
 mod summary;
@@ -11,10 +12,14 @@ pub use crate::facts::Facts;
 /// The value [`PromptTemplate::render`] takes (minijinja's): build one with
 /// `TemplateValue::from_serialize(..)` or minijinja's `context!` macro.
 pub use minijinja::Value as TemplateValue;
+pub use group::{
+    SpokenLine, group_direction, group_opening, group_turns, next_speaker_messages,
+    next_speaker_schema,
+};
 pub use narrator::{choice_list, example_echoes, opening_ask};
 pub use npc::{
     DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,
-    UNPROMPTED_LINE, conversation, directed_unprompted_line, relevant_facts,
+    UNPROMPTED_LINE, conversation, directed_unprompted_line, player_name, relevant_facts,
 };
 pub use summary::summary_messages;
 pub use template::{

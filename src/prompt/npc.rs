@@ -160,14 +160,20 @@ pub const PLAYER_NAME_FACT: &str = "player_name";
 /// What `{{user}}` becomes when the world has no [`PLAYER_NAME_FACT`].
 pub const DEFAULT_PLAYER_NAME: &str = "the traveler";
 
-/// Character cards write the player as `{{user}}` (or `<USER>`): in `messages` it becomes
-/// the world's [`PLAYER_NAME_FACT`], else [`DEFAULT_PLAYER_NAME`].
-pub(super) fn name_the_player(messages: &mut [ChatMessage], world: &Facts) {
-    let player = world
+/// The player's name in prompts: the world's [`PLAYER_NAME_FACT`], else
+/// [`DEFAULT_PLAYER_NAME`].
+pub fn player_name(world: &Facts) -> &str {
+    world
         .0
         .get(PLAYER_NAME_FACT)
         .and_then(serde_json::Value::as_str)
-        .unwrap_or(DEFAULT_PLAYER_NAME);
+        .unwrap_or(DEFAULT_PLAYER_NAME)
+}
+
+/// Character cards write the player as `{{user}}` (or `<USER>`): in `messages` it becomes
+/// the world's [`PLAYER_NAME_FACT`], else [`DEFAULT_PLAYER_NAME`].
+pub(super) fn name_the_player(messages: &mut [ChatMessage], world: &Facts) {
+    let player = player_name(world);
     for m in messages {
         if m.content.contains("{{") || m.content.contains('<') {
             m.content = crate::card::resolve_user(&m.content, player);

@@ -27,6 +27,7 @@
 //!     priority: Priority::Normal,
 //!     cancel: CancelToken::new(),
 //!     output: Output::Text { best_of: 1, speaker: "Mira".into() },
+//!     recall: None, // no episodic memory to search
 //! });
 //! loop {
 //!     match worker.recv_timeout(std::time::Duration::from_secs(60)) {

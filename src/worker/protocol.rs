@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bevy::prelude::ReflectDefault;
 
 use crate::engine::{CancelToken, ChatMessage, GenerateParams, Generation, Grammar, ModelInfo};
+use crate::memory::RecallQuery;
 
 /// Identifies one request (a line, a scene, a decision) from request to result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +50,33 @@ pub struct Job {
     pub cancel: CancelToken,
     /// Free text, a structured output or a scene.
     pub output: Output,
+    /// Earlier moments to search for what the newest turn is about: those recalled go, as a
+    /// note, just before it ([`RecallQuery::note`]). Searched on the worker's thread when
+    /// the job arrives.
+    pub recall: Option<Box<RecallQuery>>,
+}
+
+impl Job {
+    /// Answers the job's [`recall`](Self::recall): its note goes just before the newest
+    /// turn. A [`Recall`](crate::memory::Recall) that panics costs the line its note, not the
+    /// worker.
+    pub(crate) fn answer_recall(&mut self) {
+        let Some(query) = self.recall.take() else {
+            return;
+        };
+        let note = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| query.note()));
+        match note {
+            Ok(Some(note)) => {
+                let at = self.messages.len().saturating_sub(1);
+                self.messages.insert(at, ChatMessage::system(note));
+            }
+            Ok(None) => {}
+            Err(_) => tracing::error!(
+                "recalling {}'s earlier moments panicked; the line goes without them",
+                query.speaker
+            ),
+        }
+    }
 }
 
 /// What kind of text a job produces.

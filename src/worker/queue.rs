@@ -57,6 +57,7 @@ mod tests {
 
     fn job(id: u64, slot: u64, priority: Priority) -> Job {
         Job {
+            recall: None,
             id: RequestId(id),
             slot,
             messages: Vec::new(),

@@ -283,6 +283,7 @@ mod tests {
 
     fn job(output: Output) -> Job {
         Job {
+            recall: None,
             id: RequestId(7),
             slot: 1,
             messages: vec![ChatMessage::system("Narrate."), ChatMessage::user("Begin.")],

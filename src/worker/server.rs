@@ -196,7 +196,10 @@ impl<B: Backend> Server<B> {
                 self.crashes = 0;
                 self.load(path);
             }
-            Command::Generate(job) => self.queue.push(*job),
+            Command::Generate(mut job) => {
+                job.answer_recall();
+                self.queue.push(*job);
+            }
             Command::Pace(pause) => self.pause = pause,
             Command::ForgetSlot(slot) => return self.backend.forget(slot),
             #[cfg(feature = "fault-injection")]
@@ -403,6 +406,7 @@ mod tests {
 
     fn job(id: u64, slot: u64, priority: Priority) -> Command {
         Command::Generate(Box::new(Job {
+            recall: None,
             id: RequestId(id),
             slot,
             messages: Vec::new(),

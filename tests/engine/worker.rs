@@ -146,6 +146,7 @@ pub(crate) fn job(
     output: Output,
 ) -> Job {
     Job {
+        recall: None,
         id: RequestId(id),
         slot,
         messages,

@@ -64,7 +64,7 @@ impl Log {
             + self.failed.iter().filter(|l| l.npc == npc).count()
     }
     /// What went wrong so far, for a timeout's message.
-    fn problems(&self) -> String {
+    pub fn problems(&self) -> String {
         let failed: Vec<String> = self.failed.iter().map(|f| f.error.to_string()).collect();
         #[cfg_attr(not(feature = "yarn"), expect(unused_mut, reason = "only Yarn adds"))]
         let mut problems = format!(

@@ -13,10 +13,12 @@ mod assets;
 mod cancel;
 mod cards;
 mod content;
+mod conversation;
 mod disposition;
 mod history;
 mod lines;
 mod lore;
+mod memory;
 mod model;
 mod narrator;
 #[cfg(feature = "remote")]

@@ -288,6 +288,7 @@ fn action_job(
         .applied_to(&env.settings.defaults);
     params.max_tokens = DECISION_TOKENS;
     let job = Job {
+        recall: None,
         id,
         // Decisions have their own cache slot, next to the NPC's conversation.
         slot: request.npc.to_bits() ^ (1 << 63),

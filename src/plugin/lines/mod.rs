@@ -33,6 +33,7 @@ impl Plugin for LinesPlugin {
             .register_type::<LineFailed>()
             .init_resource::<systems::WaitingLines>()
             .init_resource::<systems::LineSentences>()
+            .init_resource::<systems::GroupLines>()
             .add_systems(
                 PreUpdate,
                 systems::deliver_lines

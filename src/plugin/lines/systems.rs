@@ -9,6 +9,7 @@ use super::messages::{
     RequestLine, fail_line,
 };
 use crate::engine::{CancelToken, GenerateParams};
+use crate::memory::RecallQuery;
 use crate::persona::Persona;
 use crate::plugin::actions::Deciding;
 use crate::plugin::assets::DialogueAssets;
@@ -57,6 +58,19 @@ impl LineSentences {
             self.0.remove(&request);
         }
     }
+}
+
+/// Lines a conversation asked for ([`Conversation`](crate::plugin::Conversation)): the
+/// conversation, and the turns the speaker sees there instead of its own history.
+#[derive(Resource, Default)]
+pub(crate) struct GroupLines(pub(crate) std::collections::HashMap<RequestId, GroupLine>);
+
+/// A line of a conversation.
+pub(crate) struct GroupLine {
+    /// The conversation's entity.
+    pub(crate) conversation: Entity,
+    /// The conversation as the speaker sees it ([`crate::prompt::group_turns`]).
+    pub(crate) turns: Vec<crate::engine::ChatMessage>,
 }
 
 /// Lines whose persona or template is still loading, in the order they were asked for.
@@ -124,6 +138,7 @@ pub(crate) fn dispatch_lines(
     npcs: Query<NpcData>,
     assets: DialogueAssets,
     env: RequestEnv,
+    group: Res<GroupLines>,
 ) {
     let waiting = std::mem::take(&mut waiting_lines.0);
     for (id, request) in waiting {
@@ -131,7 +146,8 @@ pub(crate) fn dispatch_lines(
             // Cancelled while its assets loaded.
             continue;
         }
-        let job = line_job(id, &request, &npcs, &assets, &env);
+        let in_group = group.0.get(&id);
+        let job = line_job(id, &request, &npcs, &assets, &env, in_group);
         if !matches!(job, Ok(None)) {
             dispatcher.in_flight.stop_waiting(id);
         }
@@ -149,6 +165,7 @@ pub(crate) fn dispatch_lines(
                 let kind = ActiveKind::Line {
                     player_line: ready.player_line,
                     fallback: ready.fallback,
+                    in_conversation: in_group.is_some(),
                 };
                 dispatcher.send(ready.job, request.npc, kind);
                 commands
@@ -190,6 +207,7 @@ fn line_job(
     npcs: &Query<NpcData>,
     assets: &DialogueAssets,
     env: &RequestEnv,
+    group: Option<&GroupLine>,
 ) -> Result<Option<LineReady>, DialogueError> {
     if let Some(error) = env.unavailable() {
         return Err(error);
@@ -239,7 +257,7 @@ fn line_job(
             persona,
             &env.world.facts,
             &crate::plugin::actions::with_disposition(&npc_facts.facts, disposition),
-            &history.turns,
+            group.map_or(&history.turns, |g| &g.turns),
             player_line.as_deref(),
             &[&memories, &env.world.lore],
         )
@@ -263,6 +281,11 @@ fn line_job(
             "best_of {best_of} is outside 1..=8"
         )));
     }
+    // A conversation's turns are not the player's with this NPC: nothing to recall.
+    let recall = match group {
+        None => recall_query(history, player_line.as_deref(), &persona.name, env),
+        Some(_) => None,
+    };
     let job = Job {
         id,
         slot: request.npc.to_bits(),
@@ -274,12 +297,42 @@ fn line_job(
             best_of,
             speaker: persona.name.clone(),
         },
+        recall,
     };
     Ok(Some(LineReady {
         job,
         player_line,
         censored,
         fallback: policy.fallback.clone(),
+    }))
+}
+
+/// What episodic memory is asked for the player's line: the moments of `history` its
+/// prompt does not show. `None` when the NPC speaks first, recall is off or there is
+/// nothing older to search.
+fn recall_query(
+    history: &DialogueHistory,
+    player_line: Option<&str>,
+    speaker: &str,
+    env: &RequestEnv,
+) -> Option<Box<RecallQuery>> {
+    let query = player_line?;
+    let settings = &env.settings;
+    if settings.recall_moments == 0 || settings.recall_tokens == 0 || history.episodes.is_empty() {
+        return None;
+    }
+    let episodes = history.unseen_episodes();
+    if episodes.is_empty() {
+        return None;
+    }
+    Some(Box::new(RecallQuery {
+        query: query.to_owned(),
+        episodes,
+        speaker: speaker.to_owned(),
+        player: crate::prompt::player_name(&env.world.facts).to_owned(),
+        limit: settings.recall_moments,
+        token_budget: settings.recall_tokens,
+        recall: env.recall.0.clone(),
     }))
 }
 
@@ -333,12 +386,13 @@ pub(crate) fn deliver_lines(
             }
             Progress::Done(active, mut generations) => {
                 let mut generation = generations.swap_remove(0);
-                let (player_line, fallback) = match active.kind {
+                let (player_line, fallback, in_conversation) = match active.kind {
                     ActiveKind::Line {
                         player_line,
                         fallback,
-                    } => (player_line, fallback),
-                    _ => (None, String::new()),
+                        in_conversation,
+                    } => (player_line, fallback, in_conversation),
+                    _ => (None, String::new(), false),
                 };
                 let (actions, extra) =
                     crate::plugin::content::settle(&mut generation, Some(&fallback));
@@ -357,7 +411,8 @@ pub(crate) fn deliver_lines(
                     };
                     report(&mut commands, &mut filtered, ev);
                 }
-                if let Ok(mut history) = histories.get_mut(npc) {
+                // A conversation's lines go to its log (the conversation's systems file them).
+                if !in_conversation && let Ok(mut history) = histories.get_mut(npc) {
                     history.push_exchange(player_line, generation.text.clone());
                 }
                 still_speaking(&mut commands, &in_flight, npc);

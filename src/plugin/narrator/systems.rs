@@ -235,6 +235,7 @@ fn scene_job(
         .guard
         .clone();
     Ok(Job {
+        recall: None,
         id,
         slot: request.story.to_bits(),
         messages,
