@@ -313,11 +313,16 @@ struct Turn<'w, 's> {
         's,
         (
             Entity,
-            &'static Character,
+            &'static mut Character,
             &'static Name,
             &'static DialogueHistory,
         ),
     >,
+    commands: Commands<'w, 's>,
+    /// The conversation at the ruined tower, while the player is there.
+    conversation: Query<'w, 's, (Entity, &'static Conversation)>,
+    join: MessageWriter<'w, SayInConversation>,
+    give_turn: MessageWriter<'w, GiveTurn>,
     story: Single<'w, 's, (Entity, &'static Story, Has<Narrating>), With<StoryTeller>>,
     lines: MessageWriter<'w, RequestLine>,
     decisions: MessageWriter<'w, RequestAction>,
@@ -337,11 +342,27 @@ impl Turn<'_, '_> {
             return;
         };
         self.transcript.push(Speaker::Player, text);
-        let mut line = RequestLine::new(npc)
-            .saying(text)
-            .priority(Priority::Player);
-        line.settings.seed = self.config.seed();
-        self.lines.write(line);
+        if let Some((conversation, _)) = self
+            .conversation
+            .iter()
+            .find(|(_, c)| c.participants.contains(&npc))
+        {
+            // They are talking: the player joins in, and the one spoken to answers.
+            self.join.write(SayInConversation {
+                conversation,
+                line: text.to_owned(),
+            });
+            self.give_turn.write(GiveTurn {
+                conversation,
+                speaker: npc,
+            });
+        } else {
+            let mut line = RequestLine::new(npc)
+                .saying(text)
+                .priority(Priority::Player);
+            line.settings.seed = self.config.seed();
+            self.lines.write(line);
+        }
         // Then the character decides whether to act on it (give, open, refuse).
         let mut decision =
             RequestAction::new(npc).situation(format!("The traveller says to you: \"{text}\""));
@@ -404,6 +425,46 @@ impl Turn<'_, '_> {
             format!("You walk to {}. {}", to.name(), to.description())
         };
         self.transcript.push(Speaker::Game, text);
+        if self.state.location == to {
+            self.wren_visits(from, to);
+        }
+    }
+
+    /// Wren has walked ahead to the ruined tower: she and Aldous are talking when the
+    /// player arrives (an ambient `Conversation`, which the player joins by speaking to
+    /// either), and she goes back to her forest when the player leaves.
+    fn wren_visits(&mut self, from: Location, to: Location) {
+        if from == Location::Ruin {
+            for (conversation, _) in &self.conversation {
+                self.commands.entity(conversation).despawn();
+            }
+            for (_, mut character, _, _) in &mut self.characters {
+                if character.id == "wren" {
+                    character.location = Location::Forest;
+                }
+            }
+        }
+        if to != Location::Ruin {
+            return;
+        }
+        let mut cast = Vec::new();
+        for id in ["aldous", "wren"] {
+            for (npc, mut character, _, _) in &mut self.characters {
+                if character.id == id {
+                    character.location = Location::Ruin;
+                    cast.push(npc);
+                }
+            }
+        }
+        self.transcript.push(
+            Speaker::Game,
+            "Wren leans on the broken wall, talking with Aldous. They have not seen you yet.",
+        );
+        self.commands.spawn(
+            Conversation::new(cast)
+                .about("the wolves circling the tower, and the stranger who just walked up")
+                .max_lines(4),
+        );
     }
 
     /// Saves in the background; `save::finish_io` reports it.

@@ -17,7 +17,7 @@ use crate::plugin::lines::{LineFailed, LineFinished, RequestLine};
 use crate::plugin::npc::{Npc, Speaking};
 use crate::plugin::request::{Priority, RequestId};
 use crate::prompt::{
-    group_direction, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
+    MAX_TURN_BYTES, group_direction, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
     player_name,
 };
 use crate::worker::{Command, Job, Output};
@@ -243,8 +243,10 @@ pub(crate) fn advance_conversations(
         let topic = conversation.topic.as_deref();
         let (history, newest) = group_turns(&log.lines, &me.name);
         let said = match newest {
-            Some(newest) => newest,
+            // The newest lines, as many as a turn holds.
+            Some(newest) => tail(&newest, MAX_TURN_BYTES).to_owned(),
             None if log.lines.is_empty() => group_opening(&me.name, &others, topic),
+            None if others.is_empty() => "(Go on.)".to_owned(),
             None => format!("({} are listening.)", others.join(", ")),
         };
         let id = dispatcher.in_flight.next_id();
@@ -267,6 +269,15 @@ pub(crate) fn advance_conversations(
             speaker: Some((me.entity, me.name.clone())),
         });
     }
+}
+
+/// The last `max` bytes of `text` at most, from a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// The participants whose personas have loaded, in order; `None` while one still loads.
