@@ -9,7 +9,12 @@
 //! - **rule broken**: a word its `speaking_style` says it never says;
 //! - **leakage** and **mid-sentence**: the suite's rules;
 //! - **secret leaked**: a line holds another participant's secret word before that
-//!   participant (or the player) said it aloud in the conversation.
+//!   participant (or the player) said it aloud in the conversation;
+//! - **narrates**: the line tells the scene instead of speaking in it (its speaker's own
+//!   name followed by a lowercase word, or another participant's at its start: "Mira shakes
+//!   her head");
+//! - **direction echoed**: the line repeats the words of the plugin's conversation prompts
+//!   ("Direction for", "is talking with", ...).
 //!
 //! Fixed seeds. `scripts/fetch-model`, then `cargo run --example quality_conversations`
 //! (the crate is optimised in the dev profile); the table goes to stdout for QUALITY.md.
@@ -71,6 +76,37 @@ const LINES: usize = 5;
 /// What the player says once the NPCs have talked.
 const PLAYER_LINE: &str = "Has anyone seen anything odd at night?";
 
+/// Words of the plugin's conversation prompts (the direction, the opening): a line holding
+/// one repeats its prompt.
+const DIRECTION_WORDS: &[&str] = &[
+    "direction for",
+    "is talking with",
+    "answer them",
+    "start a conversation",
+    "are here with you",
+    "are listening",
+    "your turn",
+];
+
+/// A line that narrates instead of speaking: it names its own speaker followed by a
+/// lowercase word ("Aldous is still trying", "Mira chuckles"), or opens with another
+/// participant's name followed by one ("Mira shakes her head"). An address ("Mira, what do
+/// you think?") is not narration.
+fn narrates(text: &str, me: &str) -> bool {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let named_then_lower = |i: usize, name: &str| {
+        words[i].trim_matches(|c: char| !c.is_alphanumeric()) == name
+            && !words[i].ends_with([',', ':', '!', '?', '.'])
+            && words
+                .get(i + 1)
+                .is_some_and(|w| w.starts_with(|c: char| c.is_lowercase()))
+    };
+    (0..words.len()).any(|i| named_then_lower(i, me))
+        || CAST
+            .iter()
+            .any(|s| !words.is_empty() && named_then_lower(0, s.name))
+}
+
 /// Copies the personas into `dir`, each with its secret added to its knowledge.
 fn write_personas(root: &Path, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("personas"))?;
@@ -117,6 +153,8 @@ struct Counts {
     mid: usize,
     secret: usize,
     empty: usize,
+    direction: usize,
+    narrates: usize,
 }
 
 impl Counts {
@@ -140,6 +178,8 @@ impl Counts {
         self.leakage += usize::from(metrics::leaks(text));
         self.mid += usize::from(metrics::mid_sentence(text));
         let lower = text.to_lowercase();
+        self.direction += usize::from(DIRECTION_WORDS.iter().any(|w| lower.contains(w)));
+        self.narrates += usize::from(narrates(text, speaker.name));
         let before = said_before.to_lowercase();
         self.secret += usize::from(CAST.iter().any(|s| {
             s.name != speaker.name && lower.contains(s.word) && !before.contains(s.word)
@@ -150,8 +190,10 @@ impl Counts {
         let n = self.lines.max(1);
         let pct = |k: usize| format!("{:.0} % ({k}/{n})", 100.0 * k as f64 / n as f64);
         format!(
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.lines,
+            pct(self.narrates),
+            pct(self.direction),
             pct(self.label),
             pct(self.another),
             pct(self.wrong_name),
@@ -199,7 +241,14 @@ fn main() -> AppExit {
 
     let mut rows = Vec::new();
     let mut sample = String::new();
-    for policy in [TurnPolicy::InOrder, TurnPolicy::Model] {
+    // `quality_conversations in-order` runs the in-order conversations only.
+    let in_order_only = std::env::args().any(|a| a == "in-order");
+    let policies: &[TurnPolicy] = if in_order_only {
+        &[TurnPolicy::InOrder]
+    } else {
+        &[TurnPolicy::InOrder, TurnPolicy::Model]
+    };
+    for &policy in policies {
         let mut counts = Counts::default();
         let mut joined = Counts::default();
         for (t, topic) in TOPICS.iter().enumerate() {
@@ -278,7 +327,7 @@ fn main() -> AppExit {
     }
     eprintln!("{sample}");
     let mut out = String::from(
-        "| turns | lines | speaker label | another's persona | wrong name | rule broken | leakage | mid-sentence | secret leaked |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| turns | lines | narrates | direction echoed | speaker label | another's persona | wrong name | rule broken | leakage | mid-sentence | secret leaked |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         out.push_str(&row);

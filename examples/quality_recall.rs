@@ -7,14 +7,17 @@
 //!
 //! - `no recall`: none (the plugin before episodic memory; the fact is 200+ turns back);
 //! - `BM25 recall`: the plugin's default, `Bm25Recall` over the unseen episodes, 3 moments
-//!   within 160 tokens (`DialogueSettings::recall_moments`, `recall_tokens`);
+//!   within 160 tokens (`DialogueSettings::recall_moments`, `recall_tokens`), either as a
+//!   system note by the question (`RecallQuery::note`) or as the earlier turns they were
+//!   (`RecallQuery::messages`, what the worker does);
 //! - `fact in recent turns`: the ceiling, the fact told two exchanges before the question.
 //!
 //! A reply recalls the fact when it names the asked-for word (the place's or thing's last
-//! word, the name). Sampling as the plugin's lines, seeded.
+//! word, the name) as a whole word; the small talk uses none of them. Sampling as the plugin's lines, seeded.
 //!
 //! `scripts/fetch-model`, then `cargo run --release --no-default-features --example
-//! quality_recall`; the table goes to stdout for QUALITY.md.
+//! quality_recall [none] [note] [turns] [ceiling]` (all four by default); the table goes to
+//! stdout for QUALITY.md.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,14 +25,14 @@ use std::sync::Arc;
 use bevy_llm_dialogue::engine::{
     CancelToken, ChatMessage, Engine, EngineConfig, GenerateParams, SamplingParams,
 };
-use bevy_llm_dialogue::memory::{Bm25Recall, Episode, RecallQuery, unseen};
+use bevy_llm_dialogue::memory::{Bm25Recall, Episode, RecallQuery, insert_recalled, unseen};
 use bevy_llm_dialogue::persona::Persona;
 use bevy_llm_dialogue::prompt::{DEFAULT_PLAYER_NAME, Facts, PromptTemplate, conversation};
 
 /// The player's name, what was lost and where: the facts asked about.
 const FACTS: [(&str, &str, &str); 6] = [
     ("Bartholomew", "silver ring", "old mill"),
-    ("Anwen", "brass key", "chapel"),
+    ("Anwen", "brass compass", "chapel"),
     ("Tobias", "grey horse", "north bridge"),
     ("Maud", "green cloak", "tannery"),
     ("Edric", "letter", "harbour"),
@@ -45,7 +48,7 @@ const SMALL_TALK: [(&str, &str); 8] = [
     ("What's for supper?", "Bread and a thin soup."),
     ("Seen any strangers?", "Only you, and you're not so strange now."),
     ("Will it rain tonight?", "The clouds say yes."),
-    ("Heard any songs lately?", "The miller's boy sings off key every morning."),
+    ("Heard any songs lately?", "The baker's boy sings every morning, badly."),
 ];
 
 /// Exchanges of small talk between the fact and the question.
@@ -64,7 +67,8 @@ fn questions(player: &str, thing: &str, place: &str) -> [(String, String); 3] {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Condition {
     NoRecall,
-    Bm25Recall,
+    Bm25Note,
+    Bm25Turns,
     FactInRecentTurns,
 }
 
@@ -72,7 +76,8 @@ impl Condition {
     fn label(self) -> &'static str {
         match self {
             Self::NoRecall => "no recall (before)",
-            Self::Bm25Recall => "BM25 recall (after, the default)",
+            Self::Bm25Note => "BM25 recall, as a note by the question",
+            Self::Bm25Turns => "BM25 recall, as earlier turns (the default)",
             Self::FactInRecentTurns => "fact in recent turns (ceiling)",
         }
     }
@@ -96,11 +101,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let template = PromptTemplate::default_npc();
 
     let mut rows = Vec::new();
-    for condition in [
-        Condition::NoRecall,
-        Condition::Bm25Recall,
-        Condition::FactInRecentTurns,
-    ] {
+    // `quality_recall turns note` runs only those conditions (all by default).
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let all = [
+        (Condition::NoRecall, "none"),
+        (Condition::Bm25Note, "note"),
+        (Condition::Bm25Turns, "turns"),
+        (Condition::FactInRecentTurns, "ceiling"),
+    ];
+    for (condition, _) in all
+        .into_iter()
+        .filter(|(_, arg)| only.is_empty() || only.iter().any(|o| o == arg))
+    {
         let (mut n, mut recalled, mut in_prompt) = (0, 0, 0);
         let mut sample = String::new();
         for (f, (player, thing, place)) in FACTS.into_iter().enumerate() {
@@ -142,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Some(question),
                         &[],
                     )?;
-                    if condition == Condition::Bm25Recall {
+                    if matches!(condition, Condition::Bm25Note | Condition::Bm25Turns) {
                         let query = RecallQuery {
                             query: question.clone(),
                             episodes: unseen(&episodes, &conversation(&turns)),
@@ -152,7 +164,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             token_budget: 160,
                             recall: Arc::new(Bm25Recall::default()),
                         };
-                        if let Some(note) = query.note() {
+                        if condition == Condition::Bm25Turns {
+                            // As the worker does.
+                            insert_recalled(&mut messages, query.messages());
+                        } else if let Some(note) = query.note() {
                             let at = messages.len() - 1;
                             messages.insert(at, ChatMessage::system(note));
                         }
@@ -183,7 +198,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let text = reply.text.trim();
                     n += 1;
                     in_prompt += usize::from(shown);
-                    let hit = text.to_lowercase().contains(answer.as_str());
+                    let hit = text
+                        .to_lowercase()
+                        .split(|c: char| !c.is_alphanumeric())
+                        .any(|word| word == answer);
                     recalled += usize::from(hit);
                     if sample.len() < 1200 && q < 2 {
                         sample.push_str(&format!(

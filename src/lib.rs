@@ -70,7 +70,7 @@ pub mod prelude {
     pub use crate::plugin::{
         ActionFailed, ActionFinished, CancelLine, ChooseOption, Conversation, ConversationEnded,
         ConversationLine, ConversationLog, Deciding, DialogueAssetError, GiveTurn,
-        LeaveConversation, SayInConversation, TurnPolicy,
+        LeaveConversation, LineInterrupted, SayInConversation, TurnPolicy,
         DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRecall, DialogueRequests,
         DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed,
         LineFiltered, LineFinished, LineSentence, LineStarted, LlmDialoguePlugin, LoadModel,

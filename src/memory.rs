@@ -4,8 +4,8 @@
 //!
 //! An NPC's prompt shows its newest turns, its summary and its remembered facts; everything
 //! older is an [`Episode`]. For each new player line, a [`Recall`] ranks the episodes the
-//! prompt does not show against the line, and the best few, within a token budget, go next
-//! to the question as a note ([`RecallQuery::note`]). The default, [`Bm25Recall`], ranks by
+//! prompt does not show against the line, and the best few, within a token budget, go into
+//! the prompt before the question ([`RecallQuery::messages`]). The default, [`Bm25Recall`], ranks by
 //! BM25 over stemmed words without stop words and needs no model; a game can plug in
 //! embeddings by implementing [`Recall`].
 //!
@@ -16,6 +16,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::engine::ChatMessage;
 
 /// One moment an NPC remembers. Serializable: it is saved with the NPC's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +76,7 @@ fn sentence(text: &str) -> String {
 
 /// The `episodes` a prompt does not show: all but the exchanges whose reply is among the
 /// assistant turns of `shown` (the turns the prompt holds).
-pub fn unseen(episodes: &[Episode], shown: &[crate::engine::ChatMessage]) -> Vec<Episode> {
+pub fn unseen(episodes: &[Episode], shown: &[ChatMessage]) -> Vec<Episode> {
     let shown: std::collections::HashSet<&str> = shown
         .iter()
         .filter(|t| t.role == crate::engine::Role::Assistant)
@@ -88,6 +90,18 @@ pub fn unseen(episodes: &[Episode], shown: &[crate::engine::ChatMessage]) -> Vec
         })
         .cloned()
         .collect()
+}
+
+/// Puts `recalled` ([`RecallQuery::messages`]) into a prompt: after the history, before the
+/// system notes that sit by the newest turn (the facts asked about, a direction) and the
+/// newest turn itself, so that those stay next to it.
+pub fn insert_recalled(messages: &mut Vec<ChatMessage>, recalled: Vec<ChatMessage>) {
+    let newest = messages.len().saturating_sub(1);
+    let mut at = newest;
+    while at > 1 && messages[at - 1].role == crate::engine::Role::System {
+        at -= 1;
+    }
+    messages.splice(at..at, recalled);
 }
 
 /// Finds the moments that matter to what was just said. Implement it to retrieve by
@@ -197,6 +211,39 @@ impl RecallQuery {
         picked.into_iter().map(|i| &self.episodes[i]).collect()
     }
 
+    /// The recalled moments as messages for the prompt, oldest first: each exchange as the
+    /// turns it was (the player's line, the NPC's reply; a reply nobody prompted alone, as
+    /// the NPC's turn after the player's `…`), memories and notes in one system note
+    /// (`Mira remembers: …`). Empty when nothing is recalled.
+    ///
+    /// As turns, an exchange from long ago is answered from as if it had just been said: on
+    /// the quality suite the answer named a fact recalled this way in 24 % of the questions,
+    /// against 17 % for the same moments as a [`note`](Self::note) and 0 % without recall
+    /// (QUALITY.md, "Recall").
+    pub fn messages(&self) -> Vec<ChatMessage> {
+        let recalled = self.recalled();
+        let notes: Vec<String> = recalled
+            .iter()
+            .filter(|e| !matches!(e, Episode::Exchange { .. }))
+            .map(|e| e.recalled(&self.speaker, &self.player))
+            .collect();
+        let mut messages = Vec::new();
+        if !notes.is_empty() {
+            messages.push(ChatMessage::system(format!(
+                "{} remembers: {}",
+                self.speaker,
+                notes.join(" ")
+            )));
+        }
+        for episode in recalled {
+            if let Episode::Exchange { said, reply } = episode {
+                messages.push(ChatMessage::user(said.as_deref().unwrap_or("…")));
+                messages.push(ChatMessage::assistant(reply));
+            }
+        }
+        messages
+    }
+
     /// The note that goes next to the player's line, `None` when nothing is recalled:
     /// `Mira remembers, from long ago: the traveler said: "…" Mira said: "…"`.
     pub fn note(&self) -> Option<String> {
@@ -283,6 +330,39 @@ mod tests {
             "Ann asked about the coins."
         );
         assert!(q.note().unwrap().len() <= q.token_budget * 4 + 64);
+    }
+
+    #[test]
+    fn recalled_exchanges_become_turns_before_the_notes_by_the_question() {
+        let q = query(
+            "Where is my sister?",
+            vec![
+                exchange("My sister went to Harrowgate.", "Harrowgate, then."),
+                Episode::Memory("The player's sister owes Mira a horse".into()),
+            ],
+        );
+        let mut messages = vec![
+            ChatMessage::system("You are Mira."),
+            ChatMessage::user("Hello."),
+            ChatMessage::assistant("Hello yourself."),
+            ChatMessage::system("Mira knows: the road is closed."),
+            ChatMessage::user("Where is my sister?"),
+        ];
+        insert_recalled(&mut messages, q.messages());
+        assert_eq!(
+            messages[3..],
+            [
+                ChatMessage::system("Mira remembers: The player's sister owes Mira a horse."),
+                ChatMessage::user("My sister went to Harrowgate."),
+                ChatMessage::assistant("Harrowgate, then."),
+                ChatMessage::system("Mira knows: the road is closed."),
+                ChatMessage::user("Where is my sister?"),
+            ]
+        );
+        // Nothing recalled: the prompt is as it was.
+        let mut same = messages.clone();
+        insert_recalled(&mut same, query("Weather?", vec![]).messages());
+        assert_eq!(same, messages);
     }
 
     #[test]

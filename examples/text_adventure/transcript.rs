@@ -89,11 +89,12 @@ impl Transcript {
         self.streams.remove(&request);
     }
 
-    /// Ends `request`'s entry where it stopped (a failed line or scene).
-    fn abandon(&mut self, request: RequestId) {
-        if let Some(i) = self.streams.remove(&request) {
-            self.entries[i].streaming = false;
-        }
+    /// Ends `request`'s entry where it stopped (a failed line or scene); the entry, if it
+    /// had started.
+    fn abandon(&mut self, request: RequestId) -> Option<&mut Entry> {
+        let i = self.streams.remove(&request)?;
+        self.entries[i].streaming = false;
+        Some(&mut self.entries[i])
     }
 
     /// Whether any entry is still streaming.
@@ -111,6 +112,7 @@ pub(super) fn record_lines(
     mut deltas: MessageReader<LineDelta>,
     mut finished: MessageReader<LineFinished>,
     mut failed: MessageReader<LineFailed>,
+    mut interrupted: MessageReader<LineInterrupted>,
 ) {
     let speaker = |npc: Entity| Speaker::Npc(name_of(&names, npc));
     for line in started.read() {
@@ -125,6 +127,12 @@ pub(super) fn record_lines(
     for line in finished.read() {
         transcript.finish(line.request, speaker(line.npc), &line.text);
         debug.tokens_per_second = line.stats.decode_tokens_per_second();
+    }
+    // A line of a conversation the player cut into: it stops where it was.
+    for line in interrupted.read() {
+        if let Some(entry) = transcript.abandon(line.request) {
+            entry.text.push_str(" —");
+        }
     }
     for line in failed.read() {
         transcript.abandon(line.request);

@@ -43,7 +43,7 @@ pub use assets::{
 pub use content::{FilterAction, LineFiltered};
 pub use conversation::{
     Conversation, ConversationEnded, ConversationLine, ConversationLog, GiveTurn,
-    LeaveConversation, SayInConversation, TurnPolicy,
+    LeaveConversation, LineInterrupted, SayInConversation, TurnPolicy,
 };
 pub use dialogue_requests::DialogueRequests;
 pub use env::DialogueRecall;

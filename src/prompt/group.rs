@@ -60,12 +60,14 @@ pub fn group_turns(lines: &[SpokenLine], me: &str) -> (Vec<ChatMessage>, Option<
     }
 }
 
-/// The direction for `me`'s next line in a conversation with `others` (names), about
-/// `topic` if the game gave one.
-pub fn group_direction(me: &str, others: &[&str], topic: Option<&str>) -> String {
+/// The cue after the others' newest lines in `me`'s turn to answer them: `(Your turn,
+/// Mira: answer Aldous and Wren about the wolves.)`. Inside the turn, as a direction is
+/// followed best (QUALITY.md, "Directions"); a system note ("Direction for Mira's next
+/// line: …") was copied into the lines (QUALITY.md, "Conversations").
+pub fn group_cue(me: &str, others: &[&str], topic: Option<&str>) -> String {
     let with = names_list(others, "and");
     let about = topic.map(|t| format!(" about {t}")).unwrap_or_default();
-    format!("{me} is talking with {with}{about}. Answer them in one or two sentences, as {me}")
+    format!("(Your turn, {me}: answer {with}{about}.)")
 }
 
 /// The first line of a conversation: what `me` is asked when nobody has spoken yet.
@@ -187,8 +189,8 @@ mod tests {
             serde_json::json!({"enum": ["Mira", "Old Hester"]})
         );
         assert_eq!(
-            group_direction("Mira", &["Brannoc", "Ann", "Hester"], None),
-            "Mira is talking with Brannoc, Ann and Hester. Answer them in one or two sentences, as Mira"
+            group_cue("Mira", &["Brannoc", "Ann", "Hester"], None),
+            "(Your turn, Mira: answer Brannoc, Ann and Hester.)"
         );
     }
 }

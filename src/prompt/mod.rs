@@ -13,7 +13,7 @@ pub use crate::facts::Facts;
 /// `TemplateValue::from_serialize(..)` or minijinja's `context!` macro.
 pub use minijinja::Value as TemplateValue;
 pub use group::{
-    SpokenLine, group_direction, group_opening, group_turns, next_speaker_messages,
+    SpokenLine, group_cue, group_opening, group_turns, next_speaker_messages,
     next_speaker_schema,
 };
 pub use narrator::{choice_list, example_echoes, opening_ask};

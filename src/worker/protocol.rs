@@ -50,27 +50,23 @@ pub struct Job {
     pub cancel: CancelToken,
     /// Free text, a structured output or a scene.
     pub output: Output,
-    /// Earlier moments to search for what the newest turn is about: those recalled go, as a
-    /// note, just before it ([`RecallQuery::note`]). Searched on the worker's thread when
-    /// the job arrives.
+    /// Earlier moments to search for what the newest turn is about: those recalled go into
+    /// the prompt before it ([`RecallQuery::messages`], [`crate::memory::insert_recalled`]).
+    /// Searched on the worker's thread when the job arrives.
     pub recall: Option<Box<RecallQuery>>,
 }
 
 impl Job {
-    /// Answers the job's [`recall`](Self::recall): its note goes just before the newest
+    /// Answers the job's [`recall`](Self::recall): what it recalls goes before the newest
     /// turn. A [`Recall`](crate::memory::Recall) that panics costs the line its note, not the
     /// worker.
     pub(crate) fn answer_recall(&mut self) {
         let Some(query) = self.recall.take() else {
             return;
         };
-        let note = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| query.note()));
-        match note {
-            Ok(Some(note)) => {
-                let at = self.messages.len().saturating_sub(1);
-                self.messages.insert(at, ChatMessage::system(note));
-            }
-            Ok(None) => {}
+        let recalled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| query.messages()));
+        match recalled {
+            Ok(recalled) => crate::memory::insert_recalled(&mut self.messages, recalled),
             Err(_) => tracing::error!(
                 "recalling {}'s earlier moments panicked; the line goes without them",
                 query.speaker

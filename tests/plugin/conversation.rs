@@ -9,15 +9,19 @@ use crate::harness::*;
 struct Talk {
     lines: Vec<ConversationLine>,
     ended: usize,
+    interrupted: Vec<RequestId>,
 }
 
 fn record_talk(
     mut talk: ResMut<Talk>,
     mut lines: MessageReader<ConversationLine>,
     mut ended: MessageReader<ConversationEnded>,
+    mut interrupted: MessageReader<LineInterrupted>,
 ) {
     talk.lines.extend(lines.read().cloned());
     talk.ended += ended.read().count();
+    talk.interrupted
+        .extend(interrupted.read().map(|l| l.request));
 }
 
 fn talk_app(test: &str) -> App {
@@ -209,6 +213,7 @@ fn the_game_or_the_model_chooses_who_speaks_and_the_player_interrupts() {
     let answer = &t.lines[before];
     assert_ne!(answer.request, dropped, "the line in progress gave way");
     assert!(t.lines.iter().all(|l| l.request != dropped));
+    assert_eq!(t.interrupted, [dropped], "the game learns the line was cut off");
     let log = app.world().get::<ConversationLog>(interrupted).unwrap();
     assert_eq!(log.lines[0].speaker, "Ann", "the player's line comes first");
     assert!(prompt_of(&app, answer.request).contains("Ann: Quiet, both of you."));

@@ -75,21 +75,20 @@ fn a_fact_told_hundreds_of_turns_ago_is_recalled_after_a_save_and_load() {
     let log = app.world().resource::<Log>();
     assert_eq!(log.finished.len(), 2, "{:?}", log.failed);
     let recalled = &log.started[0].prompt;
-    let note = recalled
-        .lines()
-        .find(|l| l.contains("Mira remembers, from long ago:"))
-        .unwrap_or_else(|| panic!("no recall note in {recalled}"));
-    assert!(
-        note.contains("My sister Elda keeps bees in Harrowgate."),
-        "{note}"
-    );
-    assert!(
-        !note.contains("forge"),
-        "only what the question is about: {note}"
-    );
-    let at_note = recalled.find("remembers, from long ago").unwrap();
+    // The old exchange comes back as the turns it was, after the newest history and before
+    // the question.
+    let at_fact = recalled
+        .find("My sister Elda keeps bees in Harrowgate.")
+        .unwrap_or_else(|| panic!("not recalled: {recalled}"));
+    assert!(recalled.contains("Bees in Harrowgate? I'll remember that."));
+    let at_newest_history = recalled.rfind("(149)").unwrap();
     let at_question = recalled.rfind("where my sister keeps her bees").unwrap();
-    assert!(at_note < at_question, "the note comes before the question");
+    assert!(at_newest_history < at_fact && at_fact < at_question, "{recalled}");
+    assert_eq!(
+        recalled.matches("Harrowgate").count(),
+        2,
+        "only the exchange the question is about (its line and reply): {recalled}"
+    );
     assert!(
         !log.started[1].prompt.contains("Harrowgate"),
         "without recall the fact is nowhere in the prompt"
@@ -128,7 +127,7 @@ fn memories_pushed_out_of_every_prompt_are_recalled_when_asked_about() {
     assert!(
         log.started[0]
             .prompt
-            .contains("remembers, from long ago: The player lent Mira a bronze lantern."),
+            .contains("Mira remembers: The player lent Mira a bronze lantern."),
         "{}",
         log.started[0].prompt
     );

@@ -252,3 +252,73 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
     assert!(story(app.world_mut()).pending.is_some());
     assert!(settled(app.world_mut()), "nothing is left at the model");
 }
+
+#[test]
+fn at_the_ruined_tower_wren_and_aldous_are_talking_and_the_player_joins() {
+    let mut app = app();
+    update_until(&mut app, "the model", |world| {
+        matches!(
+            world.resource::<DialogueModel>().state,
+            ModelState::Ready(_)
+        )
+    });
+    play(&mut app, PlayerInput::Travel(Location::Forest));
+    // Walking in, the player finds them talking: four lines, Aldous first.
+    play(&mut app, PlayerInput::Travel(Location::Ruin));
+    let npc_lines = |app: &App, from: usize| -> Vec<String> {
+        app.world().resource::<Transcript>().entries[from..]
+            .iter()
+            .filter_map(|e| match &e.speaker {
+                Speaker::Npc(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(npc_lines(&app, 0), ["Aldous", "Wren", "Aldous", "Wren"]);
+    let entries = &app.world().resource::<Transcript>().entries;
+    assert!(
+        entries.iter().any(|e| e.text.starts_with("Wren leans on the broken wall")),
+        "the game says who is here"
+    );
+
+    // The player speaks to Wren: she answers, in the conversation.
+    let before = app.world().resource::<Transcript>().entries.len();
+    play(
+        &mut app,
+        PlayerInput::Say {
+            to: "wren".into(),
+            text: "What are you two whispering about?".into(),
+        },
+    );
+    let after = npc_lines(&app, before);
+    assert_eq!(after.first().map(String::as_str), Some("Wren"), "{after:?}");
+    let log = app
+        .world_mut()
+        .query::<&ConversationLog>()
+        .single(app.world())
+        .unwrap()
+        .clone();
+    assert!(log.player_joined);
+    assert!(
+        log.lines
+            .iter()
+            .any(|l| l.text == "What are you two whispering about?"),
+        "{log:?}"
+    );
+
+    // Leaving ends it; Wren goes home.
+    play(&mut app, PlayerInput::Travel(Location::Forest));
+    let conversations = app
+        .world_mut()
+        .query::<&Conversation>()
+        .iter(app.world())
+        .count();
+    assert_eq!(conversations, 0);
+    let wren_at = app
+        .world_mut()
+        .query::<&game::Character>()
+        .iter(app.world())
+        .find(|c| c.id == "wren")
+        .map(|c| c.location);
+    assert_eq!(wren_at, Some(Location::Forest));
+}

@@ -133,8 +133,8 @@ impl ConversationLog {
 }
 
 /// The player says something in a conversation (and joins it): the line goes into its log,
-/// a line of an NPC still being computed is dropped (it could not answer this), and the
-/// next speaker answers at [`Priority::Player`].
+/// a line of an NPC still being computed is dropped (it could not answer this; it ends with
+/// [`LineInterrupted`]), and the next speaker answers at [`Priority::Player`].
 #[derive(Message, Clone, Debug, Reflect)]
 pub struct SayInConversation {
     /// The conversation's entity.
@@ -175,6 +175,21 @@ pub struct ConversationLine {
     pub text: String,
 }
 
+/// A conversation's line was dropped before it finished, because the player spoke in the
+/// conversation (it could not answer them) or the conversation was despawned: what arrived
+/// of it ([`LineDelta`](super::LineDelta)s) will not be finished, and no other result comes
+/// for it. Message and entity event on the speaker; end the line's text box here.
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
+pub struct LineInterrupted {
+    /// The speaker.
+    #[event_target]
+    pub npc: Entity,
+    /// The line's request.
+    pub request: RequestId,
+    /// The conversation.
+    pub conversation: Entity,
+}
+
 /// A conversation reached its `max_lines` without the player, or has no one left to
 /// speak: it waits for the player ([`SayInConversation`]) or for the game to despawn it.
 #[derive(Message, EntityEvent, Clone, Debug, Reflect)]
@@ -196,6 +211,8 @@ impl Plugin for ConversationsPlugin {
             .add_message::<GiveTurn>()
             .add_message::<ConversationLine>()
             .add_message::<ConversationEnded>()
+            .add_message::<LineInterrupted>()
+            .register_type::<LineInterrupted>()
             .register_type::<Conversation>()
             .register_type::<ConversationLog>()
             .register_type::<ConversationLine>()

@@ -6,7 +6,7 @@ use bevy::prelude::*;
 
 use super::{
     Conversation, ConversationEnded, ConversationLine, ConversationLog, GiveTurn,
-    LeaveConversation, SayInConversation, TurnPolicy,
+    LeaveConversation, LineInterrupted, SayInConversation, TurnPolicy,
 };
 use crate::engine::{CancelToken, Grammar};
 use crate::plugin::assets::{DialogueAssets, Ready};
@@ -17,7 +17,7 @@ use crate::plugin::lines::{LineFailed, LineFinished, RequestLine};
 use crate::plugin::npc::{Npc, Speaking};
 use crate::plugin::request::{Priority, RequestId};
 use crate::prompt::{
-    MAX_TURN_BYTES, group_direction, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
+    MAX_TURN_BYTES, group_cue, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
     player_name,
 };
 use crate::worker::{Command, Job, Output};
@@ -61,24 +61,35 @@ struct Cast {
     description: String,
 }
 
-/// Cancels what a conversation has at the worker.
+/// Cancels what conversation `conversation` has at the worker; a line ends with
+/// [`LineInterrupted`].
 fn drop_pending(
+    conversation: Entity,
     turns: &mut Turns,
     dispatcher: &mut Dispatcher,
     group: &mut GroupLines,
     commands: &mut Commands,
+    interrupted: &mut MessageWriter<LineInterrupted>,
 ) {
     let Some(pending) = turns.pending.take() else {
         return;
     };
     dispatcher.in_flight.cancel_request(pending.id);
     group.0.remove(&pending.id);
-    if let Some((npc, _)) = pending.speaker
-        && dispatcher.in_flight.line_of(npc).is_none()
+    let Some((npc, _)) = pending.speaker else {
+        return;
+    };
+    if dispatcher.in_flight.line_of(npc).is_none()
         && let Ok(mut entity) = commands.get_entity(npc)
     {
         entity.try_remove::<Speaking>();
     }
+    let ev = LineInterrupted {
+        npc,
+        request: pending.id,
+        conversation,
+    };
+    crate::plugin::notify::notify(commands, interrupted, ev);
 }
 
 /// `PostUpdate`: the player's lines go into conversations (cancelling a line that could not
@@ -95,6 +106,7 @@ pub(crate) fn hear_the_player(
     mut conversations: Query<(&mut ConversationLog, Option<&mut Turns>), With<Conversation>>,
     mut dispatcher: Dispatcher,
     mut group: ResMut<GroupLines>,
+    mut interrupted: MessageWriter<LineInterrupted>,
     env: RequestEnv,
 ) {
     let player = player_name(&env.world.facts);
@@ -110,7 +122,9 @@ pub(crate) fn hear_the_player(
         log.push(player, line);
         log.player_joined = true;
         if let Some(mut turns) = turns {
-            drop_pending(&mut turns, &mut dispatcher, &mut group, &mut commands);
+            let (dispatcher, group) = (&mut dispatcher, &mut group);
+            let c = say.conversation;
+            drop_pending(c, &mut turns, dispatcher, group, &mut commands, &mut interrupted);
             turns.ended = false;
             turns.failures = 0;
         }
@@ -242,12 +256,15 @@ pub(crate) fn advance_conversations(
         }
         let topic = conversation.topic.as_deref();
         let (history, newest) = group_turns(&log.lines, &me.name);
+        let cue = group_cue(&me.name, &others, topic);
         let said = match newest {
-            // The newest lines, as many as a turn holds.
-            Some(newest) => tail(&newest, MAX_TURN_BYTES).to_owned(),
+            // The newest lines, as many as a turn holds with the cue.
+            Some(newest) => {
+                let room = MAX_TURN_BYTES.saturating_sub(cue.len() + 1);
+                format!("{}\n{cue}", tail(&newest, room))
+            }
             None if log.lines.is_empty() => group_opening(&me.name, &others, topic),
-            None if others.is_empty() => "(Go on.)".to_owned(),
-            None => format!("({} are listening.)", others.join(", ")),
+            None => cue,
         };
         let id = dispatcher.in_flight.next_id();
         group.0.insert(
@@ -260,7 +277,6 @@ pub(crate) fn advance_conversations(
         requests.write(RequestLine {
             player_line: Some(said),
             priority,
-            direction: Some(group_direction(&me.name, &others, topic)),
             id: Some(id),
             ..RequestLine::new(me.entity)
         });
@@ -437,9 +453,12 @@ pub(crate) fn on_conversation_removed(
     mut conversations: Query<&mut Turns>,
     mut dispatcher: Dispatcher,
     mut group: ResMut<GroupLines>,
+    mut interrupted: MessageWriter<LineInterrupted>,
 ) {
     if let Ok(mut turns) = conversations.get_mut(removed.entity) {
-        drop_pending(&mut turns, &mut dispatcher, &mut group, &mut commands);
+        let (dispatcher, group) = (&mut dispatcher, &mut group);
+        let c = removed.entity;
+        drop_pending(c, &mut turns, dispatcher, group, &mut commands, &mut interrupted);
     }
     dispatcher.command(Command::ForgetSlot(removed.entity.to_bits() ^ (1 << 62)));
 }
