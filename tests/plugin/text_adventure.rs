@@ -14,11 +14,12 @@ use game::{
 
 const SLOW: Duration = Duration::from_secs(180);
 
-fn app() -> App {
-    app_with_model(model_path())
+fn app(test: &str) -> App {
+    app_with_model(test, model_path())
 }
 
-fn app_with_model(model: std::path::PathBuf) -> App {
+/// The game with `model`, saving under a scratch folder of its own (tests run in parallel).
+fn app_with_model(test: &str, model: std::path::PathBuf) -> App {
     let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
     let plugin = LlmDialoguePlugin {
         model: Some(model),
@@ -26,7 +27,7 @@ fn app_with_model(model: std::path::PathBuf) -> App {
     };
     let mut app = base_app(&assets, plugin);
     app.add_plugins(AdventurePlugin);
-    let save_file = scratch_dir("text-adventure").join("save.ron");
+    let save_file = scratch_dir(test).join("save.ron");
     let _ = std::fs::remove_file(&save_file);
     let mut config = app.world_mut().resource_mut::<AdventureConfig>();
     config.save_file = save_file;
@@ -86,7 +87,7 @@ fn fact(world: &World, key: &str) -> String {
 
 #[test]
 fn scripted_turns_change_the_game_and_a_save_restores_them() {
-    let mut app = app();
+    let mut app = app("text-adventure");
     update_until(&mut app, "the model and the opening scene", |world| {
         matches!(
             world.resource::<DialogueModel>().state,
@@ -222,7 +223,8 @@ fn scripted_turns_change_the_game_and_a_save_restores_them() {
 
 #[test]
 fn without_a_model_the_game_runs_and_says_how_to_get_one() {
-    let mut app = app_with_model(scratch_dir("text-adventure-none").join("none.gguf"));
+    let none = scratch_dir("text-adventure-none").join("none.gguf");
+    let mut app = app_with_model("text-adventure-none", none);
     update_until(&mut app, "the model to fail", |world| {
         matches!(
             world.resource::<DialogueModel>().state,
@@ -255,7 +257,7 @@ fn without_a_model_the_game_runs_and_says_how_to_get_one() {
 
 #[test]
 fn at_the_ruined_tower_wren_and_aldous_are_talking_and_the_player_joins() {
-    let mut app = app();
+    let mut app = app("text-adventure-tower");
     update_until(&mut app, "the model", |world| {
         matches!(
             world.resource::<DialogueModel>().state,
