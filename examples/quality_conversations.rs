@@ -20,7 +20,10 @@
 //! (the crate is optimised in the dev profile); the table goes to stdout for QUALITY.md.
 
 #[path = "quality/metrics.rs"]
-#[allow(dead_code, reason = "the conversation rows use a few of the suite's metrics")]
+#[allow(
+    dead_code,
+    reason = "the conversation rows use a few of the suite's metrics"
+)]
 mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -181,9 +184,10 @@ impl Counts {
         self.direction += usize::from(DIRECTION_WORDS.iter().any(|w| lower.contains(w)));
         self.narrates += usize::from(narrates(text, speaker.name));
         let before = said_before.to_lowercase();
-        self.secret += usize::from(CAST.iter().any(|s| {
-            s.name != speaker.name && lower.contains(s.word) && !before.contains(s.word)
-        }));
+        self.secret +=
+            usize::from(CAST.iter().any(|s| {
+                s.name != speaker.name && lower.contains(s.word) && !before.contains(s.word)
+            }));
     }
 
     fn row(&self, label: &str) -> String {

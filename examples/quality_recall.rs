@@ -42,13 +42,22 @@ const FACTS: [(&str, &str, &str); 6] = [
 /// Small talk, varied so that recall has more than one kind of moment to pass over.
 const SMALL_TALK: [(&str, &str); 8] = [
     ("Is it cold today?", "Cold enough for two coats."),
-    ("Any news from the road?", "Carts came in at dawn, nothing more."),
+    (
+        "Any news from the road?",
+        "Carts came in at dawn, nothing more.",
+    ),
     ("How is business?", "Slow, but it pays the rent."),
     ("Did you sleep well?", "Not a wink, with the wind howling."),
     ("What's for supper?", "Bread and a thin soup."),
-    ("Seen any strangers?", "Only you, and you're not so strange now."),
+    (
+        "Seen any strangers?",
+        "Only you, and you're not so strange now.",
+    ),
     ("Will it rain tonight?", "The clouds say yes."),
-    ("Heard any songs lately?", "The baker's boy sings every morning, badly."),
+    (
+        "Heard any songs lately?",
+        "The baker's boy sings every morning, badly.",
+    ),
 ];
 
 /// Exchanges of small talk between the fact and the question.

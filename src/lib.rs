@@ -69,14 +69,14 @@ pub mod prelude {
     #[cfg(feature = "bevy")]
     pub use crate::plugin::{
         ActionFailed, ActionFinished, CancelLine, ChooseOption, Conversation, ConversationEnded,
-        ConversationLine, ConversationLog, Deciding, DialogueAssetError, GiveTurn,
-        LeaveConversation, LineInterrupted, SayInConversation, TurnPolicy,
-        DialogueContext, DialogueError, DialogueHistory, DialogueModel, DialogueRecall, DialogueRequests,
-        DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, LineDelta, LineFailed,
-        LineFiltered, LineFinished, LineSentence, LineStarted, LlmDialoguePlugin, LoadModel,
-        ModelFailed, ModelLoaded, ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext,
-        NpcDisposition, RequestAction, RequestLine, RequestScene, SceneDelta, SceneFailed,
-        SceneFinished, Speaking, UpdateDisposition, model_ready,
+        ConversationLine, ConversationLog, Deciding, DialogueAssetError, DialogueContext,
+        DialogueError, DialogueHistory, DialogueModel, DialogueRecall, DialogueRequests,
+        DialogueSettings, DialogueSystems, DispositionChanged, FilterAction, GiveTurn,
+        LeaveConversation, LineDelta, LineFailed, LineFiltered, LineFinished, LineInterrupted,
+        LineSentence, LineStarted, LlmDialoguePlugin, LoadModel, ModelFailed, ModelLoaded,
+        ModelLoading, ModelState, Narrating, Narrator, Npc, NpcContext, NpcDisposition,
+        RequestAction, RequestLine, RequestScene, SayInConversation, SceneDelta, SceneFailed,
+        SceneFinished, Speaking, TurnPolicy, UpdateDisposition, model_ready,
     };
     #[cfg(feature = "bevy")]
     #[expect(

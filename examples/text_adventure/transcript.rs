@@ -104,6 +104,10 @@ impl Transcript {
 }
 
 /// Characters' lines, as messages: they stream into the transcript.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system's parameters: every line message it records"
+)]
 pub(super) fn record_lines(
     mut transcript: ResMut<Transcript>,
     mut debug: ResMut<DebugInfo>,

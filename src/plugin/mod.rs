@@ -11,8 +11,8 @@
 mod actions;
 mod assets;
 mod content;
-mod dialogue_requests;
 mod conversation;
+mod dialogue_requests;
 mod env;
 mod in_flight;
 mod lines;

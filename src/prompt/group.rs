@@ -182,8 +182,18 @@ mod tests {
             &[line("Mira", "Wolves again.")],
             &["Brannoc"],
         );
-        assert!(msgs[0].content.contains("about the wolves between Mira, the blacksmith and Brannoc, the ferryman"), "{}", msgs[0].content);
-        assert!(msgs[1].content.ends_with("Who speaks next: Brannoc? Answer with the name."));
+        assert!(
+            msgs[0].content.contains(
+                "about the wolves between Mira, the blacksmith and Brannoc, the ferryman"
+            ),
+            "{}",
+            msgs[0].content
+        );
+        assert!(
+            msgs[1]
+                .content
+                .ends_with("Who speaks next: Brannoc? Answer with the name.")
+        );
         assert_eq!(
             next_speaker_schema(&["Mira", "Old Hester"]),
             serde_json::json!({"enum": ["Mira", "Old Hester"]})

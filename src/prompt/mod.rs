@@ -9,13 +9,12 @@ mod summary;
 mod template;
 
 pub use crate::facts::Facts;
+pub use group::{
+    SpokenLine, group_cue, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
+};
 /// The value [`PromptTemplate::render`] takes (minijinja's): build one with
 /// `TemplateValue::from_serialize(..)` or minijinja's `context!` macro.
 pub use minijinja::Value as TemplateValue;
-pub use group::{
-    SpokenLine, group_cue, group_opening, group_turns, next_speaker_messages,
-    next_speaker_schema,
-};
 pub use narrator::{choice_list, example_echoes, opening_ask};
 pub use npc::{
     DEFAULT_PLAYER_NAME, MAX_EXAMPLE_TURNS, MAX_HISTORY_TURNS, MAX_TURN_BYTES, PLAYER_NAME_FACT,

@@ -102,7 +102,13 @@ fn three_npcs_talk_in_turn_in_their_own_personas_and_the_player_joins_and_it_sur
         assert!(!aldous_prompt.contains("circle the ruined tower at night"));
         // Ambient lines run at Background priority and stay out of the NPCs' histories.
         for npc in [mira, aldous, wren] {
-            assert!(app.world().get::<DialogueHistory>(npc).unwrap().turns.is_empty());
+            assert!(
+                app.world()
+                    .get::<DialogueHistory>(npc)
+                    .unwrap()
+                    .turns
+                    .is_empty()
+            );
         }
     }
 
@@ -140,7 +146,9 @@ fn three_npcs_talk_in_turn_in_their_own_personas_and_the_player_joins_and_it_sur
             .max_lines(3),
         log.clone(),
     ));
-    run_until(&mut app, "the next line after the load", |t| !t.lines.is_empty());
+    run_until(&mut app, "the next line after the load", |t| {
+        !t.lines.is_empty()
+    });
     let t = talk(&app);
     assert_eq!(t.lines[0].speaker, aldous, "after Mira, in order");
     let prompt = prompt_of(&app, t.lines[0].request);
@@ -169,7 +177,9 @@ fn the_game_or_the_model_chooses_who_speaks_and_the_player_interrupts() {
         conversation: by_game,
         speaker: wren,
     });
-    run_until(&mut app, "the line the game asked for", |t| t.lines.len() == 1);
+    run_until(&mut app, "the line the game asked for", |t| {
+        t.lines.len() == 1
+    });
     assert_eq!(talk(&app).lines[0].speaker, wren);
     app.world_mut().entity_mut(by_game).despawn();
 
@@ -208,12 +218,18 @@ fn the_game_or_the_model_chooses_who_speaks_and_the_player_interrupts() {
         line: "Quiet, both of you. Who owns the grey horse?".into(),
     });
     let before = talk(&app).lines.len();
-    run_until(&mut app, "the answer to the player", |t| t.lines.len() > before);
+    run_until(&mut app, "the answer to the player", |t| {
+        t.lines.len() > before
+    });
     let t = talk(&app);
     let answer = &t.lines[before];
     assert_ne!(answer.request, dropped, "the line in progress gave way");
     assert!(t.lines.iter().all(|l| l.request != dropped));
-    assert_eq!(t.interrupted, [dropped], "the game learns the line was cut off");
+    assert_eq!(
+        t.interrupted,
+        [dropped],
+        "the game learns the line was cut off"
+    );
     let log = app.world().get::<ConversationLog>(interrupted).unwrap();
     assert_eq!(log.lines[0].speaker, "Ann", "the player's line comes first");
     assert!(prompt_of(&app, answer.request).contains("Ann: Quiet, both of you."));

@@ -12,8 +12,14 @@ fn long_history(filler: usize) -> DialogueHistory {
         "Bees in Harrowgate? I'll remember that.".into(),
     );
     let talk = [
-        ("Is the forge hot today?", "Hot enough to bend iron, friend."),
-        ("Any news from the road?", "Carts came in at dawn, nothing more."),
+        (
+            "Is the forge hot today?",
+            "Hot enough to bend iron, friend.",
+        ),
+        (
+            "Any news from the road?",
+            "Carts came in at dawn, nothing more.",
+        ),
         ("Will it rain tonight?", "The clouds say yes."),
     ];
     for i in 0..filler {
@@ -83,7 +89,10 @@ fn a_fact_told_hundreds_of_turns_ago_is_recalled_after_a_save_and_load() {
     assert!(recalled.contains("Bees in Harrowgate? I'll remember that."));
     let at_newest_history = recalled.rfind("(149)").unwrap();
     let at_question = recalled.rfind("where my sister keeps her bees").unwrap();
-    assert!(at_newest_history < at_fact && at_fact < at_question, "{recalled}");
+    assert!(
+        at_newest_history < at_fact && at_fact < at_question,
+        "{recalled}"
+    );
     assert_eq!(
         recalled.matches("Harrowgate").count(),
         2,
@@ -108,7 +117,9 @@ fn memories_pushed_out_of_every_prompt_are_recalled_when_asked_about() {
     assert!(!history.memories.iter().any(|m| m.contains("lantern")));
     assert_eq!(
         history.episodes,
-        [Episode::Memory("The player lent Mira a bronze lantern".into())]
+        [Episode::Memory(
+            "The player lent Mira a bronze lantern".into()
+        )]
     );
     let assets = scratch_assets("recall-memory");
     let mut app = app(&assets, plugin());

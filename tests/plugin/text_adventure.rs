@@ -279,7 +279,9 @@ fn at_the_ruined_tower_wren_and_aldous_are_talking_and_the_player_joins() {
     assert_eq!(npc_lines(&app, 0), ["Aldous", "Wren", "Aldous", "Wren"]);
     let entries = &app.world().resource::<Transcript>().entries;
     assert!(
-        entries.iter().any(|e| e.text.starts_with("Wren leans on the broken wall")),
+        entries
+            .iter()
+            .any(|e| e.text.starts_with("Wren leans on the broken wall")),
         "the game says who is here"
     );
 

@@ -17,8 +17,8 @@ use crate::plugin::lines::{LineFailed, LineFinished, RequestLine};
 use crate::plugin::npc::{Npc, Speaking};
 use crate::plugin::request::{Priority, RequestId};
 use crate::prompt::{
-    MAX_TURN_BYTES, group_cue, group_opening, group_turns, next_speaker_messages, next_speaker_schema,
-    player_name,
+    MAX_TURN_BYTES, group_cue, group_opening, group_turns, next_speaker_messages,
+    next_speaker_schema, player_name,
 };
 use crate::worker::{Command, Job, Output};
 
@@ -124,7 +124,14 @@ pub(crate) fn hear_the_player(
         if let Some(mut turns) = turns {
             let (dispatcher, group) = (&mut dispatcher, &mut group);
             let c = say.conversation;
-            drop_pending(c, &mut turns, dispatcher, group, &mut commands, &mut interrupted);
+            drop_pending(
+                c,
+                &mut turns,
+                dispatcher,
+                group,
+                &mut commands,
+                &mut interrupted,
+            );
             turns.ended = false;
             turns.failures = 0;
         }
@@ -185,7 +192,9 @@ pub(crate) fn advance_conversations(
             .rev()
             .take_while(|l| l.speaker != player)
             .count();
-        if cast.is_empty() || since_player >= conversation.max_lines || turns.failures >= MAX_FAILURES
+        if cast.is_empty()
+            || since_player >= conversation.max_lines
+            || turns.failures >= MAX_FAILURES
         {
             turns.ended = true;
             let ev = ConversationEnded {
@@ -231,7 +240,16 @@ pub(crate) fn advance_conversations(
                         .filter(|n| cast.len() == 1 || Some(*n) != last)
                         .collect();
                     if candidates.len() > 1 {
-                        let job = choice_job(&mut dispatcher, entity, conversation, log, &cast, &candidates, priority, &env);
+                        let job = choice_job(
+                            &mut dispatcher,
+                            entity,
+                            conversation,
+                            log,
+                            &cast,
+                            &candidates,
+                            priority,
+                            &env,
+                        );
                         turns.pending = Some(Pending {
                             id: job.id,
                             speaker: None,
@@ -298,7 +316,11 @@ fn tail(text: &str, max: usize) -> &str {
 
 /// The participants whose personas have loaded, in order; `None` while one still loads.
 /// Entities that are not NPCs, and personas that failed to load, are left out.
-fn cast(conversation: &Conversation, npcs: &Query<&Npc>, assets: &DialogueAssets) -> Option<Vec<Cast>> {
+fn cast(
+    conversation: &Conversation,
+    npcs: &Query<&Npc>,
+    assets: &DialogueAssets,
+) -> Option<Vec<Cast>> {
     let mut cast = Vec::with_capacity(conversation.participants.len());
     for &entity in &conversation.participants {
         let Ok(npc) = npcs.get(entity) else {
@@ -318,10 +340,7 @@ fn cast(conversation: &Conversation, npcs: &Query<&Npc>, assets: &DialogueAssets
 }
 
 /// The job that asks the model who of `candidates` speaks next.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "what the question is made of"
-)]
+#[expect(clippy::too_many_arguments, reason = "what the question is made of")]
 fn choice_job(
     dispatcher: &mut Dispatcher,
     entity: Entity,
@@ -434,12 +453,18 @@ pub(crate) fn deliver_turns(
                 });
                 if turns.chosen.is_none() {
                     turns.in_order_once = true;
-                    tracing::warn!(?entity, "the model's choice of speaker named nobody; the next in order speaks");
+                    tracing::warn!(
+                        ?entity,
+                        "the model's choice of speaker named nobody; the next in order speaks"
+                    );
                 }
             }
             Progress::Failed(error) => {
                 turns.in_order_once = true;
-                tracing::warn!(?entity, "choosing the next speaker failed: {error}; the next in order speaks");
+                tracing::warn!(
+                    ?entity,
+                    "choosing the next speaker failed: {error}; the next in order speaks"
+                );
             }
         }
         turns.pending = None;
@@ -458,7 +483,14 @@ pub(crate) fn on_conversation_removed(
     if let Ok(mut turns) = conversations.get_mut(removed.entity) {
         let (dispatcher, group) = (&mut dispatcher, &mut group);
         let c = removed.entity;
-        drop_pending(c, &mut turns, dispatcher, group, &mut commands, &mut interrupted);
+        drop_pending(
+            c,
+            &mut turns,
+            dispatcher,
+            group,
+            &mut commands,
+            &mut interrupted,
+        );
     }
     dispatcher.command(Command::ForgetSlot(removed.entity.to_bits() ^ (1 << 62)));
 }
