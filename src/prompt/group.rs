@@ -4,7 +4,7 @@
 
 use crate::engine::{ChatMessage, Role};
 
-use super::npc::MAX_TURN_BYTES;
+use super::npc::{MAX_TURN_BYTES, cut};
 
 /// One line of a conversation between characters (and the player, if they joined).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,18 +120,6 @@ pub fn next_speaker_messages(
 /// The JSON schema of the next speaker's name: one of `candidates`.
 pub fn next_speaker_schema(candidates: &[&str]) -> serde_json::Value {
     serde_json::json!({ "enum": candidates })
-}
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

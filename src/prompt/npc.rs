@@ -142,7 +142,7 @@ pub fn conversation(history: &[ChatMessage]) -> Vec<ChatMessage> {
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
+pub(super) fn cut(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -2,6 +2,7 @@
 //! the next line is asked for (`PostUpdate`, before lines are queued); finished lines and
 //! the model's choices of speaker are filed (`PreUpdate`, after lines are delivered).
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use super::{
@@ -61,52 +62,49 @@ struct Cast {
     description: String,
 }
 
-/// Cancels what conversation `conversation` has at the worker; a line ends with
-/// [`LineInterrupted`].
-fn drop_pending(
-    conversation: Entity,
-    turns: &mut Turns,
-    dispatcher: &mut Dispatcher,
-    group: &mut GroupLines,
-    commands: &mut Commands,
-    interrupted: &mut MessageWriter<LineInterrupted>,
-) {
-    let Some(pending) = turns.pending.take() else {
-        return;
-    };
-    dispatcher.in_flight.cancel_request(pending.id);
-    group.0.remove(&pending.id);
-    let Some((npc, _)) = pending.speaker else {
-        return;
-    };
-    if dispatcher.in_flight.line_of(npc).is_none()
-        && let Ok(mut entity) = commands.get_entity(npc)
-    {
-        entity.try_remove::<Speaking>();
+/// What dropping a conversation's request touches.
+#[derive(SystemParam)]
+pub(crate) struct Dropper<'w, 's> {
+    commands: Commands<'w, 's>,
+    dispatcher: Dispatcher<'w>,
+    group: ResMut<'w, GroupLines>,
+    interrupted: MessageWriter<'w, LineInterrupted>,
+}
+
+impl Dropper<'_, '_> {
+    /// Cancels what conversation `conversation` has at the worker; a line ends with
+    /// [`LineInterrupted`].
+    fn drop_pending(&mut self, conversation: Entity, turns: &mut Turns) {
+        let Some(pending) = turns.pending.take() else {
+            return;
+        };
+        self.dispatcher.in_flight.cancel_request(pending.id);
+        self.group.0.remove(&pending.id);
+        let Some((npc, _)) = pending.speaker else {
+            return;
+        };
+        if self.dispatcher.in_flight.line_of(npc).is_none()
+            && let Ok(mut entity) = self.commands.get_entity(npc)
+        {
+            entity.try_remove::<Speaking>();
+        }
+        let ev = LineInterrupted {
+            npc,
+            request: pending.id,
+            conversation,
+        };
+        crate::plugin::notify::notify(&mut self.commands, &mut self.interrupted, ev);
     }
-    let ev = LineInterrupted {
-        npc,
-        request: pending.id,
-        conversation,
-    };
-    crate::plugin::notify::notify(commands, interrupted, ev);
 }
 
 /// `PostUpdate`: the player's lines go into conversations (cancelling a line that could not
 /// answer them), the player leaves, the game names speakers.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a system's parameters: what it reads and writes"
-)]
 pub(crate) fn hear_the_player(
-    mut commands: Commands,
     mut said: MessageReader<SayInConversation>,
     mut left: MessageReader<LeaveConversation>,
     mut given: MessageReader<GiveTurn>,
     mut conversations: Query<(&mut ConversationLog, Option<&mut Turns>), With<Conversation>>,
-    mut dispatcher: Dispatcher,
-    mut group: ResMut<GroupLines>,
-    mut interrupted: MessageWriter<LineInterrupted>,
+    mut dropper: Dropper,
     env: RequestEnv,
 ) {
     let player = player_name(&env.world.facts);
@@ -122,16 +120,7 @@ pub(crate) fn hear_the_player(
         log.push(player, line);
         log.player_joined = true;
         if let Some(mut turns) = turns {
-            let (dispatcher, group) = (&mut dispatcher, &mut group);
-            let c = say.conversation;
-            drop_pending(
-                c,
-                &mut turns,
-                dispatcher,
-                group,
-                &mut commands,
-                &mut interrupted,
-            );
+            dropper.drop_pending(say.conversation, &mut turns);
             turns.ended = false;
             turns.failures = 0;
         }
@@ -474,23 +463,12 @@ pub(crate) fn deliver_turns(
 /// A conversation was despawned (or lost its [`Conversation`]): its line in progress stops.
 pub(crate) fn on_conversation_removed(
     removed: On<Remove, Conversation>,
-    mut commands: Commands,
     mut conversations: Query<&mut Turns>,
-    mut dispatcher: Dispatcher,
-    mut group: ResMut<GroupLines>,
-    mut interrupted: MessageWriter<LineInterrupted>,
+    mut dropper: Dropper,
 ) {
     if let Ok(mut turns) = conversations.get_mut(removed.entity) {
-        let (dispatcher, group) = (&mut dispatcher, &mut group);
-        let c = removed.entity;
-        drop_pending(
-            c,
-            &mut turns,
-            dispatcher,
-            group,
-            &mut commands,
-            &mut interrupted,
-        );
+        dropper.drop_pending(removed.entity, &mut turns);
     }
-    dispatcher.command(Command::ForgetSlot(removed.entity.to_bits() ^ (1 << 62)));
+    let slot = removed.entity.to_bits() ^ (1 << 62);
+    dropper.dispatcher.command(Command::ForgetSlot(slot));
 }
