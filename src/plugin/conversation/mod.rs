@@ -50,7 +50,7 @@ pub enum TurnPolicy {
 /// ```
 #[derive(Component, Clone, Debug, PartialEq, Reflect)]
 #[reflect(Component, Clone, Debug, PartialEq)]
-#[require(ConversationLog)]
+#[require(ConversationLog, systems::Turns)]
 pub struct Conversation {
     /// The NPCs taking part (entities with [`Npc`](super::Npc)), in their speaking order
     /// for [`TurnPolicy::InOrder`].

@@ -29,8 +29,9 @@ const MAX_FAILURES: u32 = 3;
 /// The longest answer to "who speaks next", in tokens (a quoted name).
 const CHOICE_TOKENS: usize = 16;
 
-/// A conversation's progress: what it waits for. Not saved: a loaded conversation asks for
-/// its next line anew.
+/// A conversation's progress: what it waits for. Required by [`Conversation`], so that a
+/// [`GiveTurn`] sent in the frame it is spawned counts. Not saved: a loaded conversation
+/// asks for its next line anew.
 #[derive(Component, Default, Debug)]
 pub(crate) struct Turns {
     /// The line (or the choice of speaker) at the worker.
@@ -103,13 +104,13 @@ pub(crate) fn hear_the_player(
     mut said: MessageReader<SayInConversation>,
     mut left: MessageReader<LeaveConversation>,
     mut given: MessageReader<GiveTurn>,
-    mut conversations: Query<(&mut ConversationLog, Option<&mut Turns>), With<Conversation>>,
+    mut conversations: Query<(&mut ConversationLog, &mut Turns), With<Conversation>>,
     mut dropper: Dropper,
     env: RequestEnv,
 ) {
     let player = player_name(&env.world.facts);
     for say in said.read() {
-        let Ok((mut log, turns)) = conversations.get_mut(say.conversation) else {
+        let Ok((mut log, mut turns)) = conversations.get_mut(say.conversation) else {
             tracing::warn!(conversation = ?say.conversation, "the player spoke in a conversation that does not exist");
             continue;
         };
@@ -119,11 +120,9 @@ pub(crate) fn hear_the_player(
         }
         log.push(player, line);
         log.player_joined = true;
-        if let Some(mut turns) = turns {
-            dropper.drop_pending(say.conversation, &mut turns);
-            turns.ended = false;
-            turns.failures = 0;
-        }
+        dropper.drop_pending(say.conversation, &mut turns);
+        turns.ended = false;
+        turns.failures = 0;
     }
     for leave in left.read() {
         if let Ok((mut log, _)) = conversations.get_mut(leave.conversation) {
@@ -131,7 +130,7 @@ pub(crate) fn hear_the_player(
         }
     }
     for turn in given.read() {
-        if let Ok((_, Some(mut turns))) = conversations.get_mut(turn.conversation) {
+        if let Ok((_, mut turns)) = conversations.get_mut(turn.conversation) {
             turns.given = Some(turn.speaker);
             turns.ended = false;
         }
@@ -146,7 +145,7 @@ pub(crate) fn hear_the_player(
 )]
 pub(crate) fn advance_conversations(
     mut commands: Commands,
-    mut conversations: Query<(Entity, &Conversation, &ConversationLog, Option<&mut Turns>)>,
+    mut conversations: Query<(Entity, &Conversation, &ConversationLog, &mut Turns)>,
     npcs: Query<&Npc>,
     assets: DialogueAssets,
     env: RequestEnv,
@@ -156,11 +155,7 @@ pub(crate) fn advance_conversations(
     mut ended: MessageWriter<ConversationEnded>,
 ) {
     let player = player_name(&env.world.facts).to_owned();
-    for (entity, conversation, log, turns) in &mut conversations {
-        let Some(mut turns) = turns else {
-            commands.entity(entity).insert(Turns::default());
-            continue;
-        };
+    for (entity, conversation, log, mut turns) in &mut conversations {
         if let Some(pending) = &turns.pending {
             if dispatcher.in_flight.is_pending(pending.id) {
                 continue;
@@ -328,6 +323,11 @@ fn cast(
     Some(cast)
 }
 
+/// The cache slot of a conversation's choices of speaker: its own, next to every NPC's.
+fn choice_slot(conversation: Entity) -> u64 {
+    conversation.to_bits() ^ (1 << 62)
+}
+
 /// The job that asks the model who of `candidates` speaks next.
 #[expect(clippy::too_many_arguments, reason = "what the question is made of")]
 fn choice_job(
@@ -349,8 +349,7 @@ fn choice_job(
     params.max_sentences = None;
     Job {
         id: dispatcher.in_flight.next_id(),
-        // Its own cache slot, next to nobody's conversation.
-        slot: entity.to_bits() ^ (1 << 62),
+        slot: choice_slot(entity),
         messages: next_speaker_messages(
             &participants,
             conversation.topic.as_deref(),
@@ -469,6 +468,6 @@ pub(crate) fn on_conversation_removed(
     if let Ok(mut turns) = conversations.get_mut(removed.entity) {
         dropper.drop_pending(removed.entity, &mut turns);
     }
-    let slot = removed.entity.to_bits() ^ (1 << 62);
+    let slot = choice_slot(removed.entity);
     dropper.dispatcher.command(Command::ForgetSlot(slot));
 }
